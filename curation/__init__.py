@@ -1,0 +1,1 @@
+"""Curation: candidate pairs -> language filter -> substring match -> balance -> dedup -> shards."""

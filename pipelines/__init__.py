@@ -1,0 +1,1 @@
+"""Entry points: parse args -> typed config -> call the libraries (queries, curation, pretrain)."""

@@ -1,0 +1,1 @@
+"""CLIP pretraining with Ray Train, and zero-shot / retrieval evaluation."""

@@ -1,0 +1,1 @@
+"""The query list: English Wikipedia unigrams, bigrams, titles and WordNet synsets."""
