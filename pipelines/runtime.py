@@ -5,6 +5,7 @@ img2dataset), so a run on a laptop, in CI or on a cluster head behaves the same:
 
 - no usage stats, no update checks (albumentations, pulled in by img2dataset, phones home
   from every worker otherwise);
+- a local Ray (no RAY_ADDRESS) runs on 127.0.0.1 only;
 - Ray temp files under a short project temp dir (unix socket paths are limited to 107 bytes);
 - Beam gets an explicit runner: the default first tries to download the Prism binary.
 """
@@ -38,6 +39,11 @@ def configure_environment() -> None:
     """Set the environment defaults above (an explicit user setting always wins)."""
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if not os.environ.get("RAY_ADDRESS"):
+        # Not joining a cluster: keep a local Ray on loopback. Ray otherwise swaps 127.0.0.1 for
+        # the host's routable IP (services.resolve_ip_for_localhost); this switch is Ray's own
+        # single-node mode (read when ray is first imported, so set it before that).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     tmp = ray_tmpdir()
     Path(tmp).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_TMPDIR", tmp)

@@ -1,0 +1,117 @@
+"""Run a command as a Ray job on a throw-away local head bound to 127.0.0.1.
+
+This is exactly what a user does against a real cluster (`ray job submit --address ... --working-dir .
+-- python pipelines/build_wit.py ...`), with the head started first and stopped afterwards:
+
+    python -m pipelines.submit_local -- python pipelines/build_wit.py --out $PWD/runs/demo
+
+Paths passed to the job must be absolute: the job runs inside a copy of the working dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipelines.runtime import configure_environment, ray_tmpdir
+
+# Variables the job must see as the submitter does (the sample data dir, offline switches).
+FORWARDED_ENV = (
+    "OPENWIT_DATA",
+    "RAY_USAGE_STATS_ENABLED",
+    "NO_ALBUMENTATIONS_UPDATE",
+    "TOKENIZERS_PARALLELISM",
+    "HF_HUB_OFFLINE",
+)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_cli() -> str:
+    # The venv's `ray`, so the head's workers and the job's `python` are the venv's.
+    candidate = Path(sys.executable).with_name("ray")
+    return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Ray dashboard at {url} did not come up within {timeout_s:.0f}s")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Start a local head, `ray job submit` the command after `--`, stop the head; return the
+    job's exit status (0 when it succeeded)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        raise SystemExit("usage: python -m pipelines.submit_local [--num-cpus N] -- COMMAND ...")
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="pipelines.submit_local")
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--working-dir", default=".")
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
+
+    configure_environment()
+    ray = _ray_cli()
+    # the venv first on PATH: the head's workers and the job's `python` are the venv's
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    gcs_port, dash_port = free_port(), free_port()
+    address = f"http://127.0.0.1:{dash_port}"
+    start = [
+        ray, "start", "--head", f"--num-cpus={args.num_cpus}", f"--port={gcs_port}",
+        "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+        f"--temp-dir={ray_tmpdir()}", "--disable-usage-stats", "--block",
+    ]  # fmt: skip
+    print("+", " ".join(start), flush=True)
+    # --block in its own session: stopping it stops exactly this head (`ray stop` would stop
+    # every Ray of this user on the machine).
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_dashboard(address)
+        runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+        submit = [
+            ray, "job", "submit", "--address", address, "--working-dir", args.working_dir,
+            "--runtime-env-json", json.dumps(runtime_env), "--", *command,
+        ]  # fmt: skip
+        print("+", " ".join(submit), flush=True)
+        return subprocess.run(submit, env=env).returncode
+    finally:
+        _stop_head(head)
+
+
+def _stop_head(head: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM the head's process group (raylet, GCS, dashboard), SIGKILL what outlives it."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
