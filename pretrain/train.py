@@ -1,0 +1,359 @@
+"""CLIP training: one plain ``train_loop_per_worker(config)`` that runs alone (one process) or
+under Ray Train's ``TorchTrainer`` (one copy per worker, DDP over gloo on CPU / nccl on GPU).
+
+Read top to bottom: config -> worker environment -> model, tokenizer, optimizer -> resume ->
+data -> the loop (LR, forward, ClipLoss, backward, clip, step, clamp logit_scale) -> logs and
+checkpoints. A checkpoint is a directory: ``checkpoint.pt`` (model, optimizer, scheduler,
+step, configs) + ``tokenizer.json``; loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pretrain.data import make_train_pipeline, train_batches
+from pretrain.factory import create_model
+from pretrain.loss import ClipLoss
+from pretrain.model import CLIP, CLIPConfig
+from pretrain.schedule import cosine_lr
+from pretrain.tokenizer import CaptionTokenizer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TOKENIZER_FILE = "tokenizer.json"
+METRICS_FILE = "metrics.jsonl"
+COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard")
+
+
+@dataclass
+class TrainConfig:
+    train_data: str  # WebDataset shards: brace pattern, several joined by '::'
+    tokenizer_json: str  # the caption tokenizer as a JSON string (CaptionTokenizer.to_str())
+    out_dir: str  # run directory: metrics.jsonl, loss.png, local checkpoints (rank 0 writes)
+    model: str = "tiny"  # registered architecture name (pretrain/model_configs/*.json)
+    steps: int = 100  # total optimizer steps
+    steps_per_epoch: int = 0  # batches per epoch on every rank (0 = steps); checkpoint per epoch
+    batch_size: int = 32  # pairs per worker per step (global batch = batch_size * workers)
+    lr: float = 5e-4  # peak learning rate
+    warmup_steps: int = 10  # linear warmup steps before the cosine decay
+    weight_decay: float = 0.2  # AdamW decay on weight matrices only
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (CLIP paper)
+    eps: float = 1e-6  # AdamW epsilon (CLIP paper)
+    grad_clip_norm: float = 0.0  # clip the global grad norm to this (0 = off)
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    grad_checkpointing: bool = False  # recompute transformer blocks in backward
+    compile: bool = False  # torch.compile the model
+    local_loss: bool = True  # ClipLoss: local rows vs all columns (with gathered grads)
+    data_workers: int = 1  # loader processes per worker (0 = decode in the training process)
+    resample: bool = True  # resample shards with replacement (else split + repeat)
+    shuffle_buffer: int = 1000  # samples in the shuffle buffer
+    seed: int = 0  # model init and data order
+    log_every: int = 10  # steps between metrics.jsonl lines
+    resume_from: str = ""  # checkpoint directory to start from ('' = fresh, or Ray's checkpoint)
+    use_gpu: bool = False  # train on CUDA (one GPU per worker)
+    progress: bool = True  # tqdm bar on rank 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {unknown}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+@dataclass
+class WorkerEnv:
+    rank: int  # global rank of this worker
+    world_size: int  # number of workers
+    device: torch.device  # where the model lives
+    in_ray: bool  # running inside a Ray Train worker (report/get_checkpoint available)
+
+
+def worker_env(cfg: TrainConfig) -> WorkerEnv:
+    """Rank, world size and device, from torch.distributed (initialised by Ray Train's torch
+    backend) or single-process defaults."""
+    in_ray = _in_ray_train()
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    if cfg.use_gpu:
+        if in_ray:
+            import ray.train.torch
+
+            device = ray.train.torch.get_device()
+        else:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return WorkerEnv(rank, world_size, device, in_ray)
+
+
+def _in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context()
+        return True
+    except (ImportError, RuntimeError):
+        return False
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay weight matrices; no decay on gains, biases, logit_scale (all < 2-D)
+    nor on the token / positional / class embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: TrainConfig) -> Path:
+    """Write a checkpoint directory atomically (temp dir, then rename) and return it."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"name": "cosine", "base_lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
+                      "total_steps": cfg.steps, "step": step},
+        "step": step,
+        "model_config": asdict(model.cfg),
+        "train_config": {k: v for k, v in asdict(cfg).items() if k != "tokenizer_json"},
+    }
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    (tmp / TOKENIZER_FILE).write_text(cfg.tokenizer_json)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read ``checkpoint.pt`` of a checkpoint directory (weights_only: no pickled code runs)."""
+    file = Path(path) / CHECKPOINT_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no checkpoint file in checkpoint directory {path}")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_model(path: str | Path) -> tuple[CLIP, CaptionTokenizer, dict]:
+    """Model (eval mode, CPU) + tokenizer + raw state from a checkpoint directory."""
+    state = load_checkpoint(path)
+    model = create_model(CLIPConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    tokenizer = CaptionTokenizer.from_file(Path(path) / TOKENIZER_FILE, model.context_length)
+    return model.eval(), tokenizer, state
+
+
+def _resume_dir(cfg: TrainConfig, env: WorkerEnv):
+    """(context manager giving a directory or None): Ray's latest checkpoint wins over
+    ``resume_from`` (after a worker failure Ray hands back the last reported one)."""
+    import contextlib
+
+    if env.in_ray:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            return checkpoint.as_directory()
+    return contextlib.nullcontext(cfg.resume_from or None)
+
+
+def build(cfg: TrainConfig, env: WorkerEnv):
+    """Model (DDP-wrapped when distributed), optimizer, tokenizer and the step to start at."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model)
+    tokenizer = CaptionTokenizer.from_str(cfg.tokenizer_json, model.context_length)
+    if tokenizer.vocab_size > model.token_embedding.num_embeddings:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids > model {cfg.model} vocab "
+                         f"{model.token_embedding.num_embeddings}")
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    start_step = 0
+    with _resume_dir(cfg, env) as resume:
+        if resume:
+            state = load_checkpoint(resume)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_step = int(state["step"])
+    model.to(env.device)
+    _move_optimizer_state(optimizer, env.device)
+    return model, optimizer, tokenizer, start_step
+
+
+def _move_optimizer_state(optimizer, device) -> None:
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+
+
+class MetricsLog:
+    """Rank 0's metrics.jsonl (appended across resumes) and the loss plot."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(out_dir) / METRICS_FILE
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        """loss.png: training loss and logit scale against step."""
+        if not self.enabled or not self.path.exists():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+        ax1.set(xlabel="step", ylabel="contrastive loss", title="training loss")
+        ax2.plot([r["step"] for r in rows], [r["logit_scale"] for r in rows])
+        ax2.set(xlabel="step", ylabel="exp(logit_scale)", title="logit scale")
+        fig.tight_layout()
+        fig.savefig(self.path.with_name("loss.png"), dpi=100)
+        plt.close(fig)
+
+
+def _reduce_counts(counts: Counter, env: WorkerEnv) -> dict[str, int]:
+    """Sum the data counters over all ranks (a collective: every rank calls it at the same step)."""
+    t = torch.tensor([counts[k] for k in COUNT_KEYS], dtype=torch.float64)
+    if env.world_size > 1:
+        t = t.to(env.device)
+        dist.all_reduce(t)
+    return {k: int(v) for k, v in zip(COUNT_KEYS, t.tolist())}
+
+
+def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int, metrics: dict) -> None:
+    """Checkpoint at ``step``: under Ray every rank calls ``ray.train.report`` (rank 0 attaches
+    the checkpoint); alone, rank 0 writes ``out_dir/checkpoints/step_<step>``."""
+    if env.in_ray:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if env.rank == 0:
+                checkpoint = ray.train.Checkpoint.from_directory(
+                    save_checkpoint(Path(tmp) / "ckpt", model, optimizer, step, cfg)
+                )
+            ray.train.report(metrics, checkpoint=checkpoint)
+    elif env.rank == 0:
+        ckpt_dir = Path(cfg.out_dir) / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt_dir / f"step_{step:08d}", model, optimizer, step, cfg)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Train CLIP per ``TrainConfig(**config)``; return the last step's metrics.
+
+    Alone: one process, checkpoints under ``out_dir/checkpoints/``. Under TorchTrainer: DDP
+    across workers, checkpoints through ``ray.train.report`` from rank 0, resumes from
+    ``ray.train.get_checkpoint()`` after a failure. Every rank runs exactly ``steps`` steps on
+    full batches of ``batch_size``."""
+    # 1. config and worker environment
+    cfg = TrainConfig.from_dict(config)
+    env = worker_env(cfg)
+    torch.set_float32_matmul_precision("high")
+    # 2. model, optimizer, tokenizer, resume point
+    model, optimizer, tokenizer, step = build(cfg, env)
+    raw_model = model
+    if env.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+    loss_fn = ClipLoss(local_loss=cfg.local_loss and env.world_size > 1,
+                       gather_with_grad=env.world_size > 1, rank=env.rank, world_size=env.world_size)
+    # 3. data: an endless stream of equal-shape batches for this rank
+    pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
+                                   seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer)
+    batches = train_batches(pipeline, cfg.data_workers)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
+    steps_per_epoch = cfg.steps_per_epoch or cfg.steps
+    log = MetricsLog(cfg.out_dir, enabled=env.rank == 0)
+    counts: Counter = Counter()
+    progress = _progress(cfg, env, step)
+    metrics: dict = {"step": step}
+    t_last, samples_since = time.perf_counter(), 0
+    # 4. the loop
+    while step < cfg.steps:
+        lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        counts.update(batch.counts)
+        images = batch.images.to(env.device, non_blocking=True)  # (B, 3, S, S)
+        texts = batch.texts.to(env.device, non_blocking=True)  # (B, context)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            image_features, text_features, logit_scale = model(images, texts)
+            loss = loss_fn(image_features.float(), text_features.float(), logit_scale.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip_norm)
+        optimizer.step()
+        raw_model.clamp_logit_scale()
+        step += 1
+        samples_since += cfg.batch_size * env.world_size
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        # 5. metrics every log_every steps (same steps on every rank: the count reduce is collective)
+        if step % cfg.log_every == 0 or step == cfg.steps or step % steps_per_epoch == 0:
+            now = time.perf_counter()
+            metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "loss": _mean_loss(loss, env),
+                       "lr": lr, "logit_scale": float(raw_model.logit_scale.detach().exp()),
+                       "samples_per_s": samples_since / (now - t_last), "data": _reduce_counts(counts, env)}
+            t_last, samples_since = now, 0
+            log.write(metrics)
+        # 6. checkpoint at each epoch end and at the last step
+        if step % steps_per_epoch == 0 or step == cfg.steps:
+            _report(cfg, env, raw_model, optimizer, step, metrics)
+    if progress is not None:
+        progress.close()
+    log.plot()
+    return metrics
+
+
+def _mean_loss(loss: torch.Tensor, env: WorkerEnv) -> float:
+    """The loss of the global batch: the mean of the per-rank (local-rows) losses."""
+    value = loss.detach().float().clone()
+    if env.world_size > 1:
+        dist.all_reduce(value)
+        value /= env.world_size
+    return float(value)
+
+
+def _progress(cfg: TrainConfig, env: WorkerEnv, start: int):
+    if env.rank != 0 or not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", mininterval=2.0)
