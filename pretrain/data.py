@@ -9,7 +9,9 @@ the same batch shapes (ranks with different step counts hang DDP, ray#66085).
 Bad samples are skipped and counted, never fatal: ``missing_image``, ``missing_text``,
 ``bad_text`` (not UTF-8 / empty), ``corrupt_image`` (PIL cannot decode it, or a
 decompression bomb); an unreadable tar file counts as ``unreadable_shard``. For samples,
-``read == decoded + sum(rejected)``. Each batch carries the counts since the previous batch.
+``read == decoded + sum(rejected)``; without resampling, the decoded samples left over at the
+end of each pass over the shards (less than a batch) count as ``partial_batch``. Each batch
+carries the counts since the previous batch.
 """
 
 from __future__ import annotations
@@ -108,19 +110,21 @@ class Batcher:
         self.decoder = decoder  # the same object as the decode stage: its counts are read here
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.reported: Counter = Counter()  # decoder counts already attached to a batch
 
     def __call__(self, pairs: Iterator[tuple[torch.Tensor, str]]) -> Iterator[TrainBatch]:
         images, captions = [], []
-        reported: Counter = Counter()
         for pixels, caption in pairs:
             images.append(pixels)
             captions.append(caption)
             if len(images) == self.batch_size:
                 counts = Counter(self.decoder.counts)
-                counts.subtract(reported)
-                reported = Counter(self.decoder.counts)
+                counts.subtract(self.reported)
+                self.reported = Counter(self.decoder.counts)
                 yield TrainBatch(torch.stack(images), self.tokenizer(captions), dict(counts))
                 images, captions = [], []
+        # end of a finite pass (resample=False): the decoded remainder is not trained on
+        self.decoder.counts["partial_batch"] += len(images)
 
 
 def require_shards(shards: Iterator[dict]) -> Iterator[dict]:
@@ -174,3 +178,25 @@ def train_batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[Trai
         pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4
     )
     return iter(loader)
+
+
+def read_captions(urls: str | list[str], limit: int) -> list[str]:
+    """Up to ``limit`` captions (``.txt`` members, decoded as UTF-8) from the shards in order,
+    for training the tokenizer; unreadable shards and undecodable captions are skipped.
+    Raises ``ValueError`` naming the pattern if no caption is found."""
+    captions: list[str] = []
+    samples = wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)
+    )
+    for sample in samples:
+        try:
+            text = sample.get("txt", b"").decode("utf-8").strip()
+        except UnicodeDecodeError:
+            continue
+        if text:
+            captions.append(text)
+            if len(captions) >= limit:
+                break
+    if not captions:
+        raise ValueError(f"{urls}: no captions (.txt members) found to train the tokenizer")
+    return captions

@@ -10,6 +10,8 @@ The constructor and call signature are open_clip's, so the two are interchangeab
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -31,8 +33,10 @@ def gather_features(
     of every rank into the owner's rows). Without it, other ranks' rows are constants and,
     unless ``local_loss``, the local rows are put back so they keep their gradient."""
     if gather_with_grad:
-        all_image = torch.cat(dist_nn.all_gather(image_features), dim=0)
-        all_text = torch.cat(dist_nn.all_gather(text_features), dim=0)
+        with warnings.catch_warnings():  # deprecated in favour of a private API; still correct
+            warnings.simplefilter("ignore", FutureWarning)
+            all_image = torch.cat(dist_nn.all_gather(image_features), dim=0)
+            all_text = torch.cat(dist_nn.all_gather(text_features), dim=0)
         return all_image, all_text
     gathered_image = [torch.zeros_like(image_features) for _ in range(world_size)]
     gathered_text = [torch.zeros_like(text_features) for _ in range(world_size)]

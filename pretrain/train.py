@@ -32,7 +32,8 @@ from pretrain.tokenizer import CaptionTokenizer
 CHECKPOINT_FILE = "checkpoint.pt"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
-COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard")
+COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
+              "partial_batch")
 
 
 @dataclass

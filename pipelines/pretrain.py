@@ -1,0 +1,163 @@
+"""Pretrain CLIP on WebDataset shards with Ray Train (the job entry point).
+
+    python pipelines/pretrain.py --train-data 'RUN/curation/shards/{00000..00009}.tar' \
+        --model tiny --steps 200 --batch-size 64 --workers 2 --out runs/pretrain/tiny
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python pipelines/pretrain.py --config pretrain.yaml
+
+Steps: 1. read the config (``--config`` JSON/YAML, then command-line flags win);
+2. train the caption BPE on the shards' captions (or load ``--tokenizer``), save it in OUT;
+3. run ``pretrain.train.train_loop_per_worker`` under ``TorchTrainer`` with ``--workers`` workers
+(gloo on CPU, nccl with ``--use-gpu``), ``FailureConfig(max_failures)``, checkpoints in
+``OUT/checkpoints/`` (``--workers 0`` runs the same loop in this process, without Ray);
+4. write ``OUT/result.json`` (last metrics, checkpoint path). Metrics: ``OUT/metrics.jsonl``,
+``OUT/loss.png``. Uses ``pipelines.runtime.init_ray`` (so ``$RAY_ADDRESS`` from ``ray job
+submit`` is honoured). On a multi-node cluster OUT must be shared storage.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # run as a script, sys.path[0] is pipelines/, where this file would shadow the package
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from pipelines.runtime import configure_environment, init_ray
+from pretrain.train import TOKENIZER_FILE, TrainConfig, train_loop_per_worker
+
+
+@dataclass
+class PretrainJob:
+    train: TrainConfig  # what every worker runs
+    workers: int = 1  # Ray Train workers (0 = run the loop in this process, no Ray)
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
+    tokenizer: str = ""  # existing tokenizer.json ('' = train one on the shards' captions)
+    tokenizer_captions: int = 100_000  # captions read from the shards to train the BPE
+    vocab_size: int = 0  # BPE vocabulary size (0 = the model's token embedding rows)
+
+
+JOB_KEYS = {"workers", "max_failures", "tokenizer", "tokenizer_captions", "vocab_size"}
+
+
+def _load_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config must be a mapping of field -> value")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_args(argv: list[str] | None) -> dict:
+    """Command line -> a flat dict of config fields (file values, then flags that were given)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="JSON or YAML file with any of the fields below")
+    p.add_argument("--out", dest="out_dir", help="run directory (checkpoints/, metrics.jsonl)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--max-failures", type=int)
+    p.add_argument("--tokenizer", help="existing tokenizer.json (default: train a BPE)")
+    p.add_argument("--tokenizer-captions", type=int)
+    p.add_argument("--vocab-size", type=int)
+    for f in fields(TrainConfig):
+        if f.name in ("out_dir", "tokenizer_json"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "betas":
+            p.add_argument(flag, type=float, nargs=2)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind)
+    args = vars(p.parse_args(argv))
+    merged = _load_config_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    merged.update({k: v for k, v in args.items() if v is not None})
+    for required in ("train_data", "out_dir"):
+        if not merged.get(required):
+            p.error(f"--{required.replace('_', '-')} is required (flag or config file)")
+    return merged
+
+
+def prepare_tokenizer(job: dict, model_name: str, out_dir: Path) -> str:
+    """The tokenizer JSON: loaded from ``job['tokenizer']`` or trained on the shards'
+    captions; saved as ``out_dir/tokenizer.json`` either way."""
+    from pretrain.data import read_captions
+    from pretrain.factory import get_model_config
+    from pretrain.tokenizer import CaptionTokenizer
+
+    text_cfg = get_model_config(model_name)["text_cfg"]
+    context = text_cfg.get("context_length", 77)
+    if job.get("tokenizer"):
+        tokenizer = CaptionTokenizer.from_file(job["tokenizer"], context)
+    else:
+        captions = read_captions(job["train_data"], job.get("tokenizer_captions", 100_000))
+        vocab = job.get("vocab_size") or text_cfg.get("vocab_size", 49408)
+        tokenizer = CaptionTokenizer.train(captions, vocab_size=vocab, context_length=context)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out_dir / TOKENIZER_FILE)
+    return tokenizer.to_str()
+
+
+def build_job(flat: dict) -> PretrainJob:
+    """Flat config dict -> typed job (trains or loads the tokenizer)."""
+    flat = dict(flat)
+    out_dir = Path(flat["out_dir"]).resolve()
+    flat["out_dir"] = str(out_dir)
+    job_fields = {k: flat.pop(k) for k in list(flat) if k in JOB_KEYS}
+    flat["tokenizer_json"] = prepare_tokenizer({**job_fields, "train_data": flat["train_data"]},
+                                               flat.get("model", "tiny"), out_dir)
+    return PretrainJob(train=TrainConfig.from_dict(flat), **job_fields)
+
+
+def fit(job: PretrainJob) -> dict:
+    """Run the training; return {"metrics": last metrics, "checkpoint": path or None}."""
+    cfg = job.train
+    if job.workers == 0:
+        metrics = train_loop_per_worker(asdict(cfg))
+        ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step_*"))
+        return {"metrics": metrics, "checkpoint": str(ckpts[-1]) if ckpts else None}
+    init_ray()
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(cfg),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name="checkpoints",
+            storage_path=cfg.out_dir,
+            failure_config=FailureConfig(max_failures=job.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return {"metrics": result.metrics, "checkpoint": checkpoint}
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Entry point: parse, prepare, train, write ``OUT/result.json``; return that dict."""
+    configure_environment()
+    job = build_job(parse_args(argv))
+    outcome = fit(job)
+    summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},
+               "workers": job.workers}
+    (Path(job.train.out_dir) / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[pretrain] done: step {outcome['metrics'].get('step')}, checkpoint {outcome['checkpoint']}")
+    return summary
+
+
+if __name__ == "__main__":
+    run()

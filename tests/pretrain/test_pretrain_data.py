@@ -1,0 +1,75 @@
+"""The WebDataset training stream: equal batch shapes, and bad samples / shards skipped and
+counted (read == decoded + rejected), never fatal."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pretrain.data import make_train_pipeline, read_captions, train_batches
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def bad_shards(tmp_path) -> str:
+    """00000.tar: 12 good pairs + a corrupt image + a missing caption + a missing image +
+    a non-UTF-8 caption; 00001.tar: not a tar file at all."""
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
+        for i in range(12):
+            sink.write({"__key__": f"good{i:02d}", "png": _png(i), "txt": f"a random picture {i}"})
+        sink.write({"__key__": "corrupt", "jpg": b"\xff\xd8\xff not really a jpeg", "txt": "broken"})
+        sink.write({"__key__": "notext", "png": _png(99), "json": b"{}"})
+        sink.write({"__key__": "noimage", "txt": "caption without image"})
+        sink.write({"__key__": "badutf8", "png": _png(98), "txt": b"\xff\xfe\xfa"})
+    (tmp_path / "00001.tar").write_bytes(b"this is not a tar archive" * 40)
+    return str(tmp_path / "{00000..00001}.tar")
+
+
+def test_bad_samples_and_shards_are_skipped_and_counted(bad_shards, tokenizer):
+    pipeline = make_train_pipeline(bad_shards, tokenizer, image_size=32, batch_size=4,
+                                   resample=False, shuffle_buffer=1)
+    # 3 batches per pass over the 12 good samples; the 7th batch (3rd pass) carries the
+    # counts of the whole 2nd pass, whose bad samples come after its last good one
+    batches = list(itertools.islice(train_batches(pipeline, num_workers=0), 7))
+    assert all(b.images.shape == (4, 3, 32, 32) and b.texts.shape == (4, 77) for b in batches)
+    totals = Counter()
+    for b in batches:
+        totals.update(b.counts)
+    rejected = {k: totals[k] for k in ("corrupt_image", "missing_text", "missing_image", "bad_text")}
+    assert totals["decoded"] == 28
+    assert rejected == {"corrupt_image": 2, "missing_text": 2, "missing_image": 2, "bad_text": 2}
+    assert totals["read"] == totals["decoded"] + sum(rejected.values())
+    assert totals["unreadable_shard"] == 2 and totals["partial_batch"] == 0
+
+
+def test_resampled_stream_gives_full_batches_forever(tiny_shards, tokenizer):
+    pipeline = make_train_pipeline(tiny_shards, tokenizer, image_size=32, batch_size=48, seed=3)
+    batches = list(itertools.islice(train_batches(pipeline, num_workers=0), 12))  # > 512 samples
+    assert [tuple(b.images.shape) for b in batches] == [(48, 3, 32, 32)] * 12
+    assert sum(b.counts["decoded"] for b in batches) >= 12 * 48
+
+
+def test_all_bad_data_fails_with_a_clear_error(tmp_path, tokenizer):
+    (tmp_path / "00000.tar").write_bytes(b"garbage" * 100)
+    pipeline = make_train_pipeline(str(tmp_path / "00000.tar"), tokenizer, 32, 4)
+    with pytest.raises(RuntimeError, match="failed in a row"):
+        next(train_batches(pipeline, num_workers=0))
+
+
+def test_read_captions(tiny_shards, tmp_path):
+    captions = read_captions(tiny_shards, 50)
+    assert len(captions) == 50 and all(isinstance(c, str) and c for c in captions)
+    with pytest.raises(ValueError, match="no captions"):
+        read_captions(str(tmp_path / "missing.tar"), 5)
