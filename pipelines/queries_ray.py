@@ -1,0 +1,85 @@
+"""Ray Data adapter of the n-gram counting job (queries/counting.py describes the stages).
+
+    sources ─ map_batches(DocumentReader) ─ map_batches(WikitextStripper)
+            ─ map_batches(NgramCounter) ─ groupby("ngram").sum("count") ─ map_batches(FrequentNgrams)
+
+Every stage is a callable class from queries/ applied with ``batch_format="pyarrow"``; Ray
+streams the document batches between them and spreads the strip/count actors over the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from queries.corpus import DocumentSource, iter_document_batches
+from queries.counting import CountingJob
+from queries.ngrams import COUNT_SCHEMA, FrequentNgrams, NgramCounter
+from queries.wikitext import WikitextStripper
+
+log = logging.getLogger(__name__)
+
+
+class DocumentReader:
+    """Callable stage: rows ``(path, kind)`` -> a stream of document batches (a generator, so a
+    multi-GB dump never sits in memory whole)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size  # documents per yielded batch
+
+    def __call__(self, sources: pa.Table):
+        for path, kind in zip(sources["path"].to_pylist(), sources["kind"].to_pylist()):
+            for batch in iter_document_batches(DocumentSource(path, kind), self.batch_size):
+                yield pa.Table.from_batches([batch])
+
+
+def _sum_column(table: pa.Table) -> pa.Table:
+    """Ray's groupby names the sum ``sum(count)``; back to :data:`COUNT_SCHEMA`."""
+    return table.rename_columns(["ngram", "count"]).cast(COUNT_SCHEMA)
+
+
+def count_with_ray(job: CountingJob, num_cpus: int | None = None) -> pa.Table:
+    """Run the counting job on the current Ray runtime (``pipelines.runtime.init_ray`` first);
+    returns the filtered, merged count table sorted by ngram."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    workers = max(1, int(num_cpus or ray.cluster_resources().get("CPU", 1)))
+    rows = [{"path": s.path, "kind": s.kind} for s in job.sources]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(
+        DocumentReader,
+        fn_constructor_kwargs={"batch_size": job.batch_size},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(len(rows), workers))),
+        num_cpus=0.5,  # mostly decompression + expat; leaves room for the strip/count actors
+    )
+    ds = ds.map_batches(
+        WikitextStripper,
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=0.5,
+    )
+    ds = ds.map_batches(
+        NgramCounter,
+        fn_constructor_kwargs={"lowercase": job.lowercase},
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=0.5,
+    )
+    ds = ds.groupby("ngram", num_partitions=max(2, 2 * workers)).sum("count")
+    ds = ds.map_batches(_sum_column, batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(
+        FrequentNgrams,
+        fn_constructor_kwargs={"min_unigram": job.min_unigram, "min_bigram": job.min_bigram},
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=1),
+    )
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    counts = pa.concat_tables(tables).cast(COUNT_SCHEMA) if tables else COUNT_SCHEMA.empty_table()
+    return counts.sort_by("ngram")

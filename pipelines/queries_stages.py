@@ -1,0 +1,143 @@
+"""The query-list build, stage by stage: count the corpus on an engine, select each source,
+merge, write. ``pipelines/build_queries.py`` parses the CLI and calls :func:`build_query_list`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from queries.build import (
+    SOURCES,
+    QueryListConfig,
+    merge_sources,
+    read_unigram_counts_file,
+    select_bigrams,
+    select_unigrams,
+    write_query_list,
+)
+from queries.corpus import DocumentSource
+from queries.counting import CountingJob, count_locally
+from queries.ngrams import bigram_pmi, split_counts
+from queries.text import is_matchable
+from queries.titles import read_title_list, select_titles, titles_from_pageviews
+from queries.wordnet import read_wordnet
+
+log = logging.getLogger("build_queries")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run the counting job."""
+
+    runner: str = "beam"  # "beam", "ray" or "local" (in-process reference)
+    beam_runner: str | None = None  # Beam runner name (None: offline DirectRunner)
+    beam_args: tuple[str, ...] = ()  # extra Beam pipeline flags (Flink/Spark/Dataflow options)
+    ray_address: str | None = None  # Ray cluster (None: $RAY_ADDRESS or a local Ray)
+    batch_size: int = 256  # documents per counting batch
+    progress: bool = True  # progress bars / logs on long stages
+
+
+def count_corpus(sources, config: QueryListConfig, engine: EngineOptions) -> pa.Table:
+    """Count unigrams and bigrams of the dumps and text corpora on the chosen engine."""
+    docs = tuple(DocumentSource(p, "wiki_dump") for p in sources.wiki_dumps) + tuple(
+        DocumentSource(p, "text") for p in sources.texts
+    )
+    # Unigram entries from a counts file need only the corpus counts that PMI uses.
+    min_unigram = config.min_bigram_count if sources.unigram_counts else min(config.min_count, config.min_bigram_count)
+    job = CountingJob(docs, config.lowercase, min_unigram, config.min_bigram_count, engine.batch_size)
+    if engine.runner == "ray":
+        from pipelines.queries_ray import count_with_ray
+        from pipelines.runtime import init_ray
+
+        init_ray(engine.ray_address)
+        return count_with_ray(job)
+    if engine.runner == "beam":
+        from pipelines.queries_beam import count_with_beam
+
+        return count_with_beam(job, engine.beam_runner, list(engine.beam_args))
+    if engine.runner == "local":
+        return count_locally(job, progress=engine.progress).sort_by("ngram")
+    raise ValueError(f"unknown runner {engine.runner!r} (beam, ray or local)")
+
+
+def _select_titles(sources, config: QueryListConfig, stats: dict) -> pa.Table | None:
+    if sources.pageviews:
+        views, pv_stats = titles_from_pageviews(list(sources.pageviews))
+        stats["pageviews"] = {
+            "files": pv_stats.files,
+            "lines": pv_stats.lines,
+            "kept_lines": pv_stats.kept,
+            "other_project_lines": pv_stats.other_project,
+            "bad_lines": pv_stats.bad,
+        }
+    elif sources.titles:
+        views = read_title_list(sources.titles)
+    else:
+        return None
+    titles, dropped = select_titles(views, config.min_views)
+    stats["dropped"]["title"] = dropped
+    return titles.rename_columns(["query", "views"])
+
+
+def _wordnet_entries(sources, config: QueryListConfig, stats: dict) -> pa.Table | None:
+    if not sources.wordnet:
+        return None
+    names = read_wordnet(sources.wordnet, all_lemmas=config.wordnet_all_lemmas)
+    kept = [n for n in names.names if is_matchable(n)]
+    stats["wordnet"] = {"synsets": names.synsets, "distinct_names": len(names.names)}
+    stats["dropped"]["wordnet"] = {"unmatchable": len(names.names) - len(kept)}
+    return pa.table({"query": pa.array(kept, pa.string())})
+
+
+def _with_nulls(table: pa.Table) -> pa.Table:
+    """Add the provenance columns a source does not have, as nulls."""
+    n = table.num_rows
+    for name, typ in (("count", pa.int64()), ("pmi", pa.float64()), ("views", pa.int64())):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(n, typ))
+    return table.select(["query", "count", "pmi", "views"])
+
+
+def _corpus_entries(sources, config, engine, stats) -> dict[str, pa.Table]:
+    entries: dict[str, pa.Table] = {}
+    if sources.wiki_dumps or sources.texts:
+        t0 = time.time()
+        unigrams, bigrams, totals = split_counts(count_corpus(sources, config, engine))
+        log.info("counted %d documents, %d tokens in %.1f s", totals["documents"], totals["tokens"], time.time() - t0)
+        stats["corpus"] = {**totals, "frequent_unigrams": unigrams.num_rows, "candidate_bigrams": bigrams.num_rows}
+        scored = bigram_pmi(unigrams, bigrams, totals["tokens"])
+        entries["bigram"], stats["dropped"]["bigram"], stats["bigram_pmi_calibration"] = select_bigrams(scored, config)
+        if not sources.unigram_counts:
+            entries["unigram"], stats["dropped"]["unigram"] = select_unigrams(unigrams, config.min_count)
+    if sources.unigram_counts:
+        counts, bad = read_unigram_counts_file(sources.unigram_counts, config.lowercase)
+        entries["unigram"], dropped = select_unigrams(counts, config.min_count)
+        stats["dropped"]["unigram"] = {**bad, **dropped}
+    return entries
+
+
+def build_query_list(sources, config: QueryListConfig, engine: EngineOptions, out: str) -> dict:
+    """Build and write the query list under ``<out>/queries``; returns the stats written."""
+    stats: dict = {"dropped": {}, "runner": engine.runner}
+    entries = _corpus_entries(sources, config, engine, stats)
+    titles = _select_titles(sources, config, stats)
+    if titles is not None:
+        entries["title"] = _with_nulls(titles)
+    wordnet = _wordnet_entries(sources, config, stats)
+    if wordnet is not None:
+        entries["wordnet"] = _with_nulls(wordnet)
+    table, duplicates = merge_sources(entries)
+    for source, n in duplicates.items():
+        if source in entries:
+            stats["dropped"].setdefault(source, {})["duplicate"] = n
+    counts = table["source"].value_counts().to_pylist()
+    found = {c["values"]: c["counts"] for c in counts}
+    stats["sources"] = {s: found.get(s, 0) for s in SOURCES if s in entries}
+    stats["rows"] = table.num_rows
+    target = write_query_list(out, table, stats, config)
+    log.info("wrote %d queries to %s", table.num_rows, target)
+    return stats
