@@ -52,9 +52,9 @@ class NgramCounter:
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         texts = pc.fill_null(texts.cast(pa.string()), "")
+        meta = [len(texts), int(pc.sum(pc.binary_length(texts)).as_py() or 0)]
         if self.lowercase:
             texts = pc.utf8_lower(texts)
-        meta = [len(texts), int(pc.sum(pc.binary_length(texts)).as_py() or 0)]
         pieces = pc.split_pattern(space_texts(texts), " ")
         flat = pc.list_flatten(pieces)
         if len(flat) == 0:

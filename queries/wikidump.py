@@ -79,6 +79,8 @@ def iter_pages(path: str | Path, stats: DumpStats | None = None) -> Iterator[tup
         raise WikiDumpError(f"{path}: no such dump file")
     try:
         with open_dump(path) as stream:
+            if not stream.peek(1):
+                raise WikiDumpError(f"{path}: empty dump (no data)")
             yield from _iter_pages_stream(stream, stats)
     except EOFError as err:
         raise WikiDumpError(f"{path}: truncated compressed dump ({err})") from err

@@ -30,7 +30,8 @@ _DROP_BLOCKS = re.compile(
 _TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _TABLE = re.compile(r"\{\|(?:(?!\{\|).)*?\|\}", re.S)
-_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
+# [[...]] whose inside holds no [[ ]] but may hold single [..] groups ("Bicyclo[1.1.0]butane").
+_LINK = re.compile(r"\[\[([^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*)\]\]")
 _EXT_LINK = re.compile(r"\[(?:https?:|ftp:)?//[^\s\]]*\s*([^\]]*)\]")
 _URL = re.compile(r"https?://[^\s<>\]|]*")
 # Line-start patterns use a literal "\n" prefix (the text is given a leading "\n"): far faster
@@ -91,6 +92,7 @@ def strip_wikitext(wikitext: str) -> str:
     text = _LIST_MARKERS.sub("\n", text)
     if "----" in text:
         text = _RULE.sub("\n", text)
+    text = text[1:]  # the "\n" added for the line-start patterns
     if "__" in text:
         text = _MAGIC_WORD.sub("", text)
     for leftover in _LEFTOVERS:
