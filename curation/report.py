@@ -3,9 +3,8 @@
 Reads what the stages left behind, nothing else:
 
 - every ``stats/<stage>.json`` → a funnel of rows per stage and a table of reject reasons;
-- per-entry counts before/after balancing, when the curation core wrote them
-  (``stats/entry_counts.parquet`` with ``entry`` / ``count_before`` / ``count_after``, or any
-  parquet under ``stats/`` with those two count columns) → a rank plot;
+- the curation core's per-entry counts before/after balancing (``stats/entry_counts.png``),
+  when present;
 - the first final shard → a grid of sample images with their captions.
 
 Open ``report.html`` in a browser; it only references files next to it.
@@ -25,14 +24,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curation.image_accounting import atomic_write_bytes  # noqa: E402
 
 # Stages in data-flow order; stages not listed follow in file-modification order.
-STAGE_ORDER = ("pool", "normalize", "langid", "text", "textfilter", "match", "balance", "urldedup",
-               "textdedup", "dedup", "select", "urlguard", "download", "imagecheck", "imagededup", "shards")
+STAGE_ORDER = ("read", "text", "dedup_url", "dedup_text", "match", "balance",
+               "urlguard", "download", "imagecheck", "imagededup", "shards")
 
 
 def read_all_stats(curation_dir: Path) -> dict[str, dict]:
@@ -72,30 +70,6 @@ def plot_funnel(stats: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("rows")
     ax.set_title("rows per stage (kept + rejected by reason)")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
-    _save(fig, path)
-
-
-def find_entry_counts(curation_dir: Path):
-    """The per-entry (before, after) balancing counts as two numpy arrays, or None."""
-    for f in sorted((curation_dir / "stats").glob("*.parquet")):
-        names = pq.read_schema(f).names
-        if {"count_before", "count_after"} <= set(names):
-            table = pq.read_table(f, columns=["count_before", "count_after"])
-            return (np.asarray(table.column("count_before").to_numpy(zero_copy_only=False), float),
-                    np.asarray(table.column("count_after").to_numpy(zero_copy_only=False), float))
-    return None
-
-
-def plot_entry_counts(before: np.ndarray, after: np.ndarray, path: Path) -> None:
-    """Entries ranked by pairs before balancing, log-log, with their counts after."""
-    order = np.argsort(-before)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rank = np.arange(1, len(order) + 1)
-    ax.loglog(rank, np.maximum(before[order], 0.5), label="before balancing")
-    ax.loglog(rank, np.maximum(after[order], 0.5), label="after balancing", alpha=0.8)
-    ax.set_xlabel("entry rank")
-    ax.set_ylabel("matched pairs")
-    ax.legend()
     _save(fig, path)
 
 
@@ -143,10 +117,8 @@ def write_report(curation_dir: str | Path) -> Path:
     if stats:
         plot_funnel(stats, out / "funnel.png")
         parts += ["<h2>Rows per stage</h2>", '<img src="report/funnel.png">', _stats_table(stats)]
-    counts = find_entry_counts(root)
-    if counts is not None:
-        plot_entry_counts(*counts, out / "entry_counts.png")
-        parts += ["<h2>Pairs per entry, before/after balancing</h2>", '<img src="report/entry_counts.png">']
+    if (root / "stats" / "entry_counts.png").exists():
+        parts += ["<h2>Pairs per entry, before/after balancing</h2>", '<img src="stats/entry_counts.png">']
     shards = sorted((root / "shards").glob("*.tar"))
     if shards:
         sample_grid(shards[0], out / "samples.png")
