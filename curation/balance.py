@@ -1,0 +1,88 @@
+"""Per-entry counts and MetaCLIP balancing with a deterministic, engine-independent draw.
+
+c_e is the number of matched pairs of entry e over the whole (deduplicated) pool;
+p_e = t / max(c_e, t); a pair with matched entries E is kept when any entry's uniform draw
+u(uid, e, seed) < p_e, i.e. with probability 1 - prod_{e in E} (1 - p_e). The draw is a pure
+function of (uid, entry id, seed): ``splitmix64(xxh3_64(uid) ^ splitmix64(seed * 2^32 + e))``
+mapped to [0, 1) by its top 53 bits, so any engine, partitioning, worker count or retry draws
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from curation.stage import with_reasons
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def uid_hashes(uids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+    """``xxh3_64`` of each uid's UTF-8 bytes (uint64)."""
+    values = uids.to_pylist() if not isinstance(uids, list) else uids
+    return np.fromiter((xxhash.xxh3_64_intdigest(v.encode()) for v in values), dtype=np.uint64, count=len(values))
+
+
+def count_entries(query_ids: pa.Array | pa.ChunkedArray, num_queries: int) -> np.ndarray:
+    """Matched pairs per entry (int64, length ``num_queries``) of a ``list<int32>`` column."""
+    if isinstance(query_ids, pa.ChunkedArray):
+        query_ids = query_ids.combine_chunks() if query_ids.num_chunks else pa.array([], pa.list_(pa.int32()))
+    flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False)
+    return np.bincount(flat.astype(np.int64), minlength=num_queries).astype(np.int64)
+
+
+def balance_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
+    """p_e = t / max(c_e, t) (entries never matched get 1.0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return t / np.maximum(counts, t)
+
+
+def uniform_draws(uid_hash: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """u(uid, e, seed) in [0, 1) for aligned arrays of uid hashes and entry ids."""
+    salt = splitmix64((np.uint64(seed) << np.uint64(32)) + entry_ids.astype(np.uint64))
+    bits = splitmix64(uid_hash ^ salt)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def keep_pairs(uid_hash: np.ndarray, query_ids: pa.ListArray, probs: np.ndarray, seed: int) -> np.ndarray:
+    """Boolean keep mask per row of ``query_ids`` (rows without ids are never kept)."""
+    offsets = query_ids.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_hash = np.repeat(uid_hash, lengths)
+    hit = uniform_draws(row_hash, flat, seed) < probs[flat]
+    cumulative = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+    return cumulative[offsets[1:]] > cumulative[offsets[:-1]]
+
+
+class Balancer:
+    """The balance stage: annotates rows not drawn as ``not_sampled`` and rows without a match
+    as ``no_match``. ``counts`` are the global per-entry counts (:func:`count_entries` summed)."""
+
+    def __init__(self, counts: np.ndarray, t: float = 20_000, seed: int = 0):
+        self.probs = balance_probabilities(counts, t)
+        self.seed = int(seed)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        query_ids = table.column("query_ids").combine_chunks()
+        if table.num_rows == 0:
+            return with_reasons(table)
+        keep = keep_pairs(uid_hashes(table.column("uid")), query_ids, self.probs, self.seed)
+        empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
+        reasons = np.where(keep, "", np.where(empty, "no_match", "not_sampled")).astype(object)
+        return with_reasons(table, reasons)

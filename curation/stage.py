@@ -1,0 +1,117 @@
+"""The text-side stage contract: every stage annotates rows instead of dropping them.
+
+A stage is a callable ``(pa.Table) -> pa.Table`` that returns *every* input row with a
+``reject_reason`` string column: ``""`` for a kept row, a short reason otherwise. Engines then
+split the annotated batch with :func:`kept_rows` and :func:`record_rejects`, so the accounting
+``rows_in == rows_out + sum(rejected)`` holds by construction and is checked by
+:class:`StageStats`. Rejects go to ``rejects/<stage>/<content hash>.parquet`` (uid, reason):
+a file's name is a hash of its rows, so a retried batch rewrites the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+REASON = "reject_reason"
+KEPT = ""
+
+
+def with_reasons(table: pa.Table, reasons: np.ndarray | pa.Array | None = None) -> pa.Table:
+    """``table`` with its ``reject_reason`` column set (``None`` keeps every row); an existing
+    non-empty reason is never overwritten (the first reason wins)."""
+    new = pa.array(np.full(table.num_rows, KEPT, dtype=object) if reasons is None else reasons, pa.string())
+    if REASON in table.column_names:
+        old = table.column(REASON)
+        new = pc.if_else(pc.equal(old, KEPT), new, old)
+        return table.set_column(table.schema.get_field_index(REASON), REASON, new)
+    return table.append_column(REASON, new)
+
+
+def kept_rows(table: pa.Table) -> pa.Table:
+    """The rows whose reason is empty, without the reason column."""
+    return table.filter(pc.equal(table.column(REASON), KEPT)).drop_columns([REASON])
+
+
+def reason_counts(table: pa.Table) -> dict[str, int]:
+    """``{reason: rows}`` over an annotated table (``""`` counts the kept rows)."""
+    counts = pc.value_counts(table.column(REASON)).to_pylist()
+    return {c["values"]: int(c["counts"]) for c in counts}
+
+
+def record_rejects(table: pa.Table, rejects_dir: str) -> dict[str, int]:
+    """Write the rejected rows of an annotated batch as (uid, reason) parquet under
+    ``rejects_dir`` and return the batch's ``{reason: rows}`` counts (``""`` = kept)."""
+    counts = reason_counts(table) if table.num_rows else {}
+    rejected = table.filter(pc.not_equal(table.column(REASON), KEPT)).select(["uid", REASON])
+    if rejected.num_rows:
+        rejected = rejected.rename_columns(["uid", "reason"])
+        digest = xxhash.xxh3_128()
+        for column in rejected.columns:
+            for chunk in column.chunks:
+                for buf in chunk.buffers():
+                    if buf is not None:
+                        digest.update(buf)
+        write_parquet_atomic(rejected, f"{rejects_dir}/{digest.hexdigest()}.parquet")
+    return counts
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path`` through a temp name and a rename (readers never see a
+    partial file). Deterministic bytes: no timestamps, fixed writer settings."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+    os.replace(tmp, path)
+
+
+@dataclass
+class StageStats:
+    """Row accounting of one stage: ``rows_in == rows_out + sum(rejected.values())``."""
+
+    stage: str  # stage name, also the stats/<stage>.json and rejects/<stage>/ names
+    rows_in: int = 0  # rows the stage received
+    rows_out: int = 0  # rows it kept
+    rejected: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+
+    @classmethod
+    def from_counts(cls, stage: str, counts: dict[str, int]) -> StageStats:
+        """Stats from merged ``{reason: rows}`` counts (``""`` = kept)."""
+        rejected = {r: n for r, n in sorted(counts.items()) if r != KEPT and n}
+        kept = counts.get(KEPT, 0)
+        return cls(stage, kept + sum(rejected.values()), kept, rejected)
+
+    def check(self) -> StageStats:
+        """Raise if the accounting invariant does not hold; return self."""
+        if self.rows_in != self.rows_out + sum(self.rejected.values()):
+            raise AssertionError(f"stage {self.stage}: {self.rows_in} in != {self.rows_out} out + {self.rejected}")
+        return self
+
+    def write(self, stats_dir: str) -> str:
+        """Write ``stats_dir/<stage>.json`` (atomically); return its path."""
+        self.check()
+        path = f"{stats_dir}/{self.stage}.json"
+        Path(stats_dir).mkdir(parents=True, exist_ok=True)
+        body = {"stage": self.stage, "in": self.rows_in, "out": self.rows_out, "rejected": self.rejected}
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def merge_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    """Sum several ``{reason: rows}`` dicts."""
+    total: dict[str, int] = {}
+    for part in parts:
+        for reason, n in part.items():
+            total[reason] = total.get(reason, 0) + int(n)
+    return total
