@@ -72,8 +72,9 @@ def address_refusal(address: IPAddress, allowed: Iterable[ipaddress._BaseNetwork
         ("loopback_address", address.is_loopback),
         ("link_local_address", address.is_link_local),
         ("multicast_address", address.is_multicast),
+        ("reserved_address", address.is_reserved),
         ("private_address", address.is_private or address in SHARED_ADDRESS_SPACE),
-        ("reserved_address", address.is_reserved or not address.is_global),
+        ("non_global_address", not address.is_global),
     )
     return next((reason for reason, hit in checks if hit), None)
 
