@@ -136,11 +136,15 @@ def bigram_pmi(unigrams: pa.Table, bigrams: pa.Table, total: int) -> pa.Table:
 
 
 class FrequentNgrams:
-    """Callable stage wrapping :func:`keep_frequent` (engines apply it after the reduce)."""
+    """Callable stage wrapping :func:`keep_frequent` (engines apply it after the reduce). The
+    input's count column may be named otherwise (Ray's groupby calls it ``sum(count)``); the
+    output is a :data:`COUNT_SCHEMA` table."""
 
-    def __init__(self, min_unigram: int, min_bigram: int):
+    def __init__(self, min_unigram: int, min_bigram: int, count_column: str = "count"):
         self.min_unigram = min_unigram  # unigrams below this never leave the engine
         self.min_bigram = min_bigram  # bigrams below this never leave the engine
+        self.count_column = count_column  # name of the summed count column in the input
 
     def __call__(self, counts: pa.Table) -> pa.Table:
+        counts = pa.table({"ngram": counts["ngram"], "count": counts[self.count_column]}).cast(COUNT_SCHEMA)
         return keep_frequent(counts, self.min_unigram, self.min_bigram)

@@ -1,0 +1,130 @@
+"""Merging, output files, the counts-file unigram source, and the entry point on Beam / Ray / local."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.build_queries import run
+from queries.build import (
+    QUERY_SCHEMA,
+    load_queries,
+    merge_sources,
+    read_unigram_counts_file,
+    select_unigrams,
+)
+from queries.text import is_matchable
+
+from test_queries_titles_wordnet import HOUR_0, HOUR_1  # same dir (rootdir-style imports)
+
+
+def _entries(queries, counts=None, views=None):
+    n = len(queries)
+    return pa.table(
+        {
+            "query": pa.array(queries, pa.string()),
+            "count": pa.array(counts or [None] * n, pa.int64()),
+            "pmi": pa.nulls(n, pa.float64()),
+            "views": pa.array(views or [None] * n, pa.int64()),
+        }
+    )
+
+
+def test_merge_priority_sort_and_ids():
+    table, duplicates = merge_sources(
+        {
+            "wordnet": _entries(["dog", "zebra crossing", "Paris"]),
+            "title": _entries(["Paris", "Zürich"], views=[10, 20]),
+            "unigram": _entries(["dog", "cat"], counts=[500, 300]),
+        }
+    )
+    assert table.schema == QUERY_SCHEMA
+    assert table["query"].to_pylist() == ["Paris", "Zürich", "cat", "dog", "zebra crossing"]  # code point order
+    assert table["query_id"].to_pylist() == [0, 1, 2, 3, 4]
+    assert table["source"].to_pylist() == ["title", "title", "unigram", "unigram", "wordnet"]
+    assert table["count"].to_pylist() == [None, None, 300, 500, None]
+    assert table["views"].to_pylist() == [10, 20, None, None, None]
+    assert duplicates == {"unigram": 0, "bigram": 0, "title": 0, "wordnet": 2}
+
+
+def test_unigram_counts_file(sample):
+    counts, bad = read_unigram_counts_file(sample["unigram_counts"])
+    assert bad == {"empty_word": 1, "bad_line": 0}
+    assert counts.num_rows + sum(bad.values()) == 829_254
+    entries, dropped = select_unigrams(counts, min_count=100)
+    # 274,687 words have count >= 100, the empty word among them; 7,440 can never match
+    assert dropped["unmatchable"] == 7_440 and entries.num_rows == 267_246
+    assert dropped["below_min_count"] + dropped["unmatchable"] + entries.num_rows == counts.num_rows
+    assert all(is_matchable(q) for q in entries["query"].to_pylist()[:1000])
+
+
+def test_counts_file_bad_input(tmp_path):
+    path = tmp_path / "counts.gz"
+    path.write_bytes(gzip.compress(b"the;10\nbroken line\n;5\nword;x\n"))
+    counts, bad = read_unigram_counts_file(path)
+    assert counts.to_pylist() == [{"ngram": "the", "count": 10}]
+    assert bad == {"empty_word": 1, "bad_line": 2}
+
+
+@pytest.fixture(scope="module")
+def small_sources(sample, tmp_path_factory):
+    """A small but real build: the gensim dump, two hours of pageviews, WordNet."""
+    root = tmp_path_factory.mktemp("sources")
+    for name, data in (("pageviews-20240101-000000.gz", HOUR_0), ("pageviews-20240101-010000.gz", HOUR_1)):
+        (root / name).write_bytes(gzip.compress(data))
+    return [
+        "--wiki-dump", sample["wiki_dump"],
+        "--pageviews", str(root / "pageviews-*.gz"),
+        "--wordnet", sample["wordnet_dir"],
+        "--min-count", "20", "--min-bigram-count", "3", "--pmi-threshold", "6", "--min-views", "100",
+        "--quiet",
+    ]  # fmt: skip
+
+
+def _build(tmp_path, name, args, runner):
+    out = tmp_path / name
+    stats = run(["--out", str(out), "--runner", runner, *args])
+    return out / "queries", stats
+
+
+def test_local_build_outputs_and_stable_ids(small_sources, tmp_path):
+    first, stats = _build(tmp_path, "a", small_sources, "local")
+    second, _ = _build(tmp_path, "b", small_sources, "local")
+    for name in ("queries.parquet", "metadata.json", "stats.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    table = pq.read_table(first / "queries.parquet")
+    assert table.schema.equals(QUERY_SCHEMA)
+    queries = table["query"].to_pylist()
+    assert queries == sorted(set(queries)) and table["query_id"].to_pylist() == list(range(len(queries)))
+    assert load_queries(first / "metadata.json") == queries
+    assert stats["rows"] == len(queries) == sum(stats["sources"].values())
+    assert stats["sources"]["title"] == 3 and stats["sources"]["unigram"] > 1000 and stats["sources"]["bigram"] > 100
+    wordnet = stats["dropped"]["wordnet"]
+    assert stats["sources"]["wordnet"] + wordnet["duplicate"] + wordnet["unmatchable"] == 86_571
+    assert stats["pageviews"]["bad_lines"]["bad_utf8"] == 1
+    assert json.loads((first / "stats.json").read_text())["config"]["min_count"] == 20
+    einstein = table.filter(pa.compute.equal(table["query"], "Albert Einstein")).to_pylist()[0]
+    assert (einstein["source"], einstein["views"], einstein["count"]) == ("title", 500, None)
+    bigram = table.filter(pa.compute.equal(table["source"], "bigram")).slice(0, 1).to_pylist()[0]
+    assert bigram["pmi"] >= 6 and bigram["count"] >= 3 and bigram["views"] is None
+
+
+def test_beam_and_ray_builds_identical(small_sources, tmp_path, ray_session):
+    local, _ = _build(tmp_path, "local", small_sources, "local")
+    beam, _ = _build(tmp_path, "beam", small_sources, "beam")
+    ray, stats = _build(tmp_path, "ray", small_sources, "ray")
+    assert stats["runner"] == "ray"
+    for name in ("queries.parquet", "metadata.json"):
+        assert (beam / name).read_bytes() == (local / name).read_bytes(), name
+        assert (ray / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_cli_rejects_unknown_flags_without_beam(tmp_path):
+    with pytest.raises(SystemExit, match="pass-through flags are for --runner beam"):
+        run(["--out", str(tmp_path), "--runner", "local", "--bogus-flag=1"])
+    with pytest.raises(SystemExit, match="no file matches"):
+        run(["--out", str(tmp_path), "--pageviews", str(tmp_path / "none-*.gz")])
