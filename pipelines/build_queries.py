@@ -100,7 +100,10 @@ def run(argv: list[str] | None = None) -> dict:
     """Entry point: build the query list; returns the stats written to stats.json."""
     configure_environment()
     args, beam_args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # our stage logs (and the adapters') at INFO; the engines' own INFO chatter stays off
+    for name in ("build_queries", "pipelines.queries_beam", "pipelines.queries_ray"):
+        logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     from queries.build import QueryListConfig
 
     config = QueryListConfig(

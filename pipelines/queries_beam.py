@@ -27,6 +27,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from pipelines.runtime import beam_pipeline_options
 from queries.corpus import DocumentSource, iter_document_batches
 from queries.counting import CountingJob
+from queries.wikidump import DumpStats
 from queries.ngrams import COUNT_SCHEMA, FrequentNgrams, NgramCounter
 from queries.wikitext import WikitextStripper
 
@@ -39,9 +40,20 @@ class ReadDocuments(beam.DoFn):
     def __init__(self, batch_size: int):
         self.batch_size = batch_size  # documents per record batch
 
+    def setup(self):
+        self.documents = beam.metrics.Metrics.counter("queries", "documents_read")
+
     def process(self, source):
         path, kind = source
-        yield from iter_document_batches(DocumentSource(path, kind), self.batch_size)
+        stats = DumpStats()
+        n = 0
+        for batch in iter_document_batches(DocumentSource(path, kind), self.batch_size, stats):
+            n += batch.num_rows
+            self.documents.inc(batch.num_rows)
+            if n // 10_000 != (n - batch.num_rows) // 10_000:
+                log.info("%s: %d documents read", path, n)
+            yield batch
+        log.info("%s: done, %d documents%s", path, n, f" ({stats})" if stats.pages else "")
 
 
 class StripWikitext(beam.DoFn):

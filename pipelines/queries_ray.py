@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from queries.corpus import DocumentSource, iter_document_batches
 from queries.counting import CountingJob
+from queries.wikidump import DumpStats
 from queries.ngrams import COUNT_SCHEMA, FrequentNgrams, NgramCounter
 from queries.wikitext import WikitextStripper
 
@@ -34,8 +35,12 @@ class DocumentReader:
 
     def __call__(self, sources: pa.Table):
         for path, kind in zip(sources["path"].to_pylist(), sources["kind"].to_pylist()):
-            for batch in iter_document_batches(DocumentSource(path, kind), self.batch_size):
+            stats = DumpStats()
+            n = 0
+            for batch in iter_document_batches(DocumentSource(path, kind), self.batch_size, stats):
+                n += batch.num_rows
                 yield pa.Table.from_batches([batch])
+            log.info("%s: done, %d documents%s", path, n, f" ({stats})" if stats.pages else "")
 
 
 def count_with_ray(job: CountingJob, num_cpus: int | None = None) -> pa.Table:

@@ -111,12 +111,14 @@ def _corpus_entries(sources, config, engine, stats) -> dict[str, pa.Table]:
         stats["corpus"] = {**totals, "frequent_unigrams": unigrams.num_rows, "candidate_bigrams": bigrams.num_rows}
         scored = bigram_pmi(unigrams, bigrams, totals["tokens"])
         entries["bigram"], stats["dropped"]["bigram"], stats["bigram_pmi_calibration"] = select_bigrams(scored, config)
+        log.info("bigrams: %d of %d candidates pass", entries["bigram"].num_rows, bigrams.num_rows)
         if not sources.unigram_counts:
             entries["unigram"], stats["dropped"]["unigram"] = select_unigrams(unigrams, config.min_count)
     if sources.unigram_counts:
         counts, bad = read_unigram_counts_file(sources.unigram_counts, config.lowercase)
         entries["unigram"], dropped = select_unigrams(counts, config.min_count)
         stats["dropped"]["unigram"] = {**bad, **dropped}
+        log.info("unigrams: %d from %s", entries["unigram"].num_rows, sources.unigram_counts)
     return entries
 
 
@@ -127,9 +129,11 @@ def build_query_list(sources, config: QueryListConfig, engine: EngineOptions, ou
     titles = _select_titles(sources, config, stats)
     if titles is not None:
         entries["title"] = _with_nulls(titles)
+        log.info("titles: %d selected", titles.num_rows)
     wordnet = _wordnet_entries(sources, config, stats)
     if wordnet is not None:
         entries["wordnet"] = _with_nulls(wordnet)
+        log.info("wordnet: %d names from %d synsets", wordnet.num_rows, stats["wordnet"]["synsets"])
     table, duplicates = merge_sources(entries)
     for source, n in duplicates.items():
         if source in entries:

@@ -111,3 +111,14 @@ def test_text_corpus_shapes(sample, tmp_path):
     broken.write_text("{not json")
     with pytest.raises(CorpusError, match="c.json: unreadable corpus"):
         list(iter_document_batches(DocumentSource(str(broken), "text")))
+
+
+def test_multistream_bz2(sample, tmp_path):
+    """A -multistream dump is concatenated bz2 streams (header, page groups, footer)."""
+    xml = bz2.open(sample["wiki_dump"]).read()
+    first, end = xml.index(b"  <page>"), xml.rindex(b"</mediawiki>")
+    middle = xml.index(b"  <page>", (first + end) // 2)
+    multi = tmp_path / "enwiki-multistream.xml.bz2"
+    multi.write_bytes(b"".join(bz2.compress(part) for part in (xml[:first], xml[first:middle], xml[middle:end], xml[end:])))
+    stats = DumpStats()
+    assert len(list(iter_pages(multi, stats))) == 106 and stats.pages == 206
