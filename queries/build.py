@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from queries.ngrams import COUNT_SCHEMA
+from queries.ngrams import COUNT_SCHEMA, WORD_PATTERN
 from queries.text import is_matchable
 
 SOURCES = ("unigram", "bigram", "title", "wordnet")
@@ -104,11 +104,18 @@ def read_unigram_counts_file(path: str | Path, lowercase: bool = True) -> tuple[
 
 
 def select_unigrams(counts: pa.Table, min_count: int) -> tuple[pa.Table, dict[str, int]]:
-    """Unigram entries: ``count >= min_count`` and matchable. Returns (entries, dropped by reason)."""
+    """Unigram entries: ``count >= min_count``, matchable, and a word by the counting rule
+    (:data:`queries.ngrams.WORD_PATTERN`: a counts file may hold pieces such as ``""the`` that
+    the corpus counter would never count). Returns (entries, dropped by reason)."""
     frequent = counts.filter(pc.greater_equal(counts["count"], min_count))
     matchable = _matchable_mask(frequent["ngram"])
-    kept = frequent.filter(pa.array(matchable))
-    dropped = {"below_min_count": counts.num_rows - frequent.num_rows, "unmatchable": int((~matchable).sum())}
+    words = pc.match_substring_regex(frequent["ngram"], WORD_PATTERN).to_numpy(zero_copy_only=False)
+    kept = frequent.filter(pa.array(matchable & words))
+    dropped = {
+        "below_min_count": counts.num_rows - frequent.num_rows,
+        "unmatchable": int((~matchable).sum()),
+        "not_a_word": int((matchable & ~words).sum()),
+    }
     return _entries(kept["ngram"], kept["count"]), dropped
 
 

@@ -56,10 +56,13 @@ def test_unigram_counts_file(sample):
     assert bad == {"empty_word": 1, "bad_line": 0}
     assert counts.num_rows + sum(bad.values()) == 829_254
     entries, dropped = select_unigrams(counts, min_count=100)
-    # 274,687 words have count >= 100, the empty word among them; 7,440 can never match
-    assert dropped["unmatchable"] == 7_440 and entries.num_rows == 267_246
-    assert dropped["below_min_count"] + dropped["unmatchable"] + entries.num_rows == counts.num_rows
-    assert all(is_matchable(q) for q in entries["query"].to_pylist()[:1000])
+    # 274,687 words have count >= 100, the empty word among them; 7,440 can never match and
+    # 1,900 more are not words by the counting rule ('""the', 'colspan=9', ...)
+    assert dropped["unmatchable"] == 7_440 and dropped["not_a_word"] == 1_900
+    assert entries.num_rows == 265_346
+    assert dropped["below_min_count"] + dropped["unmatchable"] + dropped["not_a_word"] + entries.num_rows == counts.num_rows
+    queries = entries["query"].to_pylist()
+    assert all(is_matchable(q) for q in queries) and '""the' not in queries and "the" in queries
 
 
 def test_counts_file_bad_input(tmp_path):
