@@ -8,7 +8,6 @@ them in one process (``--runner local``, the benchmark, and tests of the core).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -17,8 +16,6 @@ from tqdm import tqdm
 from queries.corpus import DocumentSource, iter_document_batches
 from queries.ngrams import FrequentNgrams, NgramCounter, merge_counts
 from queries.wikitext import WikitextStripper
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
