@@ -177,7 +177,7 @@ def check_stage(curation_dir: Path, downloaded: pa.Table, config: WitImagesConfi
         blocks = [todo.slice(i, 1) for i in range(len(todo))]  # one block per shard: parallel, no shuffle
         ray.data.from_arrow(blocks).map_batches(
             CheckDownloadShards, fn_constructor_kwargs={"config": config.check}, batch_size=1,
-            batch_format="pyarrow", concurrency=workers, num_cpus=1,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
         ).materialize()
     parts = [Path(o) for o in tasks.column("out").to_pylist()]
     rejected = _read_parts(curation_dir / "rejects" / "imagecheck", ["uid", "reason"])
