@@ -38,7 +38,8 @@ def uid_hashes(uids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
 
 
 def count_entries(query_ids: pa.Array | pa.ChunkedArray, num_queries: int) -> np.ndarray:
-    """Matched pairs per entry (int64, length ``num_queries``) of a ``list<int32>`` column."""
+    """Matched pairs per entry (int64, length ``num_queries``) of a ``list<int32>`` column
+    (the match stage leaves the ids of rejected rows empty, so they count nothing)."""
     if isinstance(query_ids, pa.ChunkedArray):
         query_ids = query_ids.combine_chunks() if query_ids.num_chunks else pa.array([], pa.list_(pa.int32()))
     flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False)
@@ -71,8 +72,8 @@ def keep_pairs(uid_hash: np.ndarray, query_ids: pa.ListArray, probs: np.ndarray,
 
 
 class Balancer:
-    """The balance stage: annotates rows not drawn as ``not_sampled`` and rows without a match
-    as ``no_match``. ``counts`` are the global per-entry counts (:func:`count_entries` summed)."""
+    """The balance stage: annotates live rows not drawn as ``not_sampled`` (rows rejected
+    upstream keep their reason). ``counts`` are the global c_e (:func:`count_entries` summed)."""
 
     def __init__(self, counts: np.ndarray, t: float = 20_000, seed: int = 0):
         self.probs = balance_probabilities(counts, t)
@@ -84,5 +85,5 @@ class Balancer:
             return with_reasons(table)
         keep = keep_pairs(uid_hashes(table.column("uid")), query_ids, self.probs, self.seed)
         empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
-        reasons = np.where(keep, "", np.where(empty, "no_match", "not_sampled")).astype(object)
+        reasons = np.where(keep | empty, "", "not_sampled").astype(object)
         return with_reasons(table, reasons)

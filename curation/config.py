@@ -21,10 +21,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.pool import PoolConfig
-from curation.selection import clear_markers, selection_complete
+from curation.selection import clear_markers, part_counts, selection_complete
+from curation.stage import KEPT, StageStats, merge_counts
 from curation.textfilter import TextConfig
 
-STAGES = ("read", "text", "dedup_url", "dedup_text", "match", "balance")
+# the reasons each stage can give (a reason belongs to exactly one stage)
+REASONS = {
+    "read": ("null_url", "null_text", "invalid_utf8"),
+    "text": ("empty_text", "text_too_short", "text_too_long", "not_english"),
+    "dedup_url": ("duplicate_url",),
+    "dedup_text": ("duplicate_text",),
+    "match": ("no_match",),
+    "balance": ("not_sampled",),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,10 @@ class CurationConfig:
         """The stages this configuration runs, in order."""
         dedup = tuple(f"dedup_{k}" for k in self.dedup_keys)
         return ("read", "text", *dedup, "match", "balance")
+
+    def reason_stages(self) -> dict[str, str]:
+        """``{reason: stage}`` for the stages this configuration runs."""
+        return {r: stage for stage in self.stage_names() for r in REASONS.get(stage, (f"duplicate_{stage[6:]}",))}
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the selection (not parallelism or batch size)."""
@@ -84,6 +97,24 @@ def prepare_run(config: CurationConfig) -> bool:
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "config": asdict(config)}, indent=2, default=str) + "\n")
     os.replace(tmp, stamp)
     return True
+
+
+def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
+    """Every stage's accounting from the reason tallies of the done parts, written to
+    ``stats/<stage>.json``: a stage's ``in`` is the previous stage's ``out``."""
+    tally = merge_counts([part_counts(config.dir("selected"), i) for i in range(config.num_parts)])
+    stage_of = config.reason_stages()
+    remaining = sum(tally.values())
+    stats: dict[str, StageStats] = {}
+    for stage in config.stage_names():
+        rejected = {r: n for r, n in sorted(tally.items()) if r != KEPT and stage_of[r] == stage}
+        out = remaining - sum(rejected.values())
+        stats[stage] = StageStats(stage, remaining, out, rejected).check()
+        stats[stage].write(config.dir("stats"))
+        remaining = out
+    if remaining != tally.get(KEPT, 0):
+        raise AssertionError(f"{remaining} rows left after the last stage, {tally.get(KEPT, 0)} selected")
+    return stats
 
 
 def write_entry_counts(counts: np.ndarray, path: str) -> None:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stage import KEPT, REASON, with_reasons
+from curation.stage import KEPT, REASON, live_mask, with_reasons
 
 
 def key_buckets(table: pa.Table, key: str, num_buckets: int) -> np.ndarray:
@@ -25,17 +25,21 @@ def key_buckets(table: pa.Table, key: str, num_buckets: int) -> np.ndarray:
 
 
 def mark_duplicates(table: pa.Table, key: str) -> pa.Table:
-    """Annotate every row sharing ``key`` with an earlier (smaller uid, then smaller url/text)
-    row as ``duplicate_<key>``; the input must hold every row of each of its keys."""
-    if REASON in table.column_names:
-        table = table.drop_columns([REASON])
+    """Annotate every live row sharing ``key`` with a live row of smaller (uid, url, text) as
+    ``duplicate_<key>``; rows rejected upstream neither compete nor change. The input must hold
+    every row of each of its keys (one bucket)."""
+    if REASON not in table.column_names:
+        table = with_reasons(table)
     if table.num_rows == 0:
-        return with_reasons(table)
-    order = pc.sort_indices(table, sort_keys=[(key, "ascending"), ("uid", "ascending"),
+        return table
+    order = pc.sort_indices(table, sort_keys=[(REASON, "ascending"), (key, "ascending"), ("uid", "ascending"),
                                               ("url", "ascending"), ("text", "ascending")])
     table = table.take(order)
-    keys = table.column(key).combine_chunks()
-    same = pc.equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
-    duplicate = np.concatenate([[False], same.astype(bool)])
+    live = live_mask(table)  # live rows ("" sorts first) form a prefix
+    n_live = int(live.sum())
+    keys = table.column(key).combine_chunks().slice(0, n_live)
+    same = pc.fill_null(pc.equal(keys.slice(1), keys.slice(0, max(n_live - 1, 0))), False)
+    duplicate = np.zeros(table.num_rows, dtype=bool)
+    duplicate[1:n_live] = same.to_numpy(zero_copy_only=False).astype(bool)
     reasons = np.where(duplicate, f"duplicate_{key}", KEPT).astype(object)
     return with_reasons(table, reasons)

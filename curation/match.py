@@ -216,18 +216,21 @@ def load_queries(path: str) -> list[str]:
 
 
 class MatchStage:
-    """The match stage: adds ``query_ids`` (list<int32>) and marks rows matching no entry as
-    ``no_match``. Loads the query list and builds the matcher once, in ``__init__``."""
+    """The match stage: adds ``query_ids`` (list<int32>, empty for rows rejected upstream) and
+    marks live rows matching no entry as ``no_match``. Builds the matcher once, in ``__init__``."""
 
     def __init__(self, queries_path: str):
         self.matcher = QueryMatcher(load_queries(queries_path))
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from curation.stage import REASON, with_reasons
+        from curation.stage import live_mask, with_reasons
 
-        if REASON in table.column_names:
-            table = table.drop_columns([REASON])
-        query_ids = self.matcher.match_arrow(table.column("text"))
+        table = with_reasons(table)
+        live = live_mask(table)
+        texts = pc.if_else(pa.array(live), table.column("text"), pa.scalar(None, pa.string()))
+        query_ids = self.matcher.match_arrow(texts)
+        if "query_ids" in table.column_names:
+            table = table.drop_columns(["query_ids"])
         table = table.append_column("query_ids", query_ids)
         matched = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) > 0
         return with_reasons(table, np.where(matched, "", "no_match").astype(object))

@@ -1,11 +1,12 @@
 """The text-side stage contract: every stage annotates rows instead of dropping them.
 
 A stage is a callable ``(pa.Table) -> pa.Table`` that returns *every* input row with a
-``reject_reason`` string column: ``""`` for a kept row, a short reason otherwise. Engines then
-split the annotated batch with :func:`kept_rows` and :func:`record_rejects`, so the accounting
-``rows_in == rows_out + sum(rejected)`` holds by construction and is checked by
-:class:`StageStats`. Rejects go to ``rejects/<stage>/<content hash>.parquet`` (uid, reason):
-a file's name is a hash of its rows, so a retried batch rewrites the same file.
+``reject_reason`` string column: ``""`` for a live row, a short reason otherwise. A row rejected
+by an earlier stage passes through every later stage unchanged (the first reason wins), so the
+rows travel together to the output writer, which splits them into the selection and
+``rejects/<stage>/`` and tallies reasons. Reason names are unique per stage
+(``curation.config.REASONS``), so one tally gives every stage's ``in / out / rejected`` and
+``rows_in == rows_out + sum(rejected)`` holds by construction (checked by :class:`StageStats`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import xxhash
 
 REASON = "reject_reason"
 KEPT = ""
@@ -29,6 +29,8 @@ KEPT = ""
 def with_reasons(table: pa.Table, reasons: np.ndarray | pa.Array | None = None) -> pa.Table:
     """``table`` with its ``reject_reason`` column set (``None`` keeps every row); an existing
     non-empty reason is never overwritten (the first reason wins)."""
+    if reasons is None and REASON in table.column_names:
+        return table
     new = pa.array(np.full(table.num_rows, KEPT, dtype=object) if reasons is None else reasons, pa.string())
     if REASON in table.column_names:
         old = table.column(REASON)
@@ -48,21 +50,9 @@ def reason_counts(table: pa.Table) -> dict[str, int]:
     return {c["values"]: int(c["counts"]) for c in counts}
 
 
-def record_rejects(table: pa.Table, rejects_dir: str) -> dict[str, int]:
-    """Write the rejected rows of an annotated batch as (uid, reason) parquet under
-    ``rejects_dir`` and return the batch's ``{reason: rows}`` counts (``""`` = kept)."""
-    counts = reason_counts(table) if table.num_rows else {}
-    rejected = table.filter(pc.not_equal(table.column(REASON), KEPT)).select(["uid", REASON])
-    if rejected.num_rows:
-        rejected = rejected.rename_columns(["uid", "reason"])
-        digest = xxhash.xxh3_128()
-        for column in rejected.columns:
-            for chunk in column.chunks:
-                for buf in chunk.buffers():
-                    if buf is not None:
-                        digest.update(buf)
-        write_parquet_atomic(rejected, f"{rejects_dir}/{digest.hexdigest()}.parquet")
-    return counts
+def live_mask(table: pa.Table) -> np.ndarray:
+    """Boolean mask of the rows no stage has rejected yet."""
+    return np.asarray(pc.equal(table.column(REASON), KEPT).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> None:

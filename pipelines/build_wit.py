@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # `python pipelines/build_wit.py` from the repo r
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.config import (CurationConfig, plot_entry_counts, prepare_run, read_entry_counts,
-                             selected_entry_counts)
+                             selected_entry_counts, stage_stats)
 from curation.match import load_queries
 from curation.pool import PoolConfig
 from curation.textfilter import TextConfig
@@ -129,7 +129,8 @@ def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None 
     before = read_entry_counts(config.dir("entry_counts.parquet"), num_queries)
     after = selected_entry_counts(config.dir("selected"), num_queries)
     plot_entry_counts(before, after, config.t, config.dir("stats/entry_counts.png"))
-    stages = {s: json.loads(Path(config.dir(f"stats/{s}.json")).read_text()) for s in config.stage_names()}
+    stats = stage_stats(config)
+    stages = {s: json.loads(Path(config.dir(f"stats/{s}.json")).read_text()) for s in stats}
     summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages,
                "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum())}

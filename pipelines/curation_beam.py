@@ -1,9 +1,10 @@
 """Apache Beam adapter of the text-side curation stages (``curation.config`` lists them).
 
-Elements are Arrow tables (batches). Stages are DoFns whose ``setup`` builds the per-worker state
-(fastText model, matcher); dedup and the output parts are ``GroupByKey`` over hash buckets; the
-entry counts are a ``CombineGlobally`` of per-batch count vectors, fed to balancing as a side
-input. The core functions are the same ones the Ray adapter calls.
+Elements are Arrow tables (batches) whose rejected rows travel on with their reason. Stages are
+DoFns whose ``setup`` builds the per-worker state (fastText model, matcher); dedup and the output
+parts are ``GroupByKey`` over hash buckets; the entry counts are a ``CombineGlobally`` of
+per-batch count vectors, fed to balancing as a side input. The core functions are the ones the
+Ray adapter calls.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
 from curation.pool import PoolConfig, list_pool_files, read_pool_file
 from curation.selection import PART_COLUMN, assign_parts, write_missing_parts, write_part
-from curation.stage import StageStats, kept_rows, merge_counts, record_rejects
 from curation.textfilter import TextConfig, TextFilter
 from pipelines.runtime import beam_pipeline_options
 
@@ -62,15 +62,16 @@ class MatchDoFn(beam.DoFn):
 
 
 class BalanceDoFn(beam.DoFn):
-    """The balance stage; the probabilities come from the global counts side input."""
+    """The balance stage plus each row's output part; the probabilities come from the global
+    counts side input (built on the first batch a worker sees)."""
 
-    def __init__(self, t: float, seed: int):
-        self.t, self.seed, self.stage = t, seed, None
+    def __init__(self, t: float, seed: int, num_parts: int):
+        self.t, self.seed, self.num_parts, self.stage = t, seed, num_parts, None
 
     def process(self, table: pa.Table, counts: np.ndarray):
         if self.stage is None:
             self.stage = Balancer(counts, self.t, self.seed)
-        yield self.stage(table)
+        yield assign_parts(self.stage(table), self.num_parts)
 
 
 class SumCounts(beam.CombineFn):
@@ -104,48 +105,35 @@ def _by_key(key_fn):
     return split
 
 
-def _account(annotated, stage: str, config: CurationConfig):
-    """Record a stage's rejects and stats (written at the end of the pipeline); return kept rows."""
-    rejects_dir, stats_dir = config.dir(f"rejects/{stage}"), config.dir("stats")
-    _ = (annotated
-         | f"{stage}/Rejects" >> beam.Map(record_rejects, rejects_dir)
-         | f"{stage}/Sum" >> beam.CombineGlobally(merge_counts)
-         | f"{stage}/Stats" >> beam.Map(lambda c: StageStats.from_counts(stage, c).write(stats_dir)))
-    return (annotated
-            | f"{stage}/Kept" >> beam.Map(kept_rows)
-            | f"{stage}/NonEmpty" >> beam.Filter(lambda t: t.num_rows > 0))
-
-
 def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list[str] | None = None) -> None:
-    """Run every text-side stage as one Beam pipeline; write selected/, entry_counts.parquet, stats/."""
+    """Run every text-side stage as one Beam pipeline: writes entry_counts.parquet, then
+    selected/ and rejects/ part by part (the driver derives stats/ from the part markers)."""
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
-    options = beam_pipeline_options(runner, extra_args)
-    with beam.Pipeline(options=options) as pipeline:
-        tables = (pipeline | "Files" >> beam.Create(files)
-                  | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size)))
-        tables = _account(tables, "read", config)
-        tables = _account(tables | "Text" >> beam.ParDo(TextDoFn(config.text)), "text", config)
+    reasons = config.reason_stages()
+    with beam.Pipeline(options=beam_pipeline_options(runner, extra_args)) as pipeline:
+        tables = (pipeline
+                  | "Files" >> beam.Create(files)
+                  | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size))
+                  | "Text" >> beam.ParDo(TextDoFn(config.text)))
         for key in config.dedup_keys:
             bucketize = _by_key(lambda t, k=key: key_buckets(t, k, config.dedup_buckets))
-            deduped = (tables
-                       | f"dedup_{key}/Bucket" >> beam.FlatMap(bucketize)
-                       | f"dedup_{key}/Group" >> beam.GroupByKey()
-                       | f"dedup_{key}/Mark" >> beam.MapTuple(
-                           lambda _, ts, k=key: mark_duplicates(pa.concat_tables(list(ts)), k)))
-            tables = _account(deduped, f"dedup_{key}", config)
-        matched = _account(tables | "Match" >> beam.ParDo(MatchDoFn(config.queries)), "match", config)
+            tables = (tables
+                      | f"dedup_{key}/Bucket" >> beam.FlatMap(bucketize)
+                      | f"dedup_{key}/Group" >> beam.GroupByKey()
+                      | f"dedup_{key}/Mark" >> beam.MapTuple(
+                          lambda _, ts, k=key: mark_duplicates(pa.concat_tables(list(ts)), k)))
+        matched = tables | "Match" >> beam.ParDo(MatchDoFn(config.queries))
         counts = (matched
                   | "Counts/Batch" >> beam.Map(lambda t: count_entries(t.column("query_ids"), num_queries))
                   | "Counts/Sum" >> beam.CombineGlobally(SumCounts(num_queries)))
         _ = counts | "Counts/Write" >> beam.Map(write_entry_counts, config.dir("entry_counts.parquet"))
-        balanced = matched | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed),
-                                                      counts=beam.pvalue.AsSingleton(counts))
-        selected = _account(balanced, "balance", config)
-        parts = _by_key(lambda t: assign_parts(t, config.num_parts).column(PART_COLUMN).to_numpy())
-        _ = (selected
-             | "Select/Part" >> beam.FlatMap(parts)
-             | "Select/Group" >> beam.GroupByKey()
-             | "Select/Write" >> beam.MapTuple(
-                 lambda part, ts: write_part(pa.concat_tables(list(ts)), config.dir("selected"), part)))
-    write_missing_parts(config.dir("selected"), config.num_parts)
+        parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
+        _ = (matched
+             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.num_parts),
+                                       counts=beam.pvalue.AsSingleton(counts))
+             | "Output/Part" >> beam.FlatMap(parts)
+             | "Output/Group" >> beam.GroupByKey()
+             | "Output/Write" >> beam.MapTuple(
+                 lambda part, ts: write_part(pa.concat_tables(list(ts)), config.curation_dir, part, reasons)))
+    write_missing_parts(config.curation_dir, config.num_parts)

@@ -1,9 +1,11 @@
 """Ray Data adapter of the text-side curation stages (``curation.config`` lists them).
 
-Every stage is a ``map_batches`` call with a callable class (state built once per worker) or a
-function, ``batch_format="pyarrow"``; the dedup and output shuffles are ``groupby(...).map_groups``
-over hash buckets, and the entry counts a ``groupby("query_id").sum("count")`` reduce. The core
-functions are the same ones the Beam adapter calls.
+Stages are ``map_batches`` calls with ``batch_format="pyarrow"``: callable classes where a worker
+holds state (fastText model, matcher, balancing probabilities), functions otherwise. Rows rejected
+by a stage travel on with their reason, so the plan has only the barriers the algorithm needs:
+the dedup shuffles (``groupby(bucket).map_groups``), the global entry counts
+(``groupby("query_id").sum("count")``) and the output shuffle by part, whose writer splits each
+part into the selection and the rejects. The core functions are the ones the Beam adapter calls.
 """
 
 from __future__ import annotations
@@ -17,36 +19,38 @@ from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
 from curation.pool import PoolConfig, list_pool_files, read_pool_file
 from curation.selection import PART_COLUMN, assign_parts, write_missing_parts, write_part
-from curation.stage import StageStats, kept_rows, merge_counts, record_rejects
-from curation.textfilter import TextFilter
+from curation.textfilter import TextConfig, TextFilter
 
 BUCKET = "_bucket"
 
 
-class ReadPool:
-    """Reads the pool files named in a batch's ``path`` column (one file per batch)."""
+class ReadAndFilterText:
+    """Reads the pool files named in a batch's ``path`` column and applies the text stage in
+    chunks of ``batch_size`` rows; the fastText model is loaded once per actor."""
 
-    def __init__(self, pool_config: PoolConfig):
-        self.pool_config = pool_config
+    def __init__(self, pool_config: PoolConfig, text_config: TextConfig, batch_size: int):
+        self.pool_config, self.batch_size = pool_config, batch_size
+        self.text_filter = TextFilter(text_config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tables = [read_pool_file(p, self.pool_config) for p in batch.column("path").to_pylist()]
-        return pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables(tables, promote_options="permissive")
+        chunks = [self.text_filter(table.slice(i, self.batch_size))
+                  for i in range(0, max(table.num_rows, 1), self.batch_size)]
+        return pa.concat_tables(chunks)
 
 
-def _record_rejects(rejects_dir: str):
-    """Writes a batch's rejects and returns its ``(reason, rows)`` counts."""
+def _balance_and_part(counts: np.ndarray, t: float, seed: int, num_parts: int):
+    """The balance stage plus each row's output part (p_e is O(#entries): cheap per batch)."""
 
-    def record(batch: pa.Table) -> pa.Table:
-        counts = record_rejects(batch, rejects_dir)
-        return pa.table({"reason": pa.array(list(counts), pa.string()),
-                         "rows": pa.array(list(counts.values()), pa.int64())})
+    def balance(batch: pa.Table) -> pa.Table:
+        return assign_parts(Balancer(counts, t, seed)(batch), num_parts)
 
-    return record
+    return balance
 
 
 def _add_bucket(key: str, num_buckets: int):
-    """Adds the dedup bucket of each row's ``key`` (a stateless task function)."""
+    """Adds the dedup bucket of each row's ``key``."""
 
     def add(batch: pa.Table) -> pa.Table:
         return batch.append_column(BUCKET, pa.array(key_buckets(batch, key, num_buckets)))
@@ -74,68 +78,52 @@ def _count_entries(num_queries: int):
     return count
 
 
-def _write_part(out_dir: str):
-    """Writes one output part (a ``_part`` group) of the selection."""
+def _write_part(curation_dir: str, reasons: dict[str, str]):
+    """Writes one output part (a ``_part`` group): selection, rejects, marker."""
 
     def write(group: pa.Table) -> pa.Table:
         index = int(group.column(PART_COLUMN)[0].as_py())
-        rows = write_part(group, out_dir, index)
-        return pa.table({"part": [index], "rows": [rows]})
+        tally = write_part(group, curation_dir, index, reasons)
+        return pa.table({"part": [index], "rows": [tally.get("", 0)]})
 
     return write
 
 
-def _assign_parts(num_parts: int):
-    def assign(batch: pa.Table) -> pa.Table:
-        return assign_parts(batch, num_parts)
+def run_ray(config: CurationConfig) -> None:
+    """Run every text-side stage on Ray Data: writes entry_counts.parquet, then selected/ and
+    rejects/ part by part (the driver derives stats/ from the part markers).
 
-    return assign
-
-
-def _account(annotated, stage: str, config: CurationConfig, stats: dict[str, StageStats]):
-    """Materialise a stage's annotated output, record its rejects and stats, return the kept rows."""
-    annotated = annotated.materialize()
-    rows = annotated.map_batches(_record_rejects(config.dir(f"rejects/{stage}")), batch_format="pyarrow").take_all()
-    counts = merge_counts([{r["reason"]: r["rows"]} for r in rows])
-    stats[stage] = StageStats.from_counts(stage, counts).check()
-    stats[stage].write(config.dir("stats"))
-    return annotated.map_batches(kept_rows, batch_format="pyarrow")
-
-
-def run_ray(config: CurationConfig) -> dict[str, StageStats]:
-    """Run every text-side stage on Ray Data; write selected/, entry_counts.parquet, stats/."""
+    Actor stages (fastText, matcher) and task stages (shuffles) run in separate executions, split
+    by ``materialize()``: an actor pool sized to the cluster beside a shuffle that needs CPUs for
+    its tasks would wait forever for each other."""
     import ray
 
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
     workers = config.parallelism or max(1, int(ray.available_resources().get("CPU", 1)))
     batched = {"batch_size": config.batch_size, "batch_format": "pyarrow"}
-    stats: dict[str, StageStats] = {}
 
+    # 1. read + text stage (actors); rejected rows carry their reason from here on
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
-    ds = ds.map_batches(ReadPool, fn_constructor_kwargs={"pool_config": config.pool_format},
-                        batch_size=1, batch_format="pyarrow", concurrency=workers)
-    ds = _account(ds, "read", config, stats)
-    ds = ds.map_batches(TextFilter, fn_constructor_kwargs={"config": config.text}, concurrency=workers, **batched)
-    ds = _account(ds, "text", config, stats)
+    kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size}
+    ds = ds.map_batches(ReadAndFilterText, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
+                        concurrency=min(workers, max(1, len(files)))).materialize()
+    # 2. exact dedup (tasks): equal keys meet in one hash bucket
     for key in config.dedup_keys:
         ds = ds.map_batches(_add_bucket(key, config.dedup_buckets), **batched)
-        ds = ds.groupby(BUCKET).map_groups(_mark_duplicates(key), batch_format="pyarrow")
-        ds = _account(ds, f"dedup_{key}", config, stats)
-    ds = ds.map_batches(MatchStage, fn_constructor_kwargs={"queries_path": config.queries},
-                        concurrency=workers, **batched)
-    matched = _account(ds, "match", config, stats).materialize()
-
+        ds = ds.groupby(BUCKET, num_partitions=config.dedup_buckets).map_groups(
+            _mark_duplicates(key), batch_format="pyarrow")
+    ds = ds.materialize()
+    # 3. match (actors), then the global per-entry counts c_e (tasks)
+    matched = ds.map_batches(MatchStage, fn_constructor_kwargs={"queries_path": config.queries},
+                             concurrency=workers, **batched).materialize()
     counts = np.zeros(num_queries, dtype=np.int64)
     sums = matched.map_batches(_count_entries(num_queries), **batched).groupby("query_id").sum("count").take_all()
     for row in sums:
         counts[row["query_id"]] = row["sum(count)"]
     write_entry_counts(counts, config.dir("entry_counts.parquet"))
-
-    ds = matched.map_batches(Balancer, fn_constructor_kwargs={"counts": counts, "t": config.t, "seed": config.seed},
-                             concurrency=workers, **batched)
-    selected = _account(ds, "balance", config, stats)
-    selected = selected.map_batches(_assign_parts(config.num_parts), **batched)
-    selected.groupby(PART_COLUMN).map_groups(_write_part(config.dir("selected")), batch_format="pyarrow").take_all()
-    write_missing_parts(config.dir("selected"), config.num_parts)
-    return stats
+    # 4. balance (tasks), then one writer per output part
+    ds = matched.map_batches(_balance_and_part(counts, config.t, config.seed, config.num_parts), **batched)
+    ds.groupby(PART_COLUMN, num_partitions=config.num_parts).map_groups(
+        _write_part(config.curation_dir, config.reason_stages()), batch_format="pyarrow").take_all()
+    write_missing_parts(config.curation_dir, config.num_parts)
