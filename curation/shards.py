@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import webdataset as wds
 
 from curation.image_accounting import atomic_write_bytes, atomic_write_parquet
@@ -85,10 +86,19 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
+def _shard_matches(tar: Path, index: Path, table: pa.Table) -> bool:
+    """Whether a finished shard from an earlier run holds exactly these samples (the index
+    is written after the tar, so its presence marks a complete shard)."""
+    if not (tar.exists() and index.exists()):
+        return False
+    done = pq.read_table(index, columns=["key", "uid"])
+    return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
+
+
 def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: ShardConfig) -> dict:
     """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
     original_width, original_height``, in the order they should appear) as shards; a shard
-    whose tar and index already exist is kept as is (rerun). Returns the stats written to
+    already on disk with the same keys and uids is kept as is (rerun). Returns the stats written to
     ``out_dir/stats.json``: shards, samples, bytes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +108,7 @@ def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: Shard
         keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
         table = table.append_column("key", keys)
         tar, index = out_dir / f"{name}.tar", out_dir / f"{name}.parquet"
-        if not (tar.exists() and index.exists()):
+        if not _shard_matches(tar, index, table):
             write_tar(table.to_pylist(), tar)
             atomic_write_parquet(table.select(list(INDEX_COLUMNS)), index)
         shards += 1

@@ -20,7 +20,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python pipelines/wit_images.py` (also under `ray job submit`)
@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import xxhash
 
 from curation.download import DownloadConfig, download, read_download_shard
-from curation.image_accounting import (atomic_write_parquet, read_stats, reject_counts, stage_done,
+from curation.image_accounting import (atomic_write_bytes, atomic_write_parquet, read_stats, reject_counts, stage_done,
                                        write_rejects, write_stats)
 from curation.image_check import RESIZE_MODES, ImageCheckConfig, ImageChecker
 from curation.imagededup import ImageDedupConfig, deduplicate
@@ -112,6 +113,35 @@ def read_selected(curation_dir: Path) -> pa.Table:
     if missing:
         raise ValueError(f"{folder}: selection lacks columns {sorted(missing)}")
     return table.sort_by([("uid", "ascending")])
+
+
+def fingerprint(selected: pa.Table, config: WitImagesConfig) -> dict:
+    """What decides the image stages' results: the selected uids and the result-relevant
+    settings (not processes, threads, timeouts or the local server)."""
+    uids = xxhash.xxh3_128()
+    for chunk in selected.column("uid").cast(pa.string()).chunks:
+        for buffer in chunk.buffers()[1:]:
+            uids.update(memoryview(buffer) if buffer is not None else b"")
+    return {"selected_rows": len(selected), "selected_uids": uids.hexdigest(),
+            "guard": asdict(config.guard), "check": asdict(config.check), "dedup": asdict(config.dedup),
+            "shards": asdict(config.shards), "retry_pass": config.download.retry_pass,
+            "disallowed_header_directives": list(config.download.disallowed_header_directives)}
+
+
+def check_fingerprint(curation_dir: Path, selected: pa.Table, config: WitImagesConfig) -> None:
+    """Record the run's fingerprint; refuse to resume a run made from other inputs/settings
+    (its finished stages would be reused silently)."""
+    path = curation_dir / "images_fingerprint.json"
+    current = json.loads(json.dumps(fingerprint(selected, config)))
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise ValueError(f"{path}: this run's {changed} differ from the earlier image run in "
+                             f"{curation_dir}; use a new --out, or remove its download/, checked/, "
+                             "shards/, rejects/ and stats/ image files to start over")
+        return
+    atomic_write_bytes(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())
 
 
 def guard_stage(curation_dir: Path, selected: pa.Table, config: UrlGuardConfig) -> pa.Table:
@@ -231,10 +261,11 @@ def run(args: argparse.Namespace, curation_dir: str) -> dict:
     configure_environment()
     config = config_from_args(args)
     root = Path(curation_dir)
+    selected = read_selected(root)
+    check_fingerprint(root, selected, config)
     if stage_done(root, "shards") and (root / "shards" / "stats.json").exists():
         return _summary(root, config, skipped=True)
     started = time.time()
-    selected = read_selected(root)
     allowed = guard_stage(root, selected, config.guard)
     with _serving(config):
         downloaded = download_stage(root, allowed, config)

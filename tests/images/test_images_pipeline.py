@@ -107,3 +107,7 @@ def test_end_to_end(tmp_path, site, sample, ray_session, monkeypatch):
     again = wit_images.run(image_args(), str(curation))
     assert again["skipped"] is False and again["stages"] == summary["stages"]
     assert {p.name: p.read_bytes() for p in (curation / "shards").iterdir()} == before
+
+    # 5. resuming with other result-relevant settings is refused, naming what changed
+    with pytest.raises(ValueError, match="dedup"):
+        wit_images.run(image_args("--dedup-threshold", "2"), str(curation))
