@@ -116,6 +116,8 @@ def test_local_build_outputs_and_stable_ids(small_sources, tmp_path):
     assert bigram["pmi"] >= 6 and bigram["count"] >= 3 and bigram["views"] is None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_beam_and_ray_builds_identical(sample, tmp_path, ray_session):
     # only the counted source: titles and WordNet do not go through the engines
     args = ["--wiki-dump", sample["wiki_dump"], "--min-count", "20", "--pmi-threshold", "6", "--quiet"]
@@ -134,3 +136,13 @@ def test_cli_rejects_unknown_flags_without_beam(tmp_path):
         run(["--out", str(tmp_path), "--runner", "local", "--bogus-flag=1"])
     with pytest.raises(SystemExit, match="no file matches"):
         run(["--out", str(tmp_path), "--pageviews", str(tmp_path / "none-*.gz")])
+
+
+def test_sample_build_matches_stored_reference(sample, tmp_path):
+    """Regression: the build from the real sample equals the committed reference
+    (tests/queries/regenerate_expected.py rewrites it after an intended change)."""
+    from regenerate_expected import EXPECTED, sample_build_args, summarize
+
+    stats = run(["--out", str(tmp_path), *sample_build_args(sample)])
+    expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
+    assert summarize(tmp_path / "queries", stats) == expected
