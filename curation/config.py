@@ -77,19 +77,17 @@ class CurationConfig:
 
 def prepare_run(config: CurationConfig) -> bool:
     """Get the output dir ready; return False when a complete selection with the same
-    fingerprint exists (nothing to do). A different fingerprint invalidates done parts; stats and
-    rejects are always recomputed (cleared here so retried batches leave no stale files)."""
+    fingerprint exists (nothing to do). A different fingerprint invalidates everything written
+    (parts, markers, rejects, stats); the same one keeps the done parts, which a rerun skips."""
     root = Path(config.curation_dir)
     stamp = root / "_config.json"
     fingerprint = config.fingerprint()
     selected = config.dir("selected")
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
-        if selection_complete(selected, config.num_parts):
-            return False
-    else:
-        clear_markers(selected)
-        for old in Path(selected).glob("part-*.parquet") if Path(selected).exists() else []:
-            old.unlink()
+        return not selection_complete(selected, config.num_parts)
+    clear_markers(selected)
+    for old in Path(selected).glob("part-*.parquet") if Path(selected).exists() else []:
+        old.unlink()
     for name in ("rejects", "stats"):
         shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,9 @@ class QueryMatcher:
         rows = len(texts)
         spaced = space_texts(pc.fill_null(texts, ""))
         keys = [self._trie_matches(spaced)]
+        valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         for query_id, pattern in self._literal:
-            hit = np.asarray(pc.match_substring(spaced, pattern).to_numpy(zero_copy_only=False))
+            hit = np.asarray(pc.match_substring(spaced, pattern).to_numpy(zero_copy_only=False)) & valid
             keys.append(np.flatnonzero(hit).astype(np.int64) * self.num_queries + query_id)
         keys = np.sort(np.concatenate(keys)) if len(keys) > 1 else np.sort(keys[0])
         if len(keys) > 1:
