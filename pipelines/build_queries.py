@@ -15,7 +15,6 @@ stats.json} and prints the per-source counts.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import sys
@@ -27,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.runtime import configure_environment  # noqa: E402
+from queries.files import expand_glob  # noqa: E402
 
 log = logging.getLogger("build_queries")
 
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def _expand_globs(patterns: list[str]) -> tuple[str, ...]:
     files: list[str] = []
     for pattern in patterns:
-        matched = sorted(glob.glob(pattern))
+        matched = expand_glob(pattern)
         if not matched:
             raise SystemExit(f"--pageviews {pattern}: no file matches")
         files += matched

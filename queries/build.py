@@ -14,9 +14,7 @@ counts by reason, corpus totals, the PMI calibration table, the config).
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from queries.files import atomic_write, join, open_input_text
 from queries.ngrams import COUNT_SCHEMA, WORD_PATTERN
 from queries.text import is_matchable
 
@@ -82,9 +81,8 @@ def read_unigram_counts_file(path: str | Path, lowercase: bool = True) -> tuple[
     path = str(path)
     counts: dict[str, int] = {}
     dropped = {"empty_word": 0, "bad_line": 0}
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with open_input_text(path) as f:
             for line in f:
                 word, sep, count = line.rstrip("\n").rpartition(";")
                 if not sep or not count.isdigit():
@@ -176,29 +174,22 @@ def merge_sources(entries: dict[str, pa.Table]) -> tuple[pa.Table, dict[str, int
     return table, duplicates
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_query_list(out_dir: str | Path, table: pa.Table, stats: dict, config: QueryListConfig) -> Path:
+def write_query_list(out_dir: str | Path, table: pa.Table, stats: dict, config: QueryListConfig) -> str:
     """Write ``queries.parquet``, ``metadata.json`` and ``stats.json`` under ``<out_dir>/queries``
-    (temp name + rename each). Returns that directory."""
-    target = Path(out_dir) / "queries"
-    target.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target / "queries.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
-    metadata = json.dumps(table["query"].to_pylist(), ensure_ascii=False)
-    _atomic_write(target / "metadata.json", lambda p: p.write_text(metadata + "\n", encoding="utf-8"))
-    full_stats = {**stats, "config": asdict(config)}
-    text = json.dumps(full_stats, indent=2, sort_keys=True)
-    _atomic_write(target / "stats.json", lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    (a local path or URI; temp name + rename each). Returns that directory."""
+    target = join(str(out_dir), "queries")
+    atomic_write(join(target, "queries.parquet"), lambda f: pq.write_table(table, f, compression="zstd"))
+    metadata = json.dumps(table["query"].to_pylist(), ensure_ascii=False) + "\n"
+    atomic_write(join(target, "metadata.json"), lambda f: f.write(metadata.encode("utf-8")))
+    text = json.dumps({**stats, "config": asdict(config)}, indent=2, sort_keys=True) + "\n"
+    atomic_write(join(target, "stats.json"), lambda f: f.write(text.encode("utf-8")))
     return target
 
 
 def load_queries(path: str | Path) -> list[str]:
     """The entries of a ``metadata.json`` (ours or MetaCLIP's), in id order."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    with open_input_text(str(path)) as f:
+        data = json.load(f)
     if not isinstance(data, list) or not all(isinstance(q, str) for q in data):
         raise ValueError(f"{path}: expected a JSON list of strings (MetaCLIP metadata.json)")
     return data

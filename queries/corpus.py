@@ -14,7 +14,6 @@ stages see one shape.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from queries.files import is_input_file, open_input_text
 from queries.wikidump import DOCUMENT_SCHEMA, DumpStats, iter_dump_batches
 
 _TEXT_KEYS = ("extract", "text")
@@ -52,12 +52,11 @@ def _text_of(value, path: str, key: str) -> str:
 def iter_text_documents(path: str | Path) -> Iterator[tuple[str, str, str]]:
     """Yield ``(doc_id, title, text)`` for each document of a plain-text corpus (see module doc)."""
     path = str(path)
-    if not Path(path).is_file():
+    if not is_input_file(path):
         raise CorpusError(f"{path}: no such corpus file")
-    opener = gzip.open if path.endswith(".gz") else open
     stem = path[:-3] if path.endswith(".gz") else path
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with open_input_text(path) as f:
             if stem.endswith(".json"):
                 data = json.load(f)
                 items = data.items() if isinstance(data, dict) else ((str(i), v) for i, v in enumerate(data))
@@ -72,7 +71,7 @@ def iter_text_documents(path: str | Path) -> Iterator[tuple[str, str, str]]:
                 for i, line in enumerate(f):
                     if line.strip():
                         yield str(i), "", line.rstrip("\n")
-    except (UnicodeDecodeError, json.JSONDecodeError, EOFError, gzip.BadGzipFile) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, EOFError, OSError) as err:
         raise CorpusError(f"{path}: unreadable corpus ({type(err).__name__}: {err})") from err
 
 

@@ -11,13 +11,13 @@ projects are counted as ``other_project``. Every line lands in exactly one count
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
+from queries.files import open_input, open_input_text
 from queries.text import is_matchable
 
 ENGLISH_PROJECTS = frozenset({b"en", b"en.m"})
@@ -57,9 +57,8 @@ def read_pageview_file(path: str | Path) -> tuple[pa.Table, PageviewStats]:
     path = str(path)
     stats = PageviewStats(files=1)
     views: dict[str, int] = {}
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with open_input(path) as f:
             for raw in f:
                 stats.lines += 1
                 parts = raw.split()
@@ -101,7 +100,8 @@ def read_title_list(path: str | Path) -> pa.Table:
     else: one title per non-empty line (``_`` -> space)."""
     path = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open_input_text(path) as f:
+            text = f.read()
     except FileNotFoundError as err:
         raise TitleSourceError(f"{path}: no such title list") from err
     except UnicodeDecodeError as err:

@@ -10,8 +10,6 @@ Kept: pages in namespace 0 that are not redirects. Everything else is counted, b
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
+
+from queries.files import is_input_file, open_input
 
 # One schema for every document batch, whatever its source (dump or plain-text corpus).
 DOCUMENT_SCHEMA = pa.schema(
@@ -52,13 +52,8 @@ class DumpStats:
 
 
 def open_dump(path: str | Path) -> IO[bytes]:
-    """Open a dump for reading bytes, decompressing .bz2 / .gz by extension."""
-    path = str(path)
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    """Open a dump (local path or URI) for reading bytes, decompressing .bz2 / .gz by extension."""
+    return open_input(str(path))
 
 
 def _local(tag: str) -> str:
@@ -75,7 +70,7 @@ def iter_pages(path: str | Path, stats: DumpStats | None = None) -> Iterator[tup
     """
     stats = stats if stats is not None else DumpStats()
     path = str(path)
-    if not Path(path).is_file():
+    if not is_input_file(path):
         raise WikiDumpError(f"{path}: no such dump file")
     try:
         with open_dump(path) as stream:

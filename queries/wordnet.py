@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from queries.files import is_input_file, join, open_input_text
+
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 
@@ -35,7 +37,7 @@ class WordNetNames:
     synsets: int  # synset lines read
 
 
-def _synset_words(line: str, path: Path, lineno: int) -> list[str]:
+def _synset_words(line: str, path: str, lineno: int) -> list[str]:
     fields = line.split(" ", 4 + 2 * 255)
     try:
         w_cnt = int(fields[3], 16)
@@ -47,14 +49,13 @@ def _synset_words(line: str, path: Path, lineno: int) -> list[str]:
 
 def read_wordnet(wordnet_dir: str | Path, all_lemmas: bool = False) -> WordNetNames:
     """Distinct head names (or all lemma names) of every synset in ``wordnet_dir``'s data files."""
-    root = Path(wordnet_dir)
     names: set[str] = set()
     synsets = 0
     for filename in DATA_FILES:
-        path = root / filename
-        if not path.is_file():
+        path = join(str(wordnet_dir), filename)
+        if not is_input_file(path):
             raise WordNetError(f"{path}: WordNet data file not found (install Debian wordnet-base)")
-        with open(path, encoding="utf-8") as f:
+        with open_input_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if line.startswith("  ") or not line.strip():
                     continue

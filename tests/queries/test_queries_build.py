@@ -146,3 +146,36 @@ def test_sample_build_matches_stored_reference(sample, tmp_path):
     stats = run(["--out", str(tmp_path), *sample_build_args(sample)])
     expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
     assert summarize(tmp_path / "queries", stats) == expected
+
+
+def test_uri_inputs_and_outputs(sample, tmp_path):
+    """Sources and the run directory are URIs (fsspec); memory:// stands in for s3:// / gs://."""
+    import fsspec
+
+    from queries.files import expand_glob
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/src/dump.xml.bz2", open(sample["wiki_dump"], "rb").read())
+    fs.pipe("/src/pageviews-20240101-000000.gz", gzip.compress(HOUR_0))
+    fs.pipe("/src/pageviews-20240101-010000.gz", gzip.compress(HOUR_1))
+    assert expand_glob("memory://src/pageviews-*.gz") == [
+        "memory:///src/pageviews-20240101-000000.gz",
+        "memory:///src/pageviews-20240101-010000.gz",
+    ]
+    args = ["--wiki-dump", "memory://src/dump.xml.bz2", "--pageviews", "memory://src/pageviews-*.gz"]
+    stats = run(["--out", "memory://run", "--runner", "local", "--min-views", "100", "--quiet", *args])
+    local_args = ["--wiki-dump", sample["wiki_dump"], "--pageviews", _write_pageviews(tmp_path)]
+    local = run(["--out", str(tmp_path), "--runner", "local", "--min-views", "100", "--quiet", *local_args])
+    assert stats["sources"] == local["sources"] and stats["sources"]["title"] == 3
+    assert fs.cat("/run/queries/metadata.json") == (tmp_path / "queries" / "metadata.json").read_bytes()
+    assert sorted(fs.ls("/run/queries", detail=False)) == [
+        "/run/queries/metadata.json",
+        "/run/queries/queries.parquet",
+        "/run/queries/stats.json",
+    ]
+
+
+def _write_pageviews(root) -> str:
+    for name, data in (("pageviews-20240101-000000.gz", HOUR_0), ("pageviews-20240101-010000.gz", HOUR_1)):
+        (root / name).write_bytes(gzip.compress(data))
+    return str(root / "pageviews-*.gz")
