@@ -7,8 +7,10 @@ piece (always empty). :class:`QueryMatcher` uses that equivalence over a whole A
 
 1. space the batch with the shared rule (``space_texts``), one buffer for all rows;
 2. cut the buffer at every space into pieces ``" word"`` (zero-copy Arrow string array) and map
-   each piece to a vocabulary id with one hash lookup (``pyarrow.compute.index_in``); pieces that
-   are no entry's word, empty pieces and row boundaries become ``-1`` and break every run;
+   each piece to a vocabulary id: the batch's distinct pieces are found with one hash pass
+   (``dictionary_encode``) and the vocabulary is looked up in that small set (``index_in``);
+   pieces that are no entry's word, empty pieces and row boundaries become ``-1`` and break
+   every run;
 3. walk a token trie level by level: level 1 maps a token to its trie node with an array lookup;
    level n extends only the positions whose (n-1)-gram is a prefix of some entry, looking up the
    int64 key ``node * V + next_token`` in the trie's transition table (again ``index_in``);
@@ -139,8 +141,7 @@ class QueryMatcher:
         pieces = pa.StringArray.from_buffers(
             len(spaces) - 1, pa.py_buffer(spaces.astype(np.int32)), pa.py_buffer(data)
         )
-        tokens = pc.index_in(pieces, value_set=self._vocab_pieces)
-        tokens = np.append(pc.fill_null(tokens, -1).to_numpy(), -1).astype(np.int64)
+        tokens = np.append(self._token_ids(pieces), -1)
         hits_pos: list[np.ndarray] = []
         hits_node: list[np.ndarray] = []
         # level 1: a token's depth-1 node is itself when it starts some entry
@@ -167,6 +168,17 @@ class QueryMatcher:
         first_piece = np.searchsorted(spaces, row_offsets[:-1])
         row = np.searchsorted(first_piece, pos, side="right") - 1
         return row * self.num_queries + ids
+
+    def _token_ids(self, pieces: pa.StringArray) -> np.ndarray:
+        """Vocabulary id of each piece (-1: no entry's word). The batch's distinct pieces are
+        hashed once (``dictionary_encode``) and the vocabulary is probed against that small set:
+        much cheaper than hashing the 100k+-word vocabulary for every batch."""
+        encoded = pc.dictionary_encode(pieces)
+        in_batch = pc.fill_null(pc.index_in(self._vocab_pieces, value_set=encoded.dictionary), -1).to_numpy()
+        vocab_of_code = np.full(len(encoded.dictionary) + 1, -1, dtype=np.int64)
+        present = np.flatnonzero(in_batch >= 0)
+        vocab_of_code[in_batch[present]] = present
+        return vocab_of_code[encoded.indices.to_numpy()]
 
     def _terminal_ids(self, pos: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Expand (position, node) pairs into (position, query id) for nodes that end entries."""
