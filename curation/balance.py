@@ -23,12 +23,14 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+    """The splitmix64 finaliser over a uint64 array (wrapping arithmetic, in place on a copy)."""
+    z = np.add(x, _GOLDEN, dtype=np.uint64)
+    z ^= z >> np.uint64(30)
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
 
 
 def uid_hashes(uids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
@@ -52,21 +54,38 @@ def balance_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
     return t / np.maximum(counts, t)
 
 
+def entry_salts(entry_ids: np.ndarray, seed: int) -> np.ndarray:
+    """``splitmix64(seed * 2^32 + e)`` per entry id (the per-entry half of the draw)."""
+    return splitmix64((np.uint64(seed) << np.uint64(32)) + np.asarray(entry_ids).astype(np.uint64))
+
+
 def uniform_draws(uid_hash: np.ndarray, entry_ids: np.ndarray, seed: int) -> np.ndarray:
     """u(uid, e, seed) in [0, 1) for aligned arrays of uid hashes and entry ids."""
-    salt = splitmix64((np.uint64(seed) << np.uint64(32)) + entry_ids.astype(np.uint64))
-    bits = splitmix64(uid_hash ^ salt)
+    bits = splitmix64(uid_hash ^ entry_salts(entry_ids, seed))
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def keep_pairs(uid_hash: np.ndarray, query_ids: pa.ListArray, probs: np.ndarray, seed: int) -> np.ndarray:
-    """Boolean keep mask per row of ``query_ids`` (rows without ids are never kept)."""
+def draw_thresholds(probs: np.ndarray) -> np.ndarray:
+    """``ceil(p * 2^53)`` as uint64: for the 53-bit draw x, ``x * 2^-53 < p`` iff ``x < ceil(p * 2^53)``,
+    so comparing integers gives exactly the decisions of :func:`uniform_draws` ``< p``."""
+    return np.ceil(np.asarray(probs, dtype=np.float64) * float(1 << 53)).astype(np.uint64)
+
+
+def keep_pairs(uid_hash: np.ndarray, query_ids: pa.ListArray, probs: np.ndarray, seed: int,
+               salts: np.ndarray | None = None, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Boolean keep mask per row of ``query_ids``: any matched entry e with u(uid, e, seed) < p_e
+    (rows without ids are never kept). ``salts`` / ``thresholds`` (per entry, from
+    :func:`entry_salts` / :func:`draw_thresholds`) may be passed precomputed."""
+    salts = entry_salts(np.arange(len(probs)), seed) if salts is None else salts
+    thresholds = draw_thresholds(probs) if thresholds is None else thresholds
     offsets = query_ids.offsets.to_numpy()
     offsets = offsets - offsets[0]
-    lengths = np.diff(offsets)
-    flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False).astype(np.int64)
-    row_hash = np.repeat(uid_hash, lengths)
-    hit = uniform_draws(row_hash, flat, seed) < probs[flat]
+    flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False)
+    bits = np.repeat(uid_hash, np.diff(offsets))
+    bits ^= salts[flat]
+    bits = splitmix64(bits)
+    bits >>= np.uint64(11)
+    hit = bits < thresholds[flat]
     cumulative = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
     return cumulative[offsets[1:]] > cumulative[offsets[:-1]]
 
@@ -78,12 +97,15 @@ class Balancer:
     def __init__(self, counts: np.ndarray, t: float = 20_000, seed: int = 0):
         self.probs = balance_probabilities(counts, t)
         self.seed = int(seed)
+        self.salts = entry_salts(np.arange(len(self.probs)), self.seed)
+        self.thresholds = draw_thresholds(self.probs)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         query_ids = table.column("query_ids").combine_chunks()
         if table.num_rows == 0:
             return with_reasons(table)
-        keep = keep_pairs(uid_hashes(table.column("uid")), query_ids, self.probs, self.seed)
+        keep = keep_pairs(uid_hashes(table.column("uid")), query_ids, self.probs, self.seed,
+                          self.salts, self.thresholds)
         empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
         reasons = np.where(keep | empty, "", "not_sampled").astype(object)
         return with_reasons(table, reasons)
