@@ -4,7 +4,7 @@
         [--text PATH]... [--unigram-counts PATH] [--titles PATH | --pageviews GLOB]...
         [--wordnet DIR] [--min-count 100] [--min-bigram-count 3] [--pmi-threshold 8]
         [--max-bigrams K] [--min-views 1000] [--keep-case] [--wordnet-all-lemmas]
-        [--beam-runner FlinkRunner ... any Beam pipeline flags]
+        [--beam-runner FlinkRunner --beam-temp-dir URI ... any Beam pipeline flags]
 
 With no source flag at all it builds from the sample data (`make sample-data`): the gensim
 enwiki dump + 10,033 lead paragraphs as the counted corpus, pywordfreq's unigram counts, the
@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", required=True, help="run directory; writes OUT/queries/")
     p.add_argument("--runner", choices=("beam", "ray", "local"), default="beam", help="counting engine")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default: offline DirectRunner)")
+    p.add_argument("--beam-temp-dir", default=None, help="Beam: shared path/URI for the counts (default: local temp)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--wiki-dump", action="append", default=[], help="pages-articles .xml/.bz2 (repeatable)")
     p.add_argument("--text", action="append", default=[], help="plain-text corpus .json/.jsonl/.txt (repeatable)")
@@ -123,6 +124,7 @@ def run(argv: list[str] | None = None) -> dict:
         runner=args.runner,
         beam_runner=args.beam_runner,
         beam_args=tuple(beam_args),
+        beam_temp_dir=args.beam_temp_dir,
         ray_address=args.ray_address,
         batch_size=args.batch_size,
         progress=not args.quiet,

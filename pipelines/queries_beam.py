@@ -14,19 +14,21 @@ Import this module after ``pipelines.runtime.configure_environment()`` (the entr
 
 from __future__ import annotations
 
-import glob
 import logging
+import shutil
 import tempfile
-from pathlib import Path
+import uuid
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.parquetio import WriteToParquetBatched
+from fsspec.core import url_to_fs
 
 from pipelines.runtime import beam_pipeline_options
 from queries.corpus import DocumentSource, iter_document_batches
 from queries.counting import CountingJob
+from queries.files import expand_glob, join, open_input
 from queries.wikidump import DumpStats
 from queries.ngrams import COUNT_SCHEMA, FrequentNgrams, NgramCounter
 from queries.wikitext import WikitextStripper
@@ -113,17 +115,31 @@ def count_with_beam(
 ) -> pa.Table:
     """Run the counting job as a Beam pipeline (``runner`` default: pipelines.runtime's offline
     DirectRunner; ``beam_args``: extra pipeline flags); returns the filtered, merged count table
-    sorted by ngram. ``temp_dir`` (default: a local temp dir) must be shared storage on a cluster."""
-    with tempfile.TemporaryDirectory(dir=temp_dir, prefix="openwit-beam-counts-") as tmp:
-        prefix = str(Path(tmp) / "counts")
-        options = beam_pipeline_options(runner, beam_args)
-        with beam.Pipeline(options=options) as pipeline:
+    sorted by ngram. The pipeline writes its result as Parquet under ``temp_dir`` (a path or URI
+    the workers can write, e.g. gs://bucket/tmp on Dataflow; default: a local temp dir), which is
+    read back and removed."""
+    own_dir = temp_dir is None
+    base = tempfile.mkdtemp(prefix="openwit-beam-counts-") if own_dir else temp_dir
+    prefix = join(base, f"counts-{uuid.uuid4().hex}")
+    try:
+        with beam.Pipeline(options=beam_pipeline_options(runner, beam_args)) as pipeline:
             _ = (
                 pipeline
                 | "Sources" >> beam.Create([(s.path, s.kind) for s in job.sources])
                 | "CountNgrams" >> CountNgramsTransform(job)
                 | "Write" >> WriteToParquetBatched(prefix, schema=COUNT_SCHEMA, file_name_suffix=".parquet")
             )
-        tables = [pq.read_table(f) for f in sorted(glob.glob(prefix + "*.parquet"))]
+        files = expand_glob(prefix + "*.parquet")
+        tables = []
+        for path in files:
+            with open_input(path) as f:
+                tables.append(pq.read_table(f))
+    finally:
+        if own_dir:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            for path in expand_glob(prefix + "*"):
+                fs, local = url_to_fs(path)
+                fs.rm(local)
     counts = pa.concat_tables(tables).cast(COUNT_SCHEMA) if tables else COUNT_SCHEMA.empty_table()
     return counts.sort_by("ngram")

@@ -36,6 +36,7 @@ class EngineOptions:
     runner: str = "beam"  # "beam", "ray" or "local" (in-process reference)
     beam_runner: str | None = None  # Beam runner name (None: offline DirectRunner)
     beam_args: tuple[str, ...] = ()  # extra Beam pipeline flags (Flink/Spark/Dataflow options)
+    beam_temp_dir: str | None = None  # where Beam workers write the counts (shared URI on a cluster)
     ray_address: str | None = None  # Ray cluster (None: $RAY_ADDRESS or a local Ray)
     batch_size: int = 256  # documents per counting batch
     progress: bool = True  # progress bars / logs on long stages
@@ -58,7 +59,7 @@ def count_corpus(sources, config: QueryListConfig, engine: EngineOptions) -> pa.
     if engine.runner == "beam":
         from pipelines.queries_beam import count_with_beam
 
-        return count_with_beam(job, engine.beam_runner, list(engine.beam_args))
+        return count_with_beam(job, engine.beam_runner, list(engine.beam_args), engine.beam_temp_dir)
     if engine.runner == "local":
         return count_locally(job, progress=engine.progress).sort_by("ngram")
     raise ValueError(f"unknown runner {engine.runner!r} (beam, ray or local)")
