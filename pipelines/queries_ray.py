@@ -52,12 +52,12 @@ def count_with_ray(job: CountingJob, num_cpus: int | None = None) -> pa.Table:
     workers = max(1, int(num_cpus or ray.cluster_resources().get("CPU", 1)))
     rows = [{"path": s.path, "kind": s.kind} for s in job.sources]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # The reader and the final filter hold no state: plain tasks (an instance of the callable
+    # class), which reuse Ray's pooled workers; the strip/count stages run in actor pools.
     ds = ds.map_batches(
-        DocumentReader,
-        fn_constructor_kwargs={"batch_size": job.batch_size},
+        DocumentReader(job.batch_size),
         batch_size=1,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(len(rows), workers))),
         num_cpus=0.5,  # mostly decompression + expat; leaves room for the strip/count actors
     )
     ds = ds.map_batches(
@@ -76,14 +76,9 @@ def count_with_ray(job: CountingJob, num_cpus: int | None = None) -> pa.Table:
         num_cpus=0.5,
     )
     ds = ds.groupby("ngram", num_partitions=max(2, 2 * workers)).sum("count")
-    ds = ds.map_batches(
-        FrequentNgrams,
-        # Ray's groupby names the summed column "sum(count)"
-        fn_constructor_kwargs={"min_unigram": job.min_unigram, "min_bigram": job.min_bigram, "count_column": "sum(count)"},
-        batch_size=None,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=1),
-    )
+    # Ray's groupby names the summed column "sum(count)"
+    keep = FrequentNgrams(job.min_unigram, job.min_bigram, count_column="sum(count)")
+    ds = ds.map_batches(keep, batch_size=None, batch_format="pyarrow")
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     counts = pa.concat_tables(tables).cast(COUNT_SCHEMA) if tables else COUNT_SCHEMA.empty_table()
     return counts.sort_by("ngram")
