@@ -125,3 +125,18 @@ def test_killed_worker_restarts_from_checkpoint(ray_session, tiny_shards, tokeni
     assert load_checkpoint(result.checkpoint.path)["step"] == 4
     steps = [m["step"] for m in _metrics(tmp_path)]
     assert steps[:2] == [1, 2] and steps[-2:] == [3, 4] and len(steps) == 4
+
+
+def test_job_config_file_then_flags(tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("train-data: 'shards/{00000..00009}.tar'\nmodel: ViT-S-32\nsteps: 100\n"
+                      "batch_size: 8\nworkers: 4\ngrad_checkpointing: true\nbetas: [0.9, 0.95]\n")
+    flat = pretrain_job.parse_args(["--config", str(config), "--steps", "7", "--out", "runs/x"])
+    assert flat["train_data"] == "shards/{00000..00009}.tar" and flat["model"] == "ViT-S-32"
+    assert flat["steps"] == 7 and flat["batch_size"] == 8 and flat["workers"] == 4
+    assert flat["grad_checkpointing"] is True and flat["out_dir"] == "runs/x"
+    cfg = TrainConfig.from_dict({k: v for k, v in flat.items() if k not in pretrain_job.JOB_KEYS}
+                                | {"tokenizer_json": "{}"})
+    assert cfg.betas == (0.9, 0.95)
+    with pytest.raises(SystemExit):
+        pretrain_job.parse_args(["--steps", "3"])  # no --train-data / --out
