@@ -24,14 +24,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipelines.runtime import configure_environment  # noqa: E402
 
 
-def selection(pool_path: str, base: str, n: int):
-    """The first n pool rows (emoji and openclipart interleaved) with urls on ``base``."""
+MAX_BENCH_PIXELS = 4_000_000  # the sample holds 20 larger PNGs (16 over 89 MP, one of 231 MP)
+
+
+def selection(pool_path: str, images_dir: str, base: str, n: int):
+    """n pool rows (emoji and openclipart alternating) with urls on ``base``, leaving out the
+    images over :data:`MAX_BENCH_PIXELS`: bare img2dataset decodes those whole (a 231 MP PNG
+    takes ~6 GB and minutes in one worker) while openwit refuses them from the header, so
+    keeping them would measure that difference, not throughput."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # header reads only
     pool = pq.read_table(pool_path)
-    order = sorted(range(len(pool)), key=lambda i: (i % 2, i))[:n] if n < len(pool) else range(len(pool))
-    rows = pool.take(pa.array(list(order)))
+    small = [i for i, p in enumerate(pool.column("path").to_pylist())
+             if Image.open(Path(images_dir) / p).size[0] * Image.open(Path(images_dir) / p).size[1] <= MAX_BENCH_PIXELS]
+    order = sorted(small, key=lambda i: (pool.column("source")[i].as_py(), i))
+    by_source = [[i for i in order if pool.column("source")[i].as_py() == s] for s in ("emoji", "openclipart")]
+    interleaved = [i for pair in zip(*by_source) for i in pair][:n]
+    rows = pool.take(pa.array(interleaved))
     urls = [f"{base}/{p}" for p in rows.column("path").to_pylist()]
     return pa.table({"uid": rows.column("uid"), "url": urls, "text": rows.column("text"),
                      "source": rows.column("source")})
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     init_ray()
     bare_best = ours_best = float("inf")
     with serving(manifest["sample_images_dir"], port=0) as base:
-        rows = selection(manifest["sample_pool"], base, args.n)
+        rows = selection(manifest["sample_pool"], manifest["sample_images_dir"], base, args.n)
         for attempt in range(args.repeat):
             for name in ("bare", "openwit"):
                 work = Path(tempfile.mkdtemp(prefix=f"bench-dl-{name}-"))
