@@ -57,28 +57,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, local_loss: bool, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    torch.manual_seed(0)
-    image = F.normalize(torch.randn(world_size * 4, 32), dim=-1)[rank * 4 : (rank + 1) * 4]
-    text = F.normalize(torch.randn(world_size * 4, 32), dim=-1)[rank * 4 : (rank + 1) * 4]
-    image.requires_grad_(True)
-    text.requires_grad_(True)
-    scale = torch.tensor(LOGIT_SCALE, requires_grad=True)
-    loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=world_size)
-    loss = loss_fn(image, text, scale.exp())
-    loss.backward()
-    torch.save({"loss": loss.detach(), "image_grad": image.grad, "text_grad": text.grad,
-                "scale_grad": scale.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
+    for local_loss in (True, False):
+        torch.manual_seed(0)
+        image = F.normalize(torch.randn(world_size * 4, 32), dim=-1)[rank * 4 : (rank + 1) * 4]
+        text = F.normalize(torch.randn(world_size * 4, 32), dim=-1)[rank * 4 : (rank + 1) * 4]
+        image.requires_grad_(True)
+        text.requires_grad_(True)
+        scale = torch.tensor(LOGIT_SCALE, requires_grad=True)
+        loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=True, rank=rank, world_size=world_size)
+        loss = loss_fn(image, text, scale.exp())
+        loss.backward()
+        torch.save({"loss": loss.detach(), "image_grad": image.grad, "text_grad": text.grad,
+                    "scale_grad": scale.grad}, os.path.join(out_dir, f"local{local_loss}-rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("local_loss", [True, False])
-def test_two_process_gather_equals_concatenated_batch(tmp_path, local_loss):
+def test_two_process_gather_equals_concatenated_batch(tmp_path):
     world_size = 2
-    mp.spawn(_worker, args=(world_size, _free_port(), local_loss, str(tmp_path)), nprocs=world_size)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)
     # the single-process loss on the concatenated batch
     torch.manual_seed(0)
     image = F.normalize(torch.randn(world_size * 4, 32), dim=-1).requires_grad_(True)
@@ -86,13 +85,15 @@ def test_two_process_gather_equals_concatenated_batch(tmp_path, local_loss):
     scale = torch.tensor(LOGIT_SCALE, requires_grad=True)
     loss = ClipLoss()(image, text, scale.exp())
     loss.backward()
-    # value: the mean over ranks (DDP's view) equals the global loss
-    mean_loss = sum(r["loss"] for r in ranks) / world_size
-    assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-6)
-    # gradients: the gathered backward sums all ranks' contributions; DDP divides by world size
-    for r, got in enumerate(ranks):
-        rows = slice(r * 4, (r + 1) * 4)
-        torch.testing.assert_close(got["image_grad"] / world_size, image.grad[rows], rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(got["text_grad"] / world_size, text.grad[rows], rtol=1e-5, atol=1e-7)
-    mean_scale_grad = sum(r["scale_grad"] for r in ranks) / world_size
-    torch.testing.assert_close(mean_scale_grad, scale.grad, rtol=1e-5, atol=1e-7)
+    for local_loss in (True, False):
+        ranks = [torch.load(tmp_path / f"local{local_loss}-rank{r}.pt", weights_only=True) for r in range(world_size)]
+        # value: the mean over ranks (DDP's view) equals the global loss
+        mean_loss = sum(r["loss"] for r in ranks) / world_size
+        assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+        # gradients: the gathered backward sums all ranks' contributions; DDP divides by world size
+        for r, got in enumerate(ranks):
+            rows = slice(r * 4, (r + 1) * 4)
+            torch.testing.assert_close(got["image_grad"] / world_size, image.grad[rows], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got["text_grad"] / world_size, text.grad[rows], rtol=1e-5, atol=1e-7)
+        mean_scale_grad = sum(r["scale_grad"] for r in ranks) / world_size
+        torch.testing.assert_close(mean_scale_grad, scale.grad, rtol=1e-5, atol=1e-7)
