@@ -53,7 +53,13 @@ def _guarded_create_connection(guard: UrlGuard, address, timeout=socket._GLOBAL_
         reason = guard.address_refusal(addr)
         if reason is not None:
             raise GuardRefusal("connect", reason, f"{host} -> {addr}")
-    return socket.create_connection((addresses[0], port), timeout, source_address, **kwargs)
+    error: OSError | None = None
+    for addr in addresses:  # every address was vetted above; try them in turn
+        try:
+            return socket.create_connection((addr, port), timeout, source_address, **kwargs)
+        except OSError as err:
+            error = err
+    raise error
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):

@@ -165,7 +165,7 @@ def download_stage(curation_dir: Path, allowed: pa.Table, config: WitImagesConfi
 
 class CheckDownloadShards:
     """Ray Data callable (``batch_format="pyarrow"``): each row names one download shard
-    (``tar``, ``uids``, ``keys``, ``out``, ``rejects``); its images are checked with
+    (``tar``, ``uids``, ``keys``, ``name``, ``out``, ``rejects_dir``); its images are checked with
     :class:`~curation.image_check.ImageChecker`, the rejects then the checked part (the
     completion marker) are written atomically. Returns the counts per shard."""
 
@@ -203,7 +203,7 @@ def check_stage(curation_dir: Path, downloaded: pa.Table, config: WitImagesConfi
     todo = tasks.filter(pa.array([not Path(o).exists() for o in tasks.column("out").to_pylist()], pa.bool_()))
     if len(todo):
         ray = init_ray()
-        workers = max(1, min(len(todo), int(ray.available_resources().get("CPU", 1))))
+        workers = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1))))
         blocks = [todo.slice(i, 1) for i in range(len(todo))]  # one block per shard: parallel, no shuffle
         ray.data.from_arrow(blocks).map_batches(
             CheckDownloadShards, fn_constructor_kwargs={"config": config.check}, batch_size=1,
