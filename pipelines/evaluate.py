@@ -1,10 +1,11 @@
 """Zero-shot evaluation of a pretrained CLIP checkpoint (and optional retrieval).
 
-    python pipelines/evaluate.py --checkpoint RUN/checkpoints/checkpoint_... \
+    python pipelines/evaluate.py --checkpoint RUN \
         --dataset fashion-mnist --out RUN/eval/fashion-mnist.json
     python pipelines/evaluate.py --checkpoint CKPT --retrieval-shards 'held_out/{00000..00001}.tar' \
         --out RUN/eval/retrieval.json
 
+``--checkpoint`` is a checkpoint directory or a pretrain run directory (its last checkpoint).
 Writes JSON: ``top1``, ``top5``, ``mean_per_class_recall``, ``n`` (+ ``dataset``, ``templates``,
 ``checkpoint``, ``step``); with ``--retrieval-shards`` the image<->text R@1/5/10 over the first
 ``--retrieval-limit`` decodable pairs of those shards. Eval sets: ``fashion-mnist`` (test
@@ -30,14 +31,14 @@ from PIL import Image
 
 from pipelines.runtime import configure_environment
 from pretrain.evalsets import load_eval_set
-from pretrain.train import load_model
+from pretrain.train import CHECKPOINT_FILE, load_model
 from pretrain.transform import ImageTransform
 from pretrain.zeroshot import TEMPLATES, encode_images, retrieval_metrics, zero_shot_eval
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json)
+    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir
     out: str  # JSON file to write
     dataset: str = ""  # fashion-mnist | mnist | digits ('' = no zero-shot classification)
     limit: int = 0  # evaluate the first N images only (0 = all)
@@ -89,13 +90,27 @@ def held_out_pairs(urls: str, limit: int) -> tuple[list[Image.Image], list[str]]
     return images, captions
 
 
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint directory, or a pretrain run directory (its result.json names the last
+    checkpoint); ``FileNotFoundError`` naming the path otherwise."""
+    p = Path(path)
+    if (p / CHECKPOINT_FILE).is_file():
+        return p
+    if (p / "result.json").is_file():
+        checkpoint = json.loads((p / "result.json").read_text()).get("checkpoint")
+        if checkpoint and (Path(checkpoint) / CHECKPOINT_FILE).is_file():
+            return Path(checkpoint)
+    raise FileNotFoundError(f"{path}: neither a checkpoint directory nor a pretrain run with result.json")
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluations of ``cfg``; return the result dict (also written to ``cfg.out``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tokenizer, state = load_model(cfg.checkpoint)
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    model, tokenizer, state = load_model(checkpoint)
     size = model.visual.image_size
-    result: dict = {"checkpoint": str(cfg.checkpoint), "step": int(state["step"])}
+    result: dict = {"checkpoint": str(checkpoint), "step": int(state["step"])}
     if cfg.dataset:
         from pipelines.sample_data import load_manifest
 

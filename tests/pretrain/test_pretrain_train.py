@@ -74,6 +74,10 @@ def test_job_two_workers_on_torchtrainer(ray_session, tiny_shards, tmp_path):
     assert [m["step"] for m in rows] == [2, 4]
     # cumulative data counters, summed over both ranks: 2 workers x 16 pairs per step
     assert [m["data"]["decoded"] for m in rows] == [64, 128]
+    # the run directory stands for its last checkpoint in evaluate.py
+    from pipelines.evaluate import resolve_checkpoint
+
+    assert resolve_checkpoint(str(out)) == ckpt
 
 
 @pytest.mark.ray
