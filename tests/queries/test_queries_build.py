@@ -179,3 +179,22 @@ def _write_pageviews(root) -> str:
     for name, data in (("pageviews-20240101-000000.gz", HOUR_0), ("pageviews-20240101-010000.gz", HOUR_1)):
         (root / name).write_bytes(gzip.compress(data))
     return str(root / "pageviews-*.gz")
+
+
+def test_select_bigrams_thresholds_and_cap():
+    from queries.build import QueryListConfig, select_bigrams
+
+    scored = pa.table(
+        {
+            "ngram": ["a b", "c d", "e f", "g h", "i j"],
+            "count": pa.array([2, 5, 5, 9, 7], pa.int64()),
+            "pmi": [20.0, 12.0, 7.5, 9.0, 12.0],
+        }
+    )
+    entries, dropped, calibration = select_bigrams(scored, QueryListConfig(min_bigram_count=3, pmi_threshold=8))
+    assert entries["query"].to_pylist() == ["c d", "g h", "i j"]
+    assert dropped == {"below_min_bigram_count": 1, "below_pmi_threshold": 1, "over_max_bigrams": 0}
+    assert calibration["pmi>=8"] == 3 and calibration["pmi>=12"] == 2 and calibration["pmi>=4"] == 4
+    capped, dropped, _ = select_bigrams(scored, QueryListConfig(min_bigram_count=3, pmi_threshold=8, max_bigrams=2))
+    assert capped["query"].to_pylist() == ["c d", "i j"]  # highest PMI, ties by query
+    assert dropped["over_max_bigrams"] == 1 and dropped["below_pmi_threshold"] == 1
