@@ -26,7 +26,7 @@ if __name__ == "__main__":
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from pipelines.runtime import configure_environment, init_ray
 from pretrain.train import TOKENIZER_FILE, TrainConfig, train_loop_per_worker

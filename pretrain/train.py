@@ -9,6 +9,7 @@ step, configs) + ``tokenizer.json``; loaded with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -158,8 +159,6 @@ def load_model(path: str | Path) -> tuple[CLIP, CaptionTokenizer, dict]:
 def _resume_dir(cfg: TrainConfig, env: WorkerEnv):
     """(context manager giving a directory or None): Ray's latest checkpoint wins over
     ``resume_from`` (after a worker failure Ray hands back the last reported one)."""
-    import contextlib
-
     if env.in_ray:
         import ray.train
 
