@@ -68,16 +68,17 @@ def deduplicate(table: pa.Table, config: ImageDedupConfig) -> tuple[pa.Table, pa
         phash = table.column("phash").combine_chunks()
         codes = np.frombuffer(phash.buffers()[1], np.uint8)[phash.offset * 8:(phash.offset + n) * 8]
         limits, neighbours = near_duplicate_pairs(codes.reshape(n, 8)[survivors], config.threshold)
-        kept = np.zeros(len(survivors), bool)
-        for k in range(len(survivors)):  # ascending uid: neighbours with a smaller k come first
+        rows = np.repeat(np.arange(len(survivors)), np.diff(limits))
+        has_earlier = np.unique(rows[neighbours < rows])  # rows with a smaller-uid neighbour
+        kept = np.ones(len(survivors), bool)  # rows without one are kept outright
+        for k in has_earlier:  # ascending uid: each row's earlier neighbours are decided already
             earlier = neighbours[limits[k]:limits[k + 1]]
-            earlier = earlier[(earlier < k)]
+            earlier = earlier[earlier < k]
             earlier = earlier[kept[earlier]]
             if len(earlier):
+                kept[k] = False
                 i = survivors[k]
                 duplicate_of[i], reasons[i] = survivors[earlier.min()], "near_duplicate"
-            else:
-                kept[k] = True
     dropped = duplicate_of >= 0
     rejected = pa.table({
         "uid": uids.filter(pa.array(dropped)),
