@@ -60,8 +60,8 @@ def build_dumps(sample_bz2: str, target_mb: float, tmp: Path) -> tuple[Path, Pat
 
 def time_counting(path: Path, repeats: int) -> tuple[float, float, int]:
     """Best wall time and best CPU time (this process) of the in-process counting job over
-    ``repeats`` runs; and its output rows. CPU time is what "per core" means, and it stays
-    meaningful when other jobs share the machine (wall time does not)."""
+    ``repeats`` runs; and its output rows. CPU time is what "per core" means, and it is less
+    disturbed than wall time when other jobs share the machine."""
     from queries.corpus import DocumentSource
     from queries.counting import CountingJob, count_locally
 
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in results.items():
         core_hours = args.full_dump_gb * 1e3 / rate / 3600
         print(f"full enwiki ({args.full_dump_gb:g} GB wikitext) from {name}: {core_hours:.2f} core-hours")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (CPU-time figures are robust to it)")
+    load = os.getloadavg()[0]
+    print(f"load average at the end: {load:.1f} (other jobs slow CPU time too, through shared caches/SMT)")
     print(f"machine: {platform.processor() or platform.machine()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     return 0
 
