@@ -31,9 +31,9 @@ from pipelines.runtime import configure_environment  # noqa: E402
 GOAL_MB_S_PER_CORE = 20.0
 
 
-def build_dumps(sample_bz2: str, target_mb: float, tmp: Path) -> tuple[Path, Path, int, int]:
-    """Write big.xml and big.xml.bz2 (multistream) >= target_mb; returns paths, repetitions and
-    the number of article pages in the dump."""
+def build_dumps(sample_bz2: str, target_mb: float, tmp: Path):
+    """Write big.xml and big.xml.bz2 (multistream) >= target_mb; returns both paths, the number
+    of repetitions and the sample's DumpStats (articles and wikitext bytes per repetition)."""
     from queries.wikidump import DumpStats, iter_pages
 
     xml = bz2.open(sample_bz2).read()
