@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         prepare_run(configs["ray"])
         start = time.perf_counter()
-        run_ray(configs["ray"])
+        ray_phases = run_ray(configs["ray"])
         walls["ray"] = time.perf_counter() - start
         ray.shutdown()
         same = all((root / "ray" / "curation" / "selected" / p.name).read_bytes() == p.read_bytes()
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             "wall_s": {k: round(v, 2) for k, v in walls.items()},
             "rows_per_s": {"beam": round(rows / walls["beam"]), "ray": round(rows / walls["ray"])},
             "ray_over_beam": round(walls["ray"] / walls["beam"], 2),
+            "ray_phases_s": ray_phases,
             "core_s_one_process": core_seconds(configs["beam"]),
         }
         print(json.dumps(result, indent=2))

@@ -10,6 +10,8 @@ part into the selection and the rejects. The core functions are the ones the Bea
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 
@@ -89,15 +91,16 @@ def _write_part(curation_dir: str, reasons: dict[str, str]):
     return write
 
 
-def run_ray(config: CurationConfig) -> None:
+def run_ray(config: CurationConfig) -> dict[str, float]:
     """Run every text-side stage on Ray Data: writes entry_counts.parquet, then selected/ and
     rejects/ part by part (the driver derives stats/ from the part markers).
 
     Actor stages (fastText, matcher) and task stages (shuffles) run in separate executions, split
     by ``materialize()``: an actor pool sized to the cluster beside a shuffle that needs CPUs for
-    its tasks would wait forever for each other."""
+    its tasks would wait forever for each other. Returns the wall seconds of each phase."""
     import ray
 
+    clock = _PhaseClock()
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
     workers = config.parallelism or max(1, int(ray.available_resources().get("CPU", 1)))
@@ -108,22 +111,42 @@ def run_ray(config: CurationConfig) -> None:
     kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size}
     ds = ds.map_batches(ReadAndFilterText, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                         concurrency=min(workers, max(1, len(files)))).materialize()
+    clock.lap("read_text")
     # 2. exact dedup (tasks): equal keys meet in one hash bucket
     for key in config.dedup_keys:
         ds = ds.map_batches(_add_bucket(key, config.dedup_buckets), **batched)
         ds = ds.groupby(BUCKET, num_partitions=config.dedup_buckets).map_groups(
             _mark_duplicates(key), batch_format="pyarrow")
     ds = ds.materialize()
+    clock.lap("dedup")
     # 3. match (actors), then the global per-entry counts c_e (tasks)
     matched = ds.map_batches(MatchStage, fn_constructor_kwargs={"queries_path": config.queries},
                              concurrency=workers, **batched).materialize()
+    clock.lap("match")
     counts = np.zeros(num_queries, dtype=np.int64)
-    sums = matched.map_batches(_count_entries(num_queries), **batched).groupby("query_id").sum("count").take_all()
+    sums = (matched.map_batches(_count_entries(num_queries), **batched)
+            .groupby("query_id", num_partitions=workers).sum("count").take_all())
     for row in sums:
         counts[row["query_id"]] = row["sum(count)"]
     write_entry_counts(counts, config.dir("entry_counts.parquet"))
+    clock.lap("counts")
     # 4. balance (tasks), then one writer per output part
     ds = matched.map_batches(_balance_and_part(counts, config.t, config.seed, config.num_parts), **batched)
     ds.groupby(PART_COLUMN, num_partitions=config.num_parts).map_groups(
         _write_part(config.curation_dir, config.reason_stages()), batch_format="pyarrow").take_all()
     write_missing_parts(config.curation_dir, config.num_parts)
+    clock.lap("balance_write")
+    return clock.laps
+
+
+class _PhaseClock:
+    """Wall seconds per phase (each phase ends with a materialisation)."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 2)
+        self.last = now
