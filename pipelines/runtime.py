@@ -61,7 +61,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     if address:
         ray.init(address=address, log_to_driver=True, **kwargs)
     else:
+        # address="local": always a fresh local runtime, never a stale `ray_current_cluster`
+        # file left behind by an earlier head in the same temp dir.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _temp_dir=ray_tmpdir(),
