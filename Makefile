@@ -24,9 +24,23 @@ $(VENV)/.installed: pyproject.toml
 sample-data: venv
 	$(PY) -m pipelines.sample_data
 
+# The main job as a user runs it: the query list, then `ray job submit ... build_wit.py` against
+# a throw-away Ray head on 127.0.0.1 (started and stopped by pipelines.submit_local), the sample
+# images served on 127.0.0.1:18765; then a short tiny-CLIP pretraining on the shards + zero-shot.
+DEMO_ABS := $(abspath $(DEMO_OUT))
+DEMO_STEPS ?= 150
 demo: venv sample-data
 	$(PY) pipelines/build_queries.py --out $(DEMO_OUT)
-	@echo "demo run directory: $(DEMO_OUT)"
+	$(PY) -m pipelines.submit_local --num-cpus 2 -- \
+	    python pipelines/build_wit.py --out $(DEMO_ABS) --serve-images $(OPENWIT_DATA)/images
+	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
+	$(PY) pipelines/pretrain.py --train-data "$(DEMO_OUT)/curation/shards/{00000..$${last%.tar}}.tar" \
+	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_OUT)/pretrain/tiny
+	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_OUT)/pretrain/tiny --dataset fashion-mnist \
+	    --out $(DEMO_OUT)/pretrain/tiny/zeroshot-fashion-mnist.json
+	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
+	@echo "shards:   $(DEMO_OUT)/curation/shards/   report: $(DEMO_OUT)/curation/report.html"
+	@echo "pretrain: $(DEMO_OUT)/pretrain/tiny/     (metrics.jsonl, checkpoints/, zero-shot JSON)"
 
 test: venv sample-data
 	$(PY) -m pytest -q tests
