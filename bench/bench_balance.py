@@ -6,7 +6,8 @@ A synthetic matched pool: each row has 1-5 entry ids drawn Zipf-like from 500,00
 head entries far above t = 20,000, as in real pools). Both sides count c_e and decide every row:
 - MetaCLIP-style: ``np.unique(..., return_counts=True)`` for c_e, ``np.random.random`` per pair
   (not reproducible across partitions), any-hit per row;
-- ours: ``np.bincount`` for c_e, the (uid, entry, seed) hash draw (curation.balance.keep_pairs).
+- ours: ``np.bincount`` for c_e, the (uid, entry, seed) hash draw (curation.balance.keep_rows: one
+  compiled pass over the rows, stopping at a row's first hit).
 uid hashing (xxh3_64 per uid, once per row, Python) is reported separately: it is per row, not
 per pair, and is shared with output partitioning. Anchor here: MetaCLIP's approach ~12M pairs/s;
 goal >= 50M pairs/s/core.
@@ -26,7 +27,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.balance import (balance_probabilities, count_entries, draw_thresholds,  # noqa: E402
-                              entry_salts, keep_pairs, uid_hashes)
+                              entry_salts, entry_table, keep_rows, uid_hashes)
 
 ANCHOR_METACLIP, GOAL = 12e6, 50e6
 NUM_ENTRIES, T = 500_000, 20_000
@@ -55,9 +56,9 @@ def metaclip_numpy(query_ids: pa.ListArray) -> np.ndarray:
 
 def ours(query_ids: pa.ListArray, uid_hash: np.ndarray, salts: np.ndarray) -> np.ndarray:
     """bincount counts + deterministic (uid, entry, seed) draws (per-entry salts are built once
-    per run, like the Balancer does per worker)."""
+    per run, like the Balancer does per worker; thresholds and the entry table from the counts)."""
     probs = balance_probabilities(count_entries(query_ids, NUM_ENTRIES), T)
-    return keep_pairs(uid_hash, query_ids, probs, 0, salts, draw_thresholds(probs))
+    return keep_rows(uid_hash, query_ids, entry_table(salts, draw_thresholds(probs)))
 
 
 def best_seconds(fn, repeats: int) -> tuple[float, object]:

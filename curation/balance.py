@@ -10,6 +10,7 @@ the same numbers.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,7 +46,7 @@ def count_entries(query_ids: pa.Array | pa.ChunkedArray, num_queries: int) -> np
     if isinstance(query_ids, pa.ChunkedArray):
         query_ids = query_ids.combine_chunks() if query_ids.num_chunks else pa.array([], pa.list_(pa.int32()))
     flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False)
-    return np.bincount(flat.astype(np.int64), minlength=num_queries).astype(np.int64)
+    return np.bincount(flat, minlength=num_queries).astype(np.int64, copy=False)
 
 
 def balance_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
@@ -78,16 +79,46 @@ def keep_pairs(uid_hash: np.ndarray, query_ids: pa.ListArray, probs: np.ndarray,
     :func:`entry_salts` / :func:`draw_thresholds`) may be passed precomputed."""
     salts = entry_salts(np.arange(len(probs)), seed) if salts is None else salts
     thresholds = draw_thresholds(probs) if thresholds is None else thresholds
-    offsets = query_ids.offsets.to_numpy()
-    offsets = offsets - offsets[0]
+    return keep_rows(np.ascontiguousarray(uid_hash, dtype=np.uint64), query_ids, entry_table(salts, thresholds))
+
+
+def entry_table(salts: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per entry ``[salt, threshold]`` side by side (uint64, shape (E, 2)): the draw of a pair
+    reads both from one cache line."""
+    return np.ascontiguousarray(np.stack([np.asarray(salts, np.uint64), np.asarray(thresholds, np.uint64)], axis=1))
+
+
+def keep_rows(uid_hash: np.ndarray, query_ids: pa.ListArray, table: np.ndarray) -> np.ndarray:
+    """:func:`keep_pairs` over a precomputed :func:`entry_table` (one compiled pass over the rows)."""
+    offsets = np.asarray(query_ids.offsets.to_numpy(), dtype=np.int64)
     flat = pc.list_flatten(query_ids).to_numpy(zero_copy_only=False)
-    bits = np.repeat(uid_hash, np.diff(offsets))
-    bits ^= salts[flat]
-    bits = splitmix64(bits)
-    bits >>= np.uint64(11)
-    hit = bits < thresholds[flat]
-    cumulative = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
-    return cumulative[offsets[1:]] > cumulative[offsets[:-1]]
+    return _keep_rows(uid_hash, offsets - offsets[0], np.asarray(flat, dtype=np.int32), table)
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_rows(uid_hash: np.ndarray, offsets: np.ndarray, flat: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per row: does any entry e of the row draw ``splitmix64(uid_hash ^ salt_e) >> 11 <
+    threshold_e``? Stops at the row's first hit; an entry with p_e = 1 (threshold 2^53) is a hit
+    without hashing. Same decisions as the vectorised formula, pair for pair."""
+    rows = len(offsets) - 1
+    keep = np.zeros(rows, dtype=np.bool_)
+    certain = np.uint64(1 << 53)
+    for r in range(rows):
+        h = uid_hash[r]
+        for k in range(offsets[r], offsets[r + 1]):
+            entry = flat[k]
+            threshold = table[entry, 1]
+            if threshold >= certain:
+                keep[r] = True
+                break
+            z = (h ^ table[entry, 0]) + _GOLDEN
+            z = (z ^ (z >> np.uint64(30))) * _M1
+            z = (z ^ (z >> np.uint64(27))) * _M2
+            z ^= z >> np.uint64(31)
+            if (z >> np.uint64(11)) < threshold:
+                keep[r] = True
+                break
+    return keep
 
 
 class Balancer:
@@ -99,13 +130,13 @@ class Balancer:
         self.seed = int(seed)
         self.salts = entry_salts(np.arange(len(self.probs)), self.seed)
         self.thresholds = draw_thresholds(self.probs)
+        self.table = entry_table(self.salts, self.thresholds)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         query_ids = table.column("query_ids").combine_chunks()
         if table.num_rows == 0:
             return with_reasons(table)
-        keep = keep_pairs(uid_hashes(table.column("uid")), query_ids, self.probs, self.seed,
-                          self.salts, self.thresholds)
+        keep = keep_rows(uid_hashes(table.column("uid")), query_ids, self.table)
         empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
         reasons = np.where(keep | empty, "", "not_sampled").astype(object)
         return with_reasons(table, reasons)

@@ -1,24 +1,25 @@
-"""Substring matching of captions against the query list (MetaCLIP's rule, vectorised).
+"""Substring matching of captions against the query list (MetaCLIP's rule, compiled).
 
 The rule (``queries/text.py``): an entry matches a text when ``" " + entry + " "`` is a substring
 of ``space_text(text)``. Equivalently, with the spaced text split on single spaces, the entry's
-``split(" ")`` words occur as a consecutive run of the text's pieces, excluding the first and last
-piece (always empty). :class:`QueryMatcher` uses that equivalence over a whole Arrow batch:
+``split(" ")`` words occur as a consecutive run of the text's pieces (the first and last piece
+are always empty). :class:`QueryMatcher` uses that equivalence in one pass over the UTF-8 bytes
+of an Arrow batch, in a numba-compiled kernel (no per-caption Python, no spaced copy of the text):
 
-1. space the batch with the shared rule (``space_texts``), one buffer for all rows;
-2. cut the buffer at every space into pieces ``" word"`` (zero-copy Arrow string array) and map
-   each piece to a vocabulary id: the batch's distinct pieces are found with one hash pass
-   (``dictionary_encode``) and the vocabulary is looked up in that small set (``index_in``);
-   pieces that are no entry's word, empty pieces and row boundaries become ``-1`` and break
-   every run;
-3. walk a token trie level by level: level 1 maps a token to its trie node with an array lookup;
-   level n extends only the positions whose (n-1)-gram is a prefix of some entry, looking up the
-   int64 key ``node * V + next_token`` in the trie's transition table (again ``index_in``);
-4. matched (row, entry id) pairs are sorted and de-duplicated in one numpy pass.
+1. the pieces of ``space_text(text)`` are produced straight from the raw bytes: space, tab, CR
+   and LF end a piece; each of ``, . ; : ? !`` and the backtick ends a piece and is a piece of its
+   own (that is what wrapping it in spaces does). All separators are ASCII and UTF-8 continuation
+   bytes never are, so working on bytes is exact;
+2. each piece is mapped to a vocabulary id (the words of the entries) through an open-addressing
+   hash table keyed by the piece's FNV-1a hash and checked byte for byte, so there are no
+   collisions to fear; empty pieces and unknown words get -1, which breaks every run;
+3. from every piece position a token trie is walked while the run is a prefix of some entry
+   (depth 1 is an array lookup, deeper transitions ``node * V + token`` another hash table), and
+   the ids of the entries ending at each visited node are collected;
+4. each row's ids are sorted and de-duplicated in place and written into a ``list<int32>`` array.
 
-No hashing of strings into fixed-width keys, so there are no collisions to verify: the trie is
-exact. Entries whose ``split(" ")`` contains an empty word (leading, trailing or doubled spaces,
-the empty string) cannot be trie paths; they are rare and are matched by a literal
+Entries whose ``split(" ")`` contains an empty word (leading, trailing or doubled spaces, the
+empty string) cannot be trie paths; they are rare and are matched by a literal
 ``match_substring`` on the spaced batch, one pass per such entry.
 """
 
@@ -26,21 +27,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from queries.text import space_texts
+from queries.text import PUNCT_TO_WRAP, space_texts
 
-_SPACE = 32  # ord(" ")
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# byte classes of the spacing rule: 1 = becomes a space, 2 = wrapped in spaces, 0 = word byte
+_BYTE_CLASS = np.zeros(256, dtype=np.uint8)
+_BYTE_CLASS[[ord(c) for c in (" ", "\t", "\n", "\r")]] = 1
+_BYTE_CLASS[[ord(c) for c in PUNCT_TO_WRAP]] = 2
 
 
 class QueryMatcher:
     """Matches texts against ``queries`` (query id = position in the sequence).
 
-    Build once per worker (a 500k-entry list takes a few seconds); :meth:`match_arrow` takes a
-    batch of texts and returns, per text, the sorted, distinct ids of the entries it matches.
-    Null texts match nothing. Repeated entries match under each of their ids.
+    Build once per worker (a 500k-entry list takes a few seconds; the first matcher in a process
+    also loads or compiles the kernels); :meth:`match_arrow` takes a batch of texts and returns,
+    per text, the sorted, distinct ids of the entries it matches. Null texts match nothing.
+    Repeated entries match under each of their ids.
     """
 
     def __init__(self, queries: Sequence[str]):
@@ -59,19 +68,22 @@ class QueryMatcher:
             run_entries.append((query_id, [vocab.setdefault(w, len(vocab)) for w in words]))
         self._literal = literal
         self._vocab_size = len(vocab)
-        self._vocab_pieces = pa.array([" " + w for w in vocab], type=pa.string())
-        self._build_trie(run_entries)
+        self._vocab_bytes, self._vocab_offsets = _string_buffers(pa.array(list(vocab), type=pa.string()))
+        self._build_tables(run_entries)
 
-    def _build_trie(self, run_entries: list[tuple[int, list[int]]]) -> None:
+    def _build_tables(self, run_entries: list[tuple[int, list[int]]]) -> None:
+        """The token trie (node ids 0 .. V-1 are the depth-1 nodes, node == token id; deeper
+        nodes follow) as two hash tables: vocabulary word -> (token id, depth-1 node info) and
+        ``node * V + token`` -> (child, child's node info); entry ids ending at a node with
+        several entries (repeated entries) go to ``term_ids`` in CSR form."""
         vocab_size = self._vocab_size
-        # node ids: 0 .. V-1 are the depth-1 nodes (node == token id); deeper nodes follow.
         transitions: dict[int, int] = {}
         node_ids: dict[int, list[int]] = {}
-        first = np.full(vocab_size + 1, -1, dtype=np.int64)  # [-1] is the "unknown token" slot
+        starts = np.zeros(vocab_size, dtype=bool)
         next_node = vocab_size
         for query_id, tokens in run_entries:
             node = tokens[0]
-            first[node] = node
+            starts[node] = True
             for token in tokens[1:]:
                 key = node * vocab_size + token
                 child = transitions.get(key)
@@ -81,29 +93,23 @@ class QueryMatcher:
                 node = child
             node_ids.setdefault(node, []).append(query_id)
         num_nodes = next_node
-        self._first_node = first
         keys = np.fromiter(transitions.keys(), dtype=np.int64, count=len(transitions))
         children = np.fromiter(transitions.values(), dtype=np.int64, count=len(transitions))
-        self._transition_keys = pa.array(keys)
-        self._transition_child = np.append(children, -1)  # index -1 (no transition) -> -1
         has_child = np.zeros(num_nodes, dtype=bool)
         has_child[keys // max(vocab_size, 1)] = True
-        self._has_child = has_child
-        # terminal ids in CSR form; most nodes carry zero or one id.
         counts = np.zeros(num_nodes, dtype=np.int64)
         for node, ids in node_ids.items():
             counts[node] = len(ids)
-        self._term_start = np.concatenate([[0], np.cumsum(counts)])
-        flat = np.empty(int(counts.sum()), dtype=np.int64)
+        term_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        term_ids = np.empty(int(counts.sum()), dtype=np.int32)
         for node, ids in node_ids.items():
-            flat[self._term_start[node] : self._term_start[node] + len(ids)] = sorted(ids)
-        self._term_ids = flat
-        self._term_count = counts
-        self._single = bool(counts.max(initial=0) <= 1)
-        self._node_entry = np.full(num_nodes, -1, dtype=np.int64)
-        if self._single and len(flat):
-            terminal = np.flatnonzero(counts)
-            self._node_entry[terminal] = flat[self._term_start[terminal]]
+            term_ids[term_start[node] : term_start[node] + len(ids)] = sorted(ids)
+        infos = _node_infos(counts, term_start, term_ids, has_child,
+                            np.concatenate([starts, np.zeros(num_nodes - vocab_size, dtype=bool)]))
+        self._term_ids = term_ids
+        self._vocab_table = _build_vocab_table(self._vocab_bytes, self._vocab_offsets, infos,
+                                               _table_size(vocab_size))
+        self._edges = _build_edge_table(keys, children, infos, _table_size(len(keys)))
 
     def match(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[list[int]]:
         """Per text, the sorted list of matched query ids (Python lists)."""
@@ -112,86 +118,256 @@ class QueryMatcher:
     def match_arrow(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.ListArray:
         """Per text, the sorted distinct matched query ids as a ``list<int32>`` Arrow array."""
         texts = _as_string_array(texts)
+        valid = np.ascontiguousarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        data, row_offsets = _string_buffers(texts)
+        offsets, ids = _match_rows(
+            data, row_offsets, valid, _BYTE_CLASS, self._vocab_table, self._vocab_bytes, self._vocab_offsets,
+            self._edges, self._term_ids, self._vocab_size)
+        if self._literal:
+            offsets, ids = self._add_literal_matches(texts, valid, offsets, ids)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ids, pa.int32()))
+
+    def _add_literal_matches(self, texts: pa.StringArray, valid: np.ndarray, offsets: np.ndarray,
+                             ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Merge the literal (edge/double-space) entries' matches into the trie's per-row ids."""
         rows = len(texts)
+        num = max(self.num_queries, 1)
         spaced = space_texts(pc.fill_null(texts, ""))
-        keys = [self._trie_matches(spaced)]
-        valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(offsets))
+        keys = [row * num + ids]
         for query_id, pattern in self._literal:
             hit = np.asarray(pc.match_substring(spaced, pattern).to_numpy(zero_copy_only=False)) & valid
-            keys.append(np.flatnonzero(hit).astype(np.int64) * self.num_queries + query_id)
-        keys = np.sort(np.concatenate(keys)) if len(keys) > 1 else np.sort(keys[0])
-        if len(keys) > 1:
-            distinct = np.empty(len(keys), dtype=bool)
-            distinct[0] = True
-            np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
-            keys = keys[distinct]
-        row = keys // max(self.num_queries, 1)
-        ids = (keys - row * self.num_queries).astype(np.int32)
-        offsets = np.zeros(rows + 1, dtype=np.int32)
+            keys.append(np.flatnonzero(hit).astype(np.int64) * num + query_id)
+        keys = np.unique(np.concatenate(keys))
+        row = keys // num
+        offsets = np.zeros(rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=rows), out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, type=pa.int32()))
+        return offsets, (keys - row * num).astype(np.int32)
 
-    def _trie_matches(self, spaced: pa.StringArray) -> np.ndarray:
-        """Keys ``row * num_queries + query_id`` of every trie match (unsorted, may repeat)."""
-        if self._vocab_size == 0 or len(spaced) == 0:
-            return np.empty(0, dtype=np.int64)
-        data, row_offsets = _string_buffers(spaced)
-        spaces = np.flatnonzero(data == _SPACE)
-        # piece i = data[spaces[i]:spaces[i+1]] = " " + token (the last space closes the last row)
-        pieces = pa.StringArray.from_buffers(
-            len(spaces) - 1, pa.py_buffer(spaces.astype(np.int32)), pa.py_buffer(data)
-        )
-        tokens = np.append(self._token_ids(pieces), -1)
-        hits_pos: list[np.ndarray] = []
-        hits_node: list[np.ndarray] = []
-        # level 1: a token's depth-1 node is itself when it starts some entry
-        nodes = self._first_node[tokens[:-1]]
-        pos = np.flatnonzero(nodes >= 0)
-        nodes = nodes[pos]
-        depth = 1
-        while len(pos):
-            hits_pos.append(pos)
-            hits_node.append(nodes)
-            extend = self._has_child[nodes]
-            pos, nodes = pos[extend], nodes[extend]
-            nxt = tokens[pos + depth]
-            known = nxt >= 0
-            pos, nodes, nxt = pos[known], nodes[known], nxt[known]
-            index = pc.index_in(pa.array(nodes * self._vocab_size + nxt), value_set=self._transition_keys)
-            child = self._transition_child[pc.fill_null(index, -1).to_numpy()]
-            found = child >= 0
-            pos, nodes = pos[found], child[found]
-            depth += 1
-        pos = np.concatenate(hits_pos) if hits_pos else np.empty(0, dtype=np.int64)
-        nodes = np.concatenate(hits_node) if hits_node else np.empty(0, dtype=np.int64)
-        pos, ids = self._terminal_ids(pos, nodes)
-        first_piece = np.searchsorted(spaces, row_offsets[:-1])
-        row = np.searchsorted(first_piece, pos, side="right") - 1
-        return row * self.num_queries + ids
 
-    def _token_ids(self, pieces: pa.StringArray) -> np.ndarray:
-        """Vocabulary id of each piece (-1: no entry's word). The batch's distinct pieces are
-        hashed once (``dictionary_encode``) and the vocabulary is probed against that small set:
-        much cheaper than hashing the 100k+-word vocabulary for every batch."""
-        encoded = pc.dictionary_encode(pieces)
-        in_batch = pc.fill_null(pc.index_in(self._vocab_pieces, value_set=encoded.dictionary), -1).to_numpy()
-        vocab_of_code = np.full(len(encoded.dictionary) + 1, -1, dtype=np.int64)
-        present = np.flatnonzero(in_batch >= 0)
-        vocab_of_code[in_batch[present]] = present
-        return vocab_of_code[encoded.indices.to_numpy()]
+def _table_size(n: int) -> int:
+    """A power of two at least ``n / 0.6`` (open-addressing load factor <= 0.6)."""
+    size = 2
+    while size * 3 < n * 5:
+        size *= 2
+    return size
 
-    def _terminal_ids(self, pos: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Expand (position, node) pairs into (position, query id) for nodes that end entries."""
-        if self._single:
-            ids = self._node_entry[nodes]
-            keep = ids >= 0
-            return pos[keep], ids[keep]
-        counts = self._term_count[nodes]
-        keep = counts > 0
-        pos, nodes, counts = pos[keep], nodes[keep], counts[keep]
-        starts = np.repeat(self._term_start[nodes], counts)
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return np.repeat(pos, counts), self._term_ids[starts + within]
+
+# A trie node's info, packed into one int64 so that a probe touches one cache line:
+# bit 0 = starts an entry (depth-1 nodes), bit 1 = has children, bits 2..19 = how many entries
+# end here, bits 20.. = the entry id when exactly one ends here, else its start in ``term_ids``.
+_COUNT_BITS, _VALUE_SHIFT = 18, 20
+
+
+def _node_infos(counts: np.ndarray, term_start: np.ndarray, term_ids: np.ndarray, has_child: np.ndarray,
+                starts: np.ndarray) -> np.ndarray:
+    """Packed info per node (see ``_COUNT_BITS``)."""
+    if counts.max(initial=0) >= 1 << _COUNT_BITS:
+        raise ValueError(f"an entry is repeated {counts.max()} times (at most {(1 << _COUNT_BITS) - 1})")
+    single = np.zeros(len(counts), dtype=np.int64)
+    one = np.flatnonzero(counts == 1)
+    single[one] = term_ids[term_start[one]]
+    value = np.where(counts == 1, single, term_start[:-1])
+    return (value << _VALUE_SHIFT) | (counts << 2) | (has_child.astype(np.int64) << 1) | starts.astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _piece_key(data: np.ndarray, start: int, end: int) -> tuple[np.uint64, np.uint64, np.uint64]:
+    """(FNV-1a hash, first 8 bytes, next 8 bytes) of ``data[start:end]`` (little-endian, zero padded)."""
+    h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
+    for i in range(start, end):
+        c = np.uint64(data[i])
+        h = (h ^ c) * _FNV_PRIME
+        if i - start < 8:
+            w0 |= c << np.uint64(8 * (i - start))
+        elif i - start < 16:
+            w1 |= c << np.uint64(8 * (i - start - 8))
+    return h, w0, w1
+
+
+@numba.njit(cache=True, nogil=True)
+def _meta(h: np.uint64, length: int) -> np.uint64:
+    """Slot tag without the id: 24-bit fingerprint (top of the hash) and the length capped at 255."""
+    return ((h >> np.uint64(40)) << np.uint64(40)) | (np.uint64(min(length, 255)) << np.uint64(32))
+
+
+@numba.njit(cache=True, nogil=True)
+def _build_vocab_table(words: np.ndarray, offsets: np.ndarray, infos: np.ndarray, size: int) -> np.ndarray:
+    """Open-addressing table of the vocabulary, one 32-byte row per slot:
+    [tag | word id, first 8 bytes, next 8 bytes, node info] (tag 0 = empty slot)."""
+    table = np.zeros((size, 4), dtype=np.uint64)
+    mask = np.uint64(size - 1)
+    for word in range(len(offsets) - 1):
+        h, w0, w1 = _piece_key(words, offsets[word], offsets[word + 1])
+        slot = h & mask
+        while table[slot, 0] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot, 0] = _meta(h, offsets[word + 1] - offsets[word]) | np.uint64(word)
+        table[slot, 1] = w0
+        table[slot, 2] = w1
+        table[slot, 3] = np.uint64(infos[word])
+    return table
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_slot(key: np.int64, mask: np.uint64) -> np.uint64:
+    return ((np.uint64(key) * _GOLDEN) >> np.uint64(17)) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _build_edge_table(keys: np.ndarray, children: np.ndarray, infos: np.ndarray, size: int) -> np.ndarray:
+    """Open-addressing table of trie transitions, one row per slot:
+    [key ``node * V + token`` (-1 = empty), child node, child's node info]."""
+    table = np.full((size, 3), -1, dtype=np.int64)
+    mask = np.uint64(size - 1)
+    for i in range(len(keys)):
+        slot = _edge_slot(keys[i], mask)
+        while table[slot, 0] != -1:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot, 0] = keys[i]
+        table[slot, 1] = children[i]
+        table[slot, 2] = infos[children[i]]
+    return table
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_word(h, w0, w1, data, start, end, table, words, offsets, tokens, infos, n) -> None:
+    """Write the vocabulary id and node info of ``data[start:end]`` (hash ``h``, packed first 16
+    bytes ``w0``, ``w1``) to ``tokens[n]``, ``infos[n]`` (-1 and 0: not a word)."""
+    tokens[n] = -1
+    infos[n] = 0
+    length = end - start
+    if length == 0:
+        return
+    mask = np.uint64(len(table) - 1)
+    tag = _meta(h, length)
+    slot = h & mask
+    while table[slot, 0] != 0:
+        meta = table[slot, 0]
+        if (meta & np.uint64(0xFFFFFFFF00000000)) == tag and table[slot, 1] == w0 and table[slot, 2] == w1:
+            word = np.int64(meta & np.uint64(0xFFFFFFFF))
+            same = offsets[word + 1] - offsets[word] == length
+            if same and length > 16:
+                base = offsets[word] - start
+                for k in range(start + 16, end):
+                    if words[base + k] != data[k]:
+                        same = False
+                        break
+            if same:
+                tokens[n] = word
+                infos[n] = np.int64(table[slot, 3])
+                return
+        slot = (slot + np.uint64(1)) & mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, infos) -> int:
+    """Vocabulary ids and node infos of the pieces of ``space_text(data[start:end])`` into
+    ``tokens`` / ``infos`` (-1 / 0 for empty pieces and unknown words); returns the piece count."""
+    n = 1
+    tokens[0] = -1  # the leading pad's empty piece
+    infos[0] = 0
+    piece = start
+    h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
+    for i in range(start, end):
+        c = np.uint64(data[i])
+        kind = byte_class[data[i]]
+        if kind == 0:
+            h = (h ^ c) * _FNV_PRIME
+            at = i - piece
+            if at < 8:
+                w0 |= c << np.uint64(8 * at)
+            elif at < 16:
+                w1 |= c << np.uint64(8 * (at - 8))
+            continue
+        _lookup_word(h, w0, w1, data, piece, i, table, words, word_offsets, tokens, infos, n)
+        n += 1
+        if kind == 2:  # " P ": the punctuation is a piece of its own
+            _lookup_word((_FNV_OFFSET ^ c) * _FNV_PRIME, c, np.uint64(0), data, i, i + 1, table, words,
+                         word_offsets, tokens, infos, n)
+            n += 1
+        piece = i + 1
+        h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
+    _lookup_word(h, w0, w1, data, piece, end, table, words, word_offsets, tokens, infos, n)
+    tokens[n + 1] = -1  # the trailing pad's empty piece
+    infos[n + 1] = 0
+    return n + 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _emit(info, term_ids, out, count):
+    """Append the ids of the entries ending at a node (packed ``info``) to ``out``; returns
+    (out, count), ``out`` grown when full."""
+    ending = (info >> 2) & ((1 << _COUNT_BITS) - 1)
+    if ending == 0:
+        return out, count
+    if count + ending > len(out):
+        grown = np.empty(2 * (count + ending), dtype=np.int32)
+        grown[:count] = out[:count]
+        out = grown
+    value = info >> _VALUE_SHIFT
+    if ending == 1:
+        out[count] = value
+    else:
+        out[count : count + ending] = term_ids[value : value + ending]
+    return out, count + ending
+
+
+@numba.njit(cache=True, nogil=True)
+def _match_rows(data, row_offsets, valid, byte_class, table, words, word_offsets, edges, term_ids, vocab_size):
+    """Per-row sorted distinct matched ids: (list offsets int64, ids int32)."""
+    rows = len(row_offsets) - 1
+    longest = 0
+    for r in range(rows):
+        longest = max(longest, row_offsets[r + 1] - row_offsets[r])
+    tokens = np.empty(2 * longest + 3, dtype=np.int64)
+    infos = np.empty(2 * longest + 3, dtype=np.int64)
+    out = np.empty(max(16, 4 * rows), dtype=np.int32)
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    count = 0
+    edge_mask = np.uint64(len(edges) - 1)
+    for r in range(rows):
+        row_start = count
+        if valid[r] and vocab_size > 0:
+            n = _tokenize(data, row_offsets[r], row_offsets[r + 1], byte_class, table, words, word_offsets,
+                          tokens, infos)
+            for i in range(n):
+                info = infos[i]
+                if info & 1 == 0:  # not the first word of any entry
+                    continue
+                node = tokens[i]
+                j = i + 1
+                while True:
+                    out, count = _emit(info, term_ids, out, count)
+                    if info & 2 == 0 or j >= n or tokens[j] < 0:
+                        break
+                    key = node * vocab_size + tokens[j]
+                    slot = _edge_slot(key, edge_mask)
+                    while edges[slot, 0] != -1 and edges[slot, 0] != key:
+                        slot = (slot + np.uint64(1)) & edge_mask
+                    if edges[slot, 0] == -1:
+                        break
+                    node, info = edges[slot, 1], edges[slot, 2]
+                    j += 1
+        if count - row_start > 32:
+            out[row_start:count].sort()
+        elif count - row_start > 1:  # insertion sort: most rows hold a handful of ids
+            for k in range(row_start + 1, count):
+                value = out[k]
+                m = k - 1
+                while m >= row_start and out[m] > value:
+                    out[m + 1] = out[m]
+                    m -= 1
+                out[m + 1] = value
+        if count - row_start > 1:  # de-duplicate in place
+            kept = row_start + 1
+            for k in range(row_start + 1, count):
+                if out[k] != out[kept - 1]:
+                    out[kept] = out[k]
+                    kept += 1
+            count = kept
+        offsets[r + 1] = count
+    return offsets, out[:count].copy()
 
 
 def _as_string_array(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.StringArray:
@@ -206,10 +382,14 @@ def _as_string_array(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -
 
 
 def _string_buffers(array: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
-    """(utf-8 bytes, row offsets rebased to 0) of a null-free string array."""
+    """(utf-8 bytes, row offsets rebased to 0, int64) of a string array (a null row's bytes are
+    whatever its offsets span; callers skip null rows)."""
+    if len(array) == 0:
+        return np.empty(0, dtype=np.uint8), np.zeros(1, dtype=np.int64)
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return data, (offsets - offsets[0]).astype(np.int64)
+    buffer = array.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.empty(0, dtype=np.uint8)
+    return data[offsets[0] : offsets[-1]], (offsets - offsets[0]).astype(np.int64)
 
 
 def load_queries(path: str) -> list[str]:

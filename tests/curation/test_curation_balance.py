@@ -66,3 +66,24 @@ def test_draws_are_pure_and_partition_independent():
     assert other_seed != whole
     u = uniform_draws(uid_hashes(uids), np.zeros(len(uids), dtype=np.int64), 0)
     assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+
+
+def test_compiled_draw_equals_the_float_formula():
+    """keep_pairs (compiled, early exit, integer thresholds, p = 1 shortcut) decides every row
+    exactly as ``any(uniform_draws(uid, e, seed) < p_e)`` computed pair by pair in floats."""
+    rng = np.random.default_rng(1)
+    rows = 20_000
+    lengths = rng.integers(0, 5, rows)
+    flat = rng.integers(0, 300, int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    query_ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat.astype(np.int32)))
+    probs = balance_probabilities(rng.integers(1, 4_000, 300), t=1_000)
+    assert (probs == 1.0).any() and (probs < 0.5).any()
+    uid_hash = uid_hashes([f"r{i}" for i in range(rows)])
+    for seed in (0, 5):
+        u = uniform_draws(np.repeat(uid_hash, lengths), flat, seed)
+        hit = np.concatenate([[0], np.cumsum(u < probs[flat])])
+        expect = hit[offsets[1:]] > hit[offsets[:-1]]
+        assert keep_pairs(uid_hash, query_ids, probs, seed).tolist() == expect.tolist()
+        sliced = keep_pairs(uid_hash[777:], query_ids.slice(777), probs, seed)
+        assert sliced.tolist() == expect[777:].tolist()

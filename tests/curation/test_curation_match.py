@@ -83,3 +83,21 @@ def test_real_captions_against_naive(sample):
     words = sorted({w for t in texts[:50] for w in t.split()})[:400]
     queries = sorted(set(titles) | set(words)) + ["the", "of the", "in the United States"]
     assert QueryMatcher(queries).match(texts) == naive(queries, texts)
+
+
+def test_long_words_many_ids_and_large_batches():
+    """Words longer than the 16 inlined bytes (same prefix, different tails; > 255 bytes), rows
+    with more ids than the insertion-sort cut-off, and repeated/overlapping multi-word entries."""
+    long_a, long_b = "x" * 16 + "tail", "x" * 16 + "tall"
+    huge = "é" * 200  # 400 bytes: past the tag's length cap
+    words = [f"w{i:03d}" for i in range(150)]
+    queries = [long_a, huge, "x" * 16, long_a + " " + long_b, *words, "w001 w002 w003", "w002 w003", "w003"]
+    texts = [
+        f"{long_a} {long_b}, {'x' * 16}",
+        f"{long_b}tail {long_a}x {huge}",
+        " ".join(reversed(words)) + " w001 w002 w003 w003",
+        f"{huge[:-1]} {huge}é {huge}",
+    ] * 3
+    got = QueryMatcher(queries).match(texts)
+    assert got == naive(queries, texts)
+    assert len(got[2]) > 100  # past the insertion-sort cut-off
