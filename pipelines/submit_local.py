@@ -11,7 +11,8 @@ Paths passed to the job must be absolute: the job runs inside a copy of the work
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import shlex
 import os
 import shutil
 import signal
@@ -59,6 +60,37 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"Ray dashboard at {url} did not come up within {timeout_s:.0f}s")
 
 
+def submit_and_follow(address: str, command: list[str], working_dir: str, env_vars: dict[str, str],
+                      agent_timeout_s: float = 120.0) -> int:
+    """`ray job submit --address ADDRESS --working-dir DIR -- COMMAND`, through the SDK so a head
+    whose job agent is still starting ("No available agent") is retried; the job's logs are
+    followed to stdout. Returns 0 when the job succeeded, 1 otherwise."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    print(f"+ ray job submit --address {address} --working-dir {working_dir} -- {shlex.join(command)}",
+          flush=True)
+    client = JobSubmissionClient(address)
+    runtime_env = {"working_dir": working_dir, "env_vars": env_vars}
+    deadline = time.monotonic() + agent_timeout_s
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
 def run(argv: list[str] | None = None) -> int:
     """Start a local head, `ray job submit` the command after `--`, stop the head; return the
     job's exit status (0 when it succeeded)."""
@@ -90,13 +122,8 @@ def run(argv: list[str] | None = None) -> int:
     head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_dashboard(address)
-        runtime_env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
-        submit = [
-            ray, "job", "submit", "--address", address, "--working-dir", args.working_dir,
-            "--runtime-env-json", json.dumps(runtime_env), "--", *command,
-        ]  # fmt: skip
-        print("+", " ".join(submit), flush=True)
-        return subprocess.run(submit, env=env).returncode
+        env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        return submit_and_follow(address, command, args.working_dir, env_vars)
     finally:
         _stop_head(head)
 
