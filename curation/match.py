@@ -11,10 +11,13 @@ of an Arrow batch, in a numba-compiled kernel (no per-caption Python, no spaced 
    own (that is what wrapping it in spaces does). All separators are ASCII and UTF-8 continuation
    bytes never are, so working on bytes is exact;
 2. each piece is mapped to a vocabulary id (the words of the entries) through an open-addressing
-   hash table keyed by the piece's FNV-1a hash and checked byte for byte, so there are no
-   collisions to fear; empty pieces and unknown words get -1, which breaks every run;
+   hash table whose 32-byte slots hold a tag (hash fingerprint + length), the word's first 16
+   bytes, its id and its trie-node info, so a lookup usually touches one cache line; longer words
+   are compared byte for byte, so there are no collisions to fear. Empty pieces and unknown
+   words get -1, which breaks every run;
 3. from every piece position a token trie is walked while the run is a prefix of some entry
-   (depth 1 is an array lookup, deeper transitions ``node * V + token`` another hash table), and
+   (depth 1 comes with the word's slot, deeper transitions ``node * V + token`` from a second
+   hash table whose slots also carry the child's node info), and
    the ids of the entries ending at each visited node are collected;
 4. each row's ids are sorted and de-duplicated in place and written into a ``list<int32>`` array.
 
@@ -32,14 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from queries.text import PUNCT_TO_WRAP, space_texts
+from queries.text import CHARS_TO_SPACE, PUNCT_TO_WRAP, space_texts
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 # byte classes of the spacing rule: 1 = becomes a space, 2 = wrapped in spaces, 0 = word byte
 _BYTE_CLASS = np.zeros(256, dtype=np.uint8)
-_BYTE_CLASS[[ord(c) for c in (" ", "\t", "\n", "\r")]] = 1
+_BYTE_CLASS[[ord(c) for c in (" ", *CHARS_TO_SPACE)]] = 1
 _BYTE_CLASS[[ord(c) for c in PUNCT_TO_WRAP]] = 2
 
 
@@ -172,20 +175,29 @@ def _node_infos(counts: np.ndarray, term_start: np.ndarray, term_ids: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
-def _piece_key(data: np.ndarray, start: int, end: int) -> tuple[np.uint64, np.uint64, np.uint64]:
-    """(FNV-1a hash, first 8 bytes, next 8 bytes) of ``data[start:end]`` (little-endian, zero padded)."""
-    h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
-    for i in range(start, end):
+def _piece_key(data: np.ndarray, start: int, end: int) -> tuple[np.uint64, np.uint64]:
+    """(first 8 bytes, next 8 bytes) of ``data[start:end]`` (little-endian, zero padded)."""
+    w0, w1 = np.uint64(0), np.uint64(0)
+    for i in range(start, min(end, start + 16)):
         c = np.uint64(data[i])
-        h = (h ^ c) * _FNV_PRIME
         if i - start < 8:
             w0 |= c << np.uint64(8 * (i - start))
-        elif i - start < 16:
+        else:
             w1 |= c << np.uint64(8 * (i - start - 8))
-    return h, w0, w1
+    return w0, w1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _piece_hash(w0: np.uint64, w1: np.uint64, length: int) -> np.uint64:
+    """Hash of a piece from its packed first 16 bytes and its length (longer pieces sharing
+    those are told apart by the byte comparison): the splitmix64 finaliser of a mix of the three."""
+    z = w0 ^ (w1 * _M1) ^ (np.uint64(length) * _GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _meta(h: np.uint64, length: int) -> np.uint64:
     """Slot tag without the id: 24-bit fingerprint (top of the hash) and the length capped at 255."""
     return ((h >> np.uint64(40)) << np.uint64(40)) | (np.uint64(min(length, 255)) << np.uint64(32))
@@ -198,7 +210,8 @@ def _build_vocab_table(words: np.ndarray, offsets: np.ndarray, infos: np.ndarray
     table = np.zeros((size, 4), dtype=np.uint64)
     mask = np.uint64(size - 1)
     for word in range(len(offsets) - 1):
-        h, w0, w1 = _piece_key(words, offsets[word], offsets[word + 1])
+        w0, w1 = _piece_key(words, offsets[word], offsets[word + 1])
+        h = _piece_hash(w0, w1, offsets[word + 1] - offsets[word])
         slot = h & mask
         while table[slot, 0] != 0:
             slot = (slot + np.uint64(1)) & mask
@@ -230,15 +243,16 @@ def _build_edge_table(keys: np.ndarray, children: np.ndarray, infos: np.ndarray,
     return table
 
 
-@numba.njit(cache=True, nogil=True)
-def _lookup_word(h, w0, w1, data, start, end, table, words, offsets, tokens, infos, n) -> None:
-    """Write the vocabulary id and node info of ``data[start:end]`` (hash ``h``, packed first 16
-    bytes ``w0``, ``w1``) to ``tokens[n]``, ``infos[n]`` (-1 and 0: not a word)."""
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lookup_word(w0, w1, data, start, end, table, words, offsets, tokens, infos, n) -> None:
+    """Write the vocabulary id and node info of ``data[start:end]`` (packed first 16 bytes
+    ``w0``, ``w1``) to ``tokens[n]``, ``infos[n]`` (-1 and 0: not a word)."""
     tokens[n] = -1
     infos[n] = 0
     length = end - start
     if length == 0:
         return
+    h = _piece_hash(w0, w1, length)
     mask = np.uint64(len(table) - 1)
     tag = _meta(h, length)
     slot = h & mask
@@ -260,7 +274,7 @@ def _lookup_word(h, w0, w1, data, start, end, table, words, offsets, tokens, inf
         slot = (slot + np.uint64(1)) & mask
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, infos) -> int:
     """Vocabulary ids and node infos of the pieces of ``space_text(data[start:end])`` into
     ``tokens`` / ``infos`` (-1 / 0 for empty pieces and unknown words); returns the piece count."""
@@ -268,49 +282,28 @@ def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, 
     tokens[0] = -1  # the leading pad's empty piece
     infos[0] = 0
     piece = start
-    h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
+    w0, w1 = np.uint64(0), np.uint64(0)
     for i in range(start, end):
         c = np.uint64(data[i])
         kind = byte_class[data[i]]
         if kind == 0:
-            h = (h ^ c) * _FNV_PRIME
             at = i - piece
             if at < 8:
                 w0 |= c << np.uint64(8 * at)
             elif at < 16:
                 w1 |= c << np.uint64(8 * (at - 8))
             continue
-        _lookup_word(h, w0, w1, data, piece, i, table, words, word_offsets, tokens, infos, n)
+        _lookup_word(w0, w1, data, piece, i, table, words, word_offsets, tokens, infos, n)
         n += 1
         if kind == 2:  # " P ": the punctuation is a piece of its own
-            _lookup_word((_FNV_OFFSET ^ c) * _FNV_PRIME, c, np.uint64(0), data, i, i + 1, table, words,
-                         word_offsets, tokens, infos, n)
+            _lookup_word(c, np.uint64(0), data, i, i + 1, table, words, word_offsets, tokens, infos, n)
             n += 1
         piece = i + 1
-        h, w0, w1 = _FNV_OFFSET, np.uint64(0), np.uint64(0)
-    _lookup_word(h, w0, w1, data, piece, end, table, words, word_offsets, tokens, infos, n)
+        w0, w1 = np.uint64(0), np.uint64(0)
+    _lookup_word(w0, w1, data, piece, end, table, words, word_offsets, tokens, infos, n)
     tokens[n + 1] = -1  # the trailing pad's empty piece
     infos[n + 1] = 0
     return n + 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _emit(info, term_ids, out, count):
-    """Append the ids of the entries ending at a node (packed ``info``) to ``out``; returns
-    (out, count), ``out`` grown when full."""
-    ending = (info >> 2) & ((1 << _COUNT_BITS) - 1)
-    if ending == 0:
-        return out, count
-    if count + ending > len(out):
-        grown = np.empty(2 * (count + ending), dtype=np.int32)
-        grown[:count] = out[:count]
-        out = grown
-    value = info >> _VALUE_SHIFT
-    if ending == 1:
-        out[count] = value
-    else:
-        out[count : count + ending] = term_ids[value : value + ending]
-    return out, count + ending
 
 
 @numba.njit(cache=True, nogil=True)
@@ -338,7 +331,18 @@ def _match_rows(data, row_offsets, valid, byte_class, table, words, word_offsets
                 node = tokens[i]
                 j = i + 1
                 while True:
-                    out, count = _emit(info, term_ids, out, count)
+                    ending = (info >> 2) & ((1 << _COUNT_BITS) - 1)  # entries ending here
+                    if ending:
+                        if count + ending > len(out):
+                            grown = np.empty(2 * (count + ending), dtype=np.int32)
+                            grown[:count] = out[:count]
+                            out = grown
+                        value = info >> _VALUE_SHIFT
+                        if ending == 1:
+                            out[count] = value
+                        else:
+                            out[count : count + ending] = term_ids[value : value + ending]
+                        count += ending
                     if info & 2 == 0 or j >= n or tokens[j] < 0:
                         break
                     key = node * vocab_size + tokens[j]
