@@ -35,9 +35,14 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def uid_hashes(uids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
-    """``xxh3_64`` of each uid's UTF-8 bytes (uint64)."""
-    values = uids.to_pylist() if not isinstance(uids, list) else uids
-    return np.fromiter((xxhash.xxh3_64_intdigest(v.encode()) for v in values), dtype=np.uint64, count=len(values))
+    """``xxh3_64`` of each uid's UTF-8 bytes (uint64). Arrow strings are viewed as binary, so
+    the bytes go to xxhash without a ``str`` round trip."""
+    if isinstance(uids, list):
+        values = [v.encode() for v in uids]
+    else:
+        binary = pa.large_binary() if pa.types.is_large_string(uids.type) else pa.binary()
+        values = uids.cast(binary).to_pylist()
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, values), dtype=np.uint64, count=len(values))
 
 
 def count_entries(query_ids: pa.Array | pa.ChunkedArray, num_queries: int) -> np.ndarray:

@@ -87,3 +87,13 @@ def test_compiled_draw_equals_the_float_formula():
         assert keep_pairs(uid_hash, query_ids, probs, seed).tolist() == expect.tolist()
         sliced = keep_pairs(uid_hash[777:], query_ids.slice(777), probs, seed)
         assert sliced.tolist() == expect[777:].tolist()
+
+
+def test_uid_hashes_are_xxh3_of_the_utf8_bytes():
+    import xxhash
+
+    uids = ["a", "", "é-日本", "uid-000000000042", "x" * 300]
+    expect = [xxhash.xxh3_64_intdigest(u.encode()) for u in uids]
+    for given in (uids, pa.array(uids), pa.array(uids, pa.large_string()), pa.chunked_array([uids[:2], uids[2:]]),
+                  pa.array(["pad", *uids]).slice(1)):
+        assert uid_hashes(given).tolist() == expect
