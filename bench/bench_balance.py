@@ -9,8 +9,9 @@ head entries far above t = 20,000, as in real pools). Both sides count c_e and d
 - ours: ``np.bincount`` for c_e, the (uid, entry, seed) hash draw (curation.balance.keep_rows: one
   compiled pass over the rows, stopping at a row's first hit).
 uid hashing (xxh3_64 per uid over the Arrow bytes, once per row, a Python loop) is reported
-separately: it is per row, not per pair, and is shared with output partitioning. Anchor here: MetaCLIP's approach ~12M pairs/s;
-goal >= 50M pairs/s/core. Rates by wall time and by CPU time (steadier on a shared machine).
+separately: it is per row, not per pair, and is shared with output partitioning. Anchor here:
+MetaCLIP's approach ~12M pairs/s; goal >= 50M pairs/s/core. Rates by wall time and by CPU time
+(steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs_per_cpu_s": {"ours_hash_draw": round(pairs / c_ours), "metaclip_numpy": round(pairs / c_meta),
                             "ours_including_uid_hashing": round(pairs / (c_ours + c_hash))},
         "uid_hashing_rows_per_s": round(args.rows / t_hash),
-        "ratio": {"vs_metaclip_here": round(t_meta / t_ours, 2), "vs_anchor": round(pairs / t_ours / ANCHOR_METACLIP, 2),
+        "ratio": {"vs_metaclip_here": round(t_meta / t_ours, 2),
+                  "vs_anchor": round(pairs / t_ours / ANCHOR_METACLIP, 2),
                   "of_goal": round(pairs / t_ours / GOAL, 3), "cpu_of_goal": round(pairs / c_ours / GOAL, 3)},
     }
     print(json.dumps(result, indent=2))

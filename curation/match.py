@@ -224,6 +224,7 @@ def _build_vocab_table(words: np.ndarray, offsets: np.ndarray, infos: np.ndarray
 
 @numba.njit(cache=True, nogil=True)
 def _edge_slot(key: np.int64, mask: np.uint64) -> np.uint64:
+    """Home slot of a transition key (Fibonacci hashing: keys ``node * V + token`` are dense)."""
     return ((np.uint64(key) * _GOLDEN) >> np.uint64(17)) & mask
 
 
