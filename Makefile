@@ -34,8 +34,8 @@ demo: venv sample-data
 	$(PY) -m pipelines.submit_local --num-cpus 2 -- \
 	    python pipelines/build_wit.py --out $(DEMO_ABS) --serve-images $(OPENWIT_DATA)/images
 	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
-	$(PY) pipelines/pretrain.py --train-data "$(DEMO_OUT)/curation/shards/{00000..$${last%.tar}}.tar" \
-	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_OUT)/pretrain/tiny
+	$(PY) pipelines/pretrain.py --train-data "$(DEMO_ABS)/curation/shards/{00000..$${last%.tar}}.tar" \
+	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_ABS)/pretrain/tiny
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_OUT)/pretrain/tiny --dataset fashion-mnist \
 	    --out $(DEMO_OUT)/pretrain/tiny/zeroshot-fashion-mnist.json
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
