@@ -26,6 +26,7 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 
 from pipelines.runtime import configure_environment, init_ray
@@ -109,11 +110,22 @@ def prepare_tokenizer(job: dict, model_name: str, out_dir: Path) -> str:
     return tokenizer.to_str()
 
 
+def absolute_shard_pattern(pattern: str) -> str:
+    """Make each local part of a ``::``-joined brace pattern absolute: Ray Train workers do not
+    run in the submitter's working directory. URIs (``s3://``, ``pipe:``) are left alone."""
+    parts = []
+    for part in pattern.split("::"):
+        local = "://" not in part and not part.startswith("pipe:") and not os.path.isabs(part)
+        parts.append(os.path.join(os.getcwd(), part) if local else part)
+    return "::".join(parts)
+
+
 def build_job(flat: dict) -> PretrainJob:
     """Flat config dict -> typed job (trains or loads the tokenizer)."""
     flat = dict(flat)
     out_dir = Path(flat["out_dir"]).resolve()
     flat["out_dir"] = str(out_dir)
+    flat["train_data"] = absolute_shard_pattern(flat["train_data"])
     job_fields = {k: flat.pop(k) for k in list(flat) if k in JOB_KEYS}
     flat["tokenizer_json"] = prepare_tokenizer({**job_fields, "train_data": flat["train_data"]},
                                                flat.get("model", "tiny"), out_dir)

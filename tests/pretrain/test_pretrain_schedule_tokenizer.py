@@ -49,3 +49,11 @@ def test_bad_tokenizer_file_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json"):
         CaptionTokenizer.from_file(bad)
+
+
+def test_shard_pattern_made_absolute_for_train_workers(tmp_path, monkeypatch):
+    from pipelines.pretrain import absolute_shard_pattern
+
+    monkeypatch.chdir(tmp_path)
+    got = absolute_shard_pattern("shards/{00000..00002}.tar::s3://b/{0..1}.tar::/abs/a.tar")
+    assert got == f"{tmp_path}/shards/{{00000..00002}}.tar::s3://b/{{0..1}}.tar::/abs/a.tar"
