@@ -12,13 +12,15 @@ of an Arrow batch, in a numba-compiled kernel (no per-caption Python, no spaced 
    bytes never are, so working on bytes is exact;
 2. each piece is mapped to a vocabulary id (the words of the entries) through an open-addressing
    hash table whose 32-byte slots hold a tag (hash fingerprint + length), the word's first 16
-   bytes, its id and its trie-node info, so a lookup usually touches one cache line; longer words
-   are compared byte for byte, so there are no collisions to fear. Empty pieces and unknown
-   words get -1, which breaks every run;
+   bytes, its id and its trie-node info, so a lookup usually touches one cache line (words of at
+   most 16 bytes are settled by the slot alone: exact length in the tag + packed bytes); longer
+   words are compared byte for byte, so there are no collisions to fear. Empty pieces and unknown
+   words get -1, which breaks every run. A row is split first, prefetching each piece's home slot,
+   and looked up after, so that the table's cache misses overlap instead of queueing one by one;
 3. from every piece position a token trie is walked while the run is a prefix of some entry
    (depth 1 comes with the word's slot, deeper transitions ``node * V + token`` from a second
-   hash table whose slots also carry the child's node info), and
-   the ids of the entries ending at each visited node are collected;
+   hash table whose slots also carry the child's node info; each walk's first slot is prefetched),
+   and the ids of the entries ending at each visited node are collected;
 4. each row's ids are sorted and de-duplicated in place and written into a ``list<int32>`` array.
 
 Entries whose ``split(" ")`` contains an empty word (leading, trailing or doubled spaces, the
@@ -34,6 +36,9 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from queries.text import CHARS_TO_SPACE, PUNCT_TO_WRAP, space_texts
 
@@ -111,8 +116,9 @@ class QueryMatcher:
                             np.concatenate([starts, np.zeros(num_nodes - vocab_size, dtype=bool)]))
         self._term_ids = term_ids
         self._vocab_table = _build_vocab_table(self._vocab_bytes, self._vocab_offsets, infos,
-                                               _table_size(vocab_size))
-        self._edges = _build_edge_table(keys, children, infos, _table_size(len(keys)))
+                                               _zeros((_table_size(vocab_size), 4), np.uint64))
+        self._edges = _build_edge_table(keys, children, infos,
+                                        _zeros((_table_size(len(keys)), 3), np.int64) - 1)
 
     def match(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[list[int]]:
         """Per text, the sorted list of matched query ids (Python lists)."""
@@ -146,6 +152,12 @@ class QueryMatcher:
         offsets = np.zeros(rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(row, minlength=rows), out=offsets[1:])
         return offsets, (keys - row * num).astype(np.int32)
+
+
+def _zeros(shape: tuple[int, int], dtype) -> np.ndarray:
+    """A zeroed table allocated by NumPy, which asks Linux for huge pages on large arrays (numba's
+    own allocator does not): random probes into a 16 MB table then miss the TLB far less."""
+    return np.zeros(shape, dtype=dtype)
 
 
 def _table_size(n: int) -> int:
@@ -204,10 +216,11 @@ def _meta(h: np.uint64, length: int) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _build_vocab_table(words: np.ndarray, offsets: np.ndarray, infos: np.ndarray, size: int) -> np.ndarray:
-    """Open-addressing table of the vocabulary, one 32-byte row per slot:
-    [tag | word id, first 8 bytes, next 8 bytes, node info] (tag 0 = empty slot)."""
-    table = np.zeros((size, 4), dtype=np.uint64)
+def _build_vocab_table(words: np.ndarray, offsets: np.ndarray, infos: np.ndarray,
+                       table: np.ndarray) -> np.ndarray:
+    """Fill ``table`` (zeros, a power of two of rows) as the open-addressing table of the vocabulary,
+    one 32-byte row per slot: [tag | word id, first 8 bytes, next 8 bytes, node info] (tag 0 = empty)."""
+    size = len(table)
     mask = np.uint64(size - 1)
     for word in range(len(offsets) - 1):
         w0, w1 = _piece_key(words, offsets[word], offsets[word + 1])
@@ -229,10 +242,11 @@ def _edge_slot(key: np.int64, mask: np.uint64) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _build_edge_table(keys: np.ndarray, children: np.ndarray, infos: np.ndarray, size: int) -> np.ndarray:
-    """Open-addressing table of trie transitions, one row per slot:
-    [key ``node * V + token`` (-1 = empty), child node, child's node info]."""
-    table = np.full((size, 3), -1, dtype=np.int64)
+def _build_edge_table(keys: np.ndarray, children: np.ndarray, infos: np.ndarray,
+                      table: np.ndarray) -> np.ndarray:
+    """Fill ``table`` (all -1, a power of two of rows) as the open-addressing table of trie
+    transitions, one row per slot: [key ``node * V + token`` (-1 = empty), child node, child's info]."""
+    size = len(table)
     mask = np.uint64(size - 1)
     for i in range(len(keys)):
         slot = _edge_slot(keys[i], mask)
@@ -244,16 +258,34 @@ def _build_edge_table(keys: np.ndarray, children: np.ndarray, infos: np.ndarray,
     return table
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to load the cache line of ``array[index]`` (2-D: its row), without waiting."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        arr = context.make_array(array_type)(context, builder, args[0])
+        zero = ir.Constant(ir.IntType(64), 0)
+        indices = [args[1]] + [zero] * (array_type.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, array_type, arr, indices, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        read, keep_in_all_levels, data_cache = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
+        builder.call(fn, [builder.bitcast(ptr, i8p), read, keep_in_all_levels, data_cache])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _lookup_word(w0, w1, data, start, end, table, words, offsets, tokens, infos, n) -> None:
-    """Write the vocabulary id and node info of ``data[start:end]`` (packed first 16 bytes
-    ``w0``, ``w1``) to ``tokens[n]``, ``infos[n]`` (-1 and 0: not a word)."""
+def _lookup_word(h, w0, w1, data, start, end, table, words, offsets, tokens, infos, n) -> None:
+    """Write the vocabulary id and node info of ``data[start:end]`` (hash ``h``, packed first 16
+    bytes ``w0``, ``w1``) to ``tokens[n]``, ``infos[n]`` (-1 and 0: not a word)."""
     tokens[n] = -1
     infos[n] = 0
     length = end - start
     if length == 0:
         return
-    h = _piece_hash(w0, w1, length)
     mask = np.uint64(len(table) - 1)
     tag = _meta(h, length)
     slot = h & mask
@@ -261,7 +293,9 @@ def _lookup_word(w0, w1, data, start, end, table, words, offsets, tokens, infos,
         meta = table[slot, 0]
         if (meta & np.uint64(0xFFFFFFFF00000000)) == tag and table[slot, 1] == w0 and table[slot, 2] == w1:
             word = np.int64(meta & np.uint64(0xFFFFFFFF))
-            same = offsets[word + 1] - offsets[word] == length
+            # up to 16 bytes, the tag's exact length and the packed bytes settle it without
+            # touching ``offsets`` (one cache miss fewer per hit)
+            same = length <= 16 or offsets[word + 1] - offsets[word] == length
             if same and length > 16:
                 base = offsets[word] - start
                 for k in range(start + 16, end):
@@ -276,12 +310,25 @@ def _lookup_word(w0, w1, data, start, end, table, words, offsets, tokens, infos,
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, infos) -> int:
+def _add_piece(start, end, w0, w1, table, n, starts, ends, keys0, keys1, hashes) -> None:
+    """Record piece ``n`` and prefetch its home slot of ``table``."""
+    starts[n] = start
+    ends[n] = end
+    keys0[n] = w0
+    keys1[n] = w1
+    h = _piece_hash(w0, w1, end - start)
+    hashes[n] = h
+    if end > start:
+        _prefetch(table, np.int64(h & np.uint64(len(table) - 1)))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, infos, starts, ends, keys0,
+              keys1, hashes) -> int:
     """Vocabulary ids and node infos of the pieces of ``space_text(data[start:end])`` into
-    ``tokens`` / ``infos`` (-1 / 0 for empty pieces and unknown words); returns the piece count."""
+    ``tokens`` / ``infos`` (-1 / 0 for empty pieces and unknown words); returns the piece count.
+    Two passes: split (prefetching each piece's slot), then look up."""
     n = 1
-    tokens[0] = -1  # the leading pad's empty piece
-    infos[0] = 0
     piece = start
     w0, w1 = np.uint64(0), np.uint64(0)
     for i in range(start, end):
@@ -294,14 +341,19 @@ def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, 
             elif at < 16:
                 w1 |= c << np.uint64(8 * (at - 8))
             continue
-        _lookup_word(w0, w1, data, piece, i, table, words, word_offsets, tokens, infos, n)
+        _add_piece(piece, i, w0, w1, table, n, starts, ends, keys0, keys1, hashes)
         n += 1
         if kind == 2:  # " P ": the punctuation is a piece of its own
-            _lookup_word(c, np.uint64(0), data, i, i + 1, table, words, word_offsets, tokens, infos, n)
+            _add_piece(i, i + 1, c, np.uint64(0), table, n, starts, ends, keys0, keys1, hashes)
             n += 1
         piece = i + 1
         w0, w1 = np.uint64(0), np.uint64(0)
-    _lookup_word(w0, w1, data, piece, end, table, words, word_offsets, tokens, infos, n)
+    _add_piece(piece, end, w0, w1, table, n, starts, ends, keys0, keys1, hashes)
+    tokens[0] = -1  # the leading pad's empty piece
+    infos[0] = 0
+    for k in range(1, n + 1):
+        _lookup_word(hashes[k], keys0[k], keys1[k], data, starts[k], ends[k], table, words, word_offsets,
+                     tokens, infos, k)
     tokens[n + 1] = -1  # the trailing pad's empty piece
     infos[n + 1] = 0
     return n + 2
@@ -316,6 +368,11 @@ def _match_rows(data, row_offsets, valid, byte_class, table, words, word_offsets
         longest = max(longest, row_offsets[r + 1] - row_offsets[r])
     tokens = np.empty(2 * longest + 3, dtype=np.int64)
     infos = np.empty(2 * longest + 3, dtype=np.int64)
+    starts = np.empty(2 * longest + 3, dtype=np.int64)
+    ends = np.empty(2 * longest + 3, dtype=np.int64)
+    keys0 = np.empty(2 * longest + 3, dtype=np.uint64)
+    keys1 = np.empty(2 * longest + 3, dtype=np.uint64)
+    hashes = np.empty(2 * longest + 3, dtype=np.uint64)
     out = np.empty(max(16, 4 * rows), dtype=np.int32)
     offsets = np.zeros(rows + 1, dtype=np.int64)
     count = 0
@@ -324,7 +381,10 @@ def _match_rows(data, row_offsets, valid, byte_class, table, words, word_offsets
         row_start = count
         if valid[r] and vocab_size > 0:
             n = _tokenize(data, row_offsets[r], row_offsets[r + 1], byte_class, table, words, word_offsets,
-                          tokens, infos)
+                          tokens, infos, starts, ends, keys0, keys1, hashes)
+            for i in range(n - 1):  # prefetch the first transition of every walk that can take one
+                if infos[i] & 3 == 3 and tokens[i + 1] >= 0:
+                    _prefetch(edges, np.int64(_edge_slot(tokens[i] * vocab_size + tokens[i + 1], edge_mask)))
             for i in range(n):
                 info = infos[i]
                 if info & 1 == 0:  # not the first word of any entry

@@ -101,3 +101,21 @@ def test_long_words_many_ids_and_large_batches():
     got = QueryMatcher(queries).match(texts)
     assert got == naive(queries, texts)
     assert len(got[2]) > 100  # past the insertion-sort cut-off
+
+
+def test_short_words_are_told_apart_by_length_and_bytes():
+    """Words of at most 16 bytes are settled by the slot (exact length + packed bytes) alone:
+    zero-padding look-alikes (trailing NUL bytes), lengths 7..17 around the 8/16-byte words,
+    and near misses must neither match nor shadow each other."""
+    base = "abcdefghijklmnopq"
+    queries = ["ab", "ab\x00", "\x00", *(base[:k] for k in (7, 8, 9, 15, 16, 17)),
+               "abcdefgh abcdefghijklmnop"]
+    texts = [
+        "ab\x00 ab \x00\x00 \x00",
+        " ".join(base[:k] for k in range(1, 18)),
+        "abcdefgh abcdefghijklmnop abcdefgX abcdefghijklmnoX a\x00",
+        "ab\x00\x00 abcdefghijklmnop\x00",
+    ]
+    got = QueryMatcher(queries).match(texts)
+    assert got == naive(queries, texts)
+    assert got[0] == [0, 1, 2] and got[3] == []
