@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,13 @@ import pyarrow.parquet as pq
 
 from curation.pool import PoolConfig
 from curation.selection import clear_markers, part_counts, selection_complete
-from curation.stage import KEPT, StageStats, merge_counts
+from curation.stage import (
+    KEPT,
+    StageStats,
+    merge_counts,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from curation.textfilter import TextConfig
 
 # the reasons each stage can give (a reason belongs to exactly one stage)
@@ -91,9 +96,8 @@ def prepare_run(config: CurationConfig) -> bool:
     for name in ("rejects", "stats"):
         shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"_config.json.tmp-{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "config": asdict(config)}, indent=2, default=str) + "\n")
-    os.replace(tmp, stamp)
+    body = json.dumps({"fingerprint": fingerprint, "config": asdict(config)}, indent=2, default=str) + "\n"
+    write_bytes_atomic(stamp, body.encode())
     return True
 
 
@@ -119,10 +123,7 @@ def write_entry_counts(counts: np.ndarray, path: str) -> None:
     """``entry_counts.parquet``: (query_id int32, count int64) for every entry with count > 0."""
     ids = np.flatnonzero(counts)
     table = pa.table({"query_id": pa.array(ids.astype(np.int32)), "count": pa.array(counts[ids].astype(np.int64))})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomic(table, path)
 
 
 def read_entry_counts(path: str, num_queries: int) -> np.ndarray:

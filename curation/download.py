@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.image_accounting import atomic_write_parquet
+from curation.stage import write_parquet_atomic
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
 RETRYABLE_REASONS = ("timeout", "connection_error", "http_408", "http_429", "http_5xx", "download_error")
@@ -114,7 +114,7 @@ def run_pass(rows: pa.Table, folder: Path, config: DownloadConfig, guard) -> pa.
 
     url_list = folder / "input" / "urls.parquet"
     if not url_list.exists():
-        atomic_write_parquet(rows.select(["uid", "url"]), url_list)
+        write_parquet_atomic(rows.select(["uid", "url"]), url_list)
     elif pq.read_metadata(url_list).num_rows != len(rows):
         raise ValueError(f"{url_list} holds a different input than this run: remove {folder} to restart")
     if len(rows) and _unfinished(folder, len(rows), config):

@@ -10,30 +10,12 @@ Same contract as the curation core: ``stats/<stage>.json`` = ``{"in", "out", "re
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp name in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_parquet(table: pa.Table, path: str | Path) -> None:
-    """Write an Arrow table as parquet at ``path`` atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+from curation.stage import write_bytes_atomic, write_parquet_atomic
 
 
 def stats_path(curation_dir: str | Path, stage: str) -> Path:
@@ -60,7 +42,7 @@ def write_rejects(curation_dir: str | Path, stage: str, rejected: pa.Table, part
     """Write one rejects part for ``stage`` (``uid``, ``reason`` first, then the rest)."""
     first = [c for c in ("uid", "reason") if c in rejected.column_names]
     rest = [c for c in rejected.column_names if c not in first]
-    atomic_write_parquet(rejected.select(first + rest), Path(curation_dir) / "rejects" / stage / f"{part}.parquet")
+    write_parquet_atomic(rejected.select(first + rest), Path(curation_dir) / "rejects" / stage / f"{part}.parquet")
 
 
 def write_stats(curation_dir: str | Path, stage: str, rows_in: int, rows_out: int,
@@ -73,5 +55,5 @@ def write_stats(curation_dir: str | Path, stage: str, rows_in: int, rows_out: in
     if rows_in != rows_out + dropped:
         raise AssertionError(f"stage {stage}: {rows_in} in != {rows_out} out + {dropped} rejected")
     stats = {"in": rows_in, "out": rows_out, "rejected": dict(sorted(rejected.items())), **extra}
-    atomic_write_bytes(stats_path(curation_dir, stage), (json.dumps(stats, indent=2) + "\n").encode())
+    write_bytes_atomic(stats_path(curation_dir, stage), (json.dumps(stats, indent=2) + "\n").encode())
     return stats

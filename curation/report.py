@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from curation.image_accounting import atomic_write_bytes  # noqa: E402
+from curation.stage import write_bytes_atomic  # noqa: E402
 
 # Stages in data-flow order; stages not listed follow in file-modification order.
 STAGE_ORDER = ("read", "text", "dedup_url", "dedup_text", "match", "balance",
@@ -50,7 +50,7 @@ def _save(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot_funnel(stats: dict[str, dict], path: Path) -> None:
@@ -131,5 +131,5 @@ def write_report(curation_dir: str | Path) -> Path:
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
             "</head><body>" + "\n".join(parts) + "</body></html>\n")
     path = root / "report.html"
-    atomic_write_bytes(path, page.encode("utf-8"))
+    write_bytes_atomic(path, page.encode("utf-8"))
     return path

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from curation.image_accounting import atomic_write_bytes, atomic_write_parquet
+from curation.stage import write_bytes_atomic, write_parquet_atomic
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height")
@@ -66,7 +66,7 @@ def write_tar(rows: list[dict], path: Path) -> None:
     with wds.TarWriter(buffer, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
         for row in rows:
             sink.write(sample_members(row))
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
@@ -110,7 +110,7 @@ def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: Shard
         tar, index = out_dir / f"{name}.tar", out_dir / f"{name}.parquet"
         if not _shard_matches(tar, index, table):
             write_tar(table.to_pylist(), tar)
-            atomic_write_parquet(table.select(list(INDEX_COLUMNS)), index)
+            write_parquet_atomic(table.select(list(INDEX_COLUMNS)), index)
         shards += 1
         samples_total += len(table)
     stale = sorted(p for p in out_dir.glob("[0-9]*.*") if int(p.stem) >= shards)
@@ -118,5 +118,5 @@ def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: Shard
         os.remove(path)
     stats = {"shards": shards, "samples": samples_total, "shard_size": config.shard_size,
              "bytes": sum(p.stat().st_size for p in out_dir.glob("*.tar"))}
-    atomic_write_bytes(out_dir / "stats.json", (json.dumps(stats, indent=2) + "\n").encode())
+    write_bytes_atomic(out_dir / "stats.json", (json.dumps(stats, indent=2) + "\n").encode())
     return stats

@@ -55,7 +55,16 @@ def live_mask(table: pa.Table) -> np.ndarray:
     return np.asarray(pc.equal(table.column(REASON), KEPT).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp name in the same directory and a rename
+    (readers never see a partial file; the one atomic writer of curation/)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    Path(tmp).write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write ``table`` to ``path`` through a temp name and a rename (readers never see a
     partial file). Deterministic bytes: no timestamps, fixed writer settings."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -90,11 +99,8 @@ class StageStats:
         """Write ``stats_dir/<stage>.json`` (atomically); return its path."""
         self.check()
         path = f"{stats_dir}/{self.stage}.json"
-        Path(stats_dir).mkdir(parents=True, exist_ok=True)
         body = {"stage": self.stage, "in": self.rows_in, "out": self.rows_out, "rejected": self.rejected}
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        Path(tmp).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_bytes_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
         return path
 
 

@@ -33,11 +33,17 @@ import pyarrow.parquet as pq
 import xxhash
 
 from curation.download import DownloadConfig, download, read_download_shard
-from curation.image_accounting import (atomic_write_bytes, atomic_write_parquet, read_stats, reject_counts, stage_done,
-                                       write_rejects, write_stats)
+from curation.image_accounting import (
+    read_stats,
+    reject_counts,
+    stage_done,
+    write_rejects,
+    write_stats,
+)
 from curation.image_check import RESIZE_MODES, ImageCheckConfig, ImageChecker
 from curation.imagededup import ImageDedupConfig, deduplicate
 from curation.shards import ShardConfig, write_shards
+from curation.stage import write_bytes_atomic, write_parquet_atomic
 from curation.urlguard import UrlGuard, UrlGuardConfig, parse_allow_networks
 from pipelines.runtime import configure_environment, init_ray
 
@@ -141,7 +147,7 @@ def check_fingerprint(curation_dir: Path, selected: pa.Table, config: WitImagesC
                              f"{curation_dir}; use a new --out, or remove its download/, checked/, "
                              "shards/, rejects/ and stats/ image files to start over")
         return
-    atomic_write_bytes(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(current, indent=2, sort_keys=True) + "\n").encode())
 
 
 def guard_stage(curation_dir: Path, selected: pa.Table, config: UrlGuardConfig) -> pa.Table:
@@ -178,7 +184,7 @@ class CheckDownloadShards:
             images = read_download_shard(task["tar"], task["uids"], task["keys"])
             kept, rejected = self.checker(images)
             write_rejects(task["rejects_dir"], "imagecheck", rejected, part=task["name"])
-            atomic_write_parquet(kept, task["out"])
+            write_parquet_atomic(kept, task["out"])
             for key, value in (("out", task["out"]), ("kept", len(kept)), ("rejected", len(rejected))):
                 counts[key].append(value)
         return pa.table(counts)

@@ -4,7 +4,6 @@ X-Robots-Tag opt-out, a flaky 503, a redirect to the metadata address)."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import ipaddress
 import socket
