@@ -19,7 +19,7 @@ from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
 from curation.pool import PoolConfig, list_pool_files, read_pool_file
 from curation.selection import PART_COLUMN, assign_parts, write_missing_parts, write_part
-from curation.textfilter import TextConfig, TextFilter
+from curation.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
 
 
@@ -35,27 +35,15 @@ class ReadPoolDoFn(beam.DoFn):
             yield table.slice(start, self.batch_size)
 
 
-class TextDoFn(beam.DoFn):
-    """The text stage; the fastText model is loaded once per worker in ``setup``."""
+class StageDoFn(beam.DoFn):
+    """A per-batch stage built once per worker in ``setup`` (the fastText model, the matcher):
+    ``StageDoFn(TextFilter, config)`` calls ``TextFilter(config)(table)`` on every batch."""
 
-    def __init__(self, config: TextConfig):
-        self.config = config
-
-    def setup(self):
-        self.stage = TextFilter(self.config)
-
-    def process(self, table: pa.Table):
-        yield self.stage(table)
-
-
-class MatchDoFn(beam.DoFn):
-    """The match stage; the matcher is built once per worker in ``setup``."""
-
-    def __init__(self, queries_path: str):
-        self.queries_path = queries_path
+    def __init__(self, stage_cls, *args):
+        self.stage_cls, self.args = stage_cls, args
 
     def setup(self):
-        self.stage = MatchStage(self.queries_path)
+        self.stage = self.stage_cls(*self.args)
 
     def process(self, table: pa.Table):
         yield self.stage(table)
@@ -115,7 +103,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
         tables = (pipeline
                   | "Files" >> beam.Create(files)
                   | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size))
-                  | "Text" >> beam.ParDo(TextDoFn(config.text)))
+                  | "Text" >> beam.ParDo(StageDoFn(TextFilter, config.text)))
         for key in config.dedup_keys:
             bucketize = _by_key(lambda t, k=key: key_buckets(t, k, config.dedup_buckets))
             tables = (tables
@@ -123,7 +111,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
                       | f"dedup_{key}/Group" >> beam.GroupByKey()
                       | f"dedup_{key}/Mark" >> beam.MapTuple(
                           lambda _, ts, k=key: mark_duplicates(pa.concat_tables(list(ts)), k)))
-        matched = tables | "Match" >> beam.ParDo(MatchDoFn(config.queries))
+        matched = tables | "Match" >> beam.ParDo(StageDoFn(MatchStage, config.queries))
         counts = (matched
                   | "Counts/Batch" >> beam.Map(lambda t: count_entries(t.column("query_ids"), num_queries))
                   | "Counts/Sum" >> beam.CombineGlobally(SumCounts(num_queries)))
