@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import webdataset as wds
 
-from curation.stage import write_bytes_atomic, write_parquet_atomic
+from curation.run import RunLayout, shard_name
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height")
@@ -35,11 +32,6 @@ class ShardConfig:
     """Final shard layout."""
 
     shard_size: int = 10_000  # samples per tar (the last shard holds the rest)
-
-
-def shard_name(shard_id: int) -> str:
-    """The one shard-name format: ``00042``."""
-    return f"{shard_id:05d}"
 
 
 def sanitize_key(key: str) -> str:
@@ -60,13 +52,13 @@ def sample_members(row: dict) -> dict:
     }
 
 
-def write_tar(rows: list[dict], path: Path) -> None:
-    """Write samples to a tar at ``path`` atomically (built in memory, then renamed)."""
+def tar_bytes(rows: list[dict]) -> bytes:
+    """The bytes of a WebDataset tar holding ``rows`` (fixed owner and mtime: reproducible)."""
     buffer = io.BytesIO()
     with wds.TarWriter(buffer, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
         for row in rows:
             sink.write(sample_members(row))
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
@@ -86,37 +78,39 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def _shard_matches(tar: Path, index: Path, table: pa.Table) -> bool:
+def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table) -> bool:
     """Whether a finished shard from an earlier run holds exactly these samples (the index
     is written after the tar, so its presence marks a complete shard)."""
-    if not (tar.exists() and index.exists()):
+    tar, index = layout.shard_tar(shard_id), layout.shard_index(shard_id)
+    if not (layout.exists(tar) and layout.exists(index)):
         return False
-    done = pq.read_table(index, columns=["key", "uid"])
+    done = layout.read_parquet(index, columns=["key", "uid"])
     return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
 
 
-def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: ShardConfig) -> dict:
+def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig) -> dict:
     """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
-    original_width, original_height``, in the order they should appear) as shards; a shard
-    already on disk with the same keys and uids is kept as is (rerun). Returns the stats written to
-    ``out_dir/stats.json``: shards, samples, bytes."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    original_width, original_height``, in the order they should appear) as the run's shards; a
+    shard already there with the same keys and uids is kept as is (rerun). Files in ``shards/``
+    that are not ours (a README, a temp file of an interrupted write) are left alone or cleaned.
+    Returns the stats written to ``shards/stats.json``: shards, samples, bytes."""
+    layout.clean_temp(layout.shards_dir)
     shards = samples_total = 0
     for shard_id, table in enumerate(rebatch(samples, config.shard_size)):
         name = shard_name(shard_id)
         keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
         table = table.append_column("key", keys)
-        tar, index = out_dir / f"{name}.tar", out_dir / f"{name}.parquet"
-        if not _shard_matches(tar, index, table):
-            write_tar(table.to_pylist(), tar)
-            write_parquet_atomic(table.select(list(INDEX_COLUMNS)), index)
+        if not _shard_matches(layout, shard_id, table):
+            layout.write_bytes(layout.shard_tar(shard_id), tar_bytes(table.to_pylist()))
+            layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id))
         shards += 1
         samples_total += len(table)
-    stale = sorted(p for p in out_dir.glob("[0-9]*.*") if int(p.stem) >= shards)
-    for path in stale:  # left over from an earlier, larger run with other settings
-        os.remove(path)
+    for uri in layout.list(layout.shards_dir):  # left over from an earlier, larger run
+        stem, _, ext = uri.rsplit("/", 1)[-1].partition(".")
+        if stem.isdigit() and ext in ("tar", "parquet") and int(stem) >= shards:
+            layout.remove(uri)
+    tars = [layout.shard_tar(i) for i in range(shards)]
     stats = {"shards": shards, "samples": samples_total, "shard_size": config.shard_size,
-             "bytes": sum(p.stat().st_size for p in out_dir.glob("*.tar"))}
-    write_bytes_atomic(out_dir / "stats.json", (json.dumps(stats, indent=2) + "\n").encode())
+             "bytes": sum(layout.size(t) for t in tars)}
+    layout.write_json(layout.shard_stats, stats)
     return stats

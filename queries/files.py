@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import os
 import posixpath
+import uuid
 from collections.abc import Callable
 from typing import IO
 
@@ -41,13 +43,37 @@ def expand_glob(pattern: str) -> list[str]:
     return sorted(fs.unstrip_protocol(p) if "://" in pattern else p for p in fs.glob(local))
 
 
+TEMP_MARK = ".tmp-"  # the infix of every temp name written by :func:`atomic_write`
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of our temp names (an interrupted :func:`atomic_write`)."""
+    return TEMP_MARK in posixpath.basename(name)
+
+
+def is_local(path: str) -> bool:
+    """Whether ``path`` is on the local filesystem (a plain path or ``file://``)."""
+    return "://" not in path or path.startswith("file://")
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` by writing a temp name beside it and renaming (atomic on local disks;
-    on object stores the rename is a copy, still never leaving a half-written final name)."""
+    """Write ``path`` so that no reader ever sees a partial file (the one atomic writer of the
+    project): on a local disk the bytes go to a temp name beside it (``.<name>.tmp-<hex>``) and
+    are renamed; on an object store the complete object is sent in a single PUT (object stores
+    have no rename, and a PUT is all-or-nothing)."""
     fs, local = url_to_fs(path)
-    directory, name = posixpath.split(local)
-    fs.makedirs(directory, exist_ok=True)
-    tmp = posixpath.join(directory, f".{name}.tmp")
-    with fs.open(tmp, "wb") as f:
-        write(f)
-    fs.mv(tmp, local)
+    if not is_local(path):
+        buffer = io.BytesIO()
+        write(buffer)
+        fs.pipe_file(local, buffer.getvalue())
+        return
+    directory, name = os.path.split(local)
+    os.makedirs(directory or ".", exist_ok=True)
+    tmp = os.path.join(directory, f".{name}{TEMP_MARK}{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

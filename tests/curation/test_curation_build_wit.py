@@ -128,9 +128,10 @@ def test_ray_equals_beam_byte_for_byte(pool_and_queries, tmp_path, ray_session):
     assert ray_summary["stages"] == beam_stats["stages"]
 
 
-def test_config_fingerprint_ignores_parallelism():
-    base = CurationConfig(queries="q.parquet", pool=("p",), curation_dir="out")
-    assert base.fingerprint() == CurationConfig(queries="q.parquet", pool=("p",), curation_dir="elsewhere",
+def test_config_fingerprint_ignores_parallelism(pool_and_queries):
+    pool, queries, _ = pool_and_queries
+    base = CurationConfig(queries=queries, pool=(pool,), curation_dir="out")
+    assert base.fingerprint() == CurationConfig(queries=queries, pool=(pool,), curation_dir="elsewhere",
                                                 batch_size=7, parallelism=3, dedup_buckets=5).fingerprint()
-    assert base.fingerprint() != CurationConfig(queries="q.parquet", pool=("p",), curation_dir="out",
+    assert base.fingerprint() != CurationConfig(queries=queries, pool=(pool,), curation_dir="out",
                                                 text=TextConfig(lid_threshold=0.9)).fingerprint()

@@ -20,6 +20,8 @@ def main() -> None:
     configure_environment()
     import pyarrow.dataset as ds
 
+    from curation import images
+    from curation.run import RunLayout
     from pipelines import wit_images
     from pipelines.serve_images import serving
     from tests.images.conftest import METADATA_URL, SiteHandler, write_selection, write_site
@@ -33,8 +35,9 @@ def main() -> None:
             curation = root / "curation"
             selected = write_selection(curation, urls, parts=1)
             config = wit_images.config_from_args(image_args())
-            allowed = wit_images.guard_stage(curation, wit_images.read_selected(curation), config.guard)
-            downloaded = wit_images.download_stage(curation, allowed, config)
+            layout = RunLayout.of_curation(str(curation))
+            allowed = images.guard_stage(layout, images.read_selected(layout), config.guard)
+            downloaded = images.download_stage(layout, allowed, config)
         out = {"uids": dict(zip(urls, selected.column("uid").to_pylist())),
                "downloaded": downloaded.column("uid").to_pylist()}
         for stage in ("urlguard", "download"):

@@ -1,0 +1,246 @@
+"""The image half of a run: selection → guard → download → check → dedup → WebDataset shards.
+
+Stages (the registry's :data:`curation.stage.IMAGE_STAGES`; each accounts for every row in
+``stats/<stage>.json`` + ``rejects/<stage>/``): ``urlguard`` → ``download`` (img2dataset + a
+retry pass) → ``imagecheck`` (decode, bomb guard, resize, hashes) → ``imagededup`` → ``shards``.
+Everything is read and written through the run's :class:`~curation.run.RunLayout`, so the run
+dir may be an object store. The engine is handed in: ``map_check_tasks(tasks, check_config)``
+runs :class:`CheckDownloadShards` over one task row per download shard (Ray Data in
+``pipelines/wit_images.py``, :func:`check_in_process` without an engine). A rerun skips finished
+work (the download is incremental, checked parts and matching shards are kept) and writes the
+same bytes; a rerun over other inputs or settings stops with a message naming what changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from curation.download import DownloadConfig, download, read_download_shard
+from curation.image_check import ImageCheckConfig, ImageChecker
+from curation.imagededup import ImageDedupConfig, deduplicate
+from curation.run import RunLayout
+from curation.shards import ShardConfig, write_shards
+from curation.stage import IMAGE_STAGES, StageStats, read_stats, reject_counts, stage_done, write_rejects
+from curation.urlguard import UrlGuard, UrlGuardConfig
+
+
+@dataclass(frozen=True)
+class ImageStagesConfig:
+    """Everything the image stages need."""
+
+    guard: UrlGuardConfig = field(default_factory=UrlGuardConfig)  # SSRF policy
+    download: DownloadConfig = field(default_factory=DownloadConfig)  # img2dataset settings
+    check: ImageCheckConfig = field(default_factory=ImageCheckConfig)  # decode/bomb/resize
+    dedup: ImageDedupConfig = field(default_factory=ImageDedupConfig)  # exact + pHash dedup
+    shards: ShardConfig = field(default_factory=ShardConfig)  # final shard size
+    report: bool = True  # write report.html + PNGs at the end
+
+
+MapCheckTasks = Callable[[pa.Table, ImageCheckConfig], None]
+
+
+def read_selected(layout: RunLayout) -> pa.Table:
+    """The selection (``selected/part-*.parquet``), sorted by uid; a clear error when missing
+    or when a part is unreadable (the error names it)."""
+    files = [f for f in layout.list(layout.selected_dir, ".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
+    if not files:
+        raise FileNotFoundError(f"{layout.selected_dir}: no part-*.parquet (run the curation stages first)")
+    table = pa.concat_tables([layout.read_parquet(f) for f in files], promote_options="permissive")
+    missing = {"uid", "url", "text"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{layout.selected_dir}: selection lacks columns {sorted(missing)}")
+    return table.sort_by([("uid", "ascending")])
+
+
+def fingerprint(selected: pa.Table, config: ImageStagesConfig) -> dict:
+    """What decides the image stages' results: the selected uids and the result-relevant
+    settings (not processes, threads, timeouts or the local server)."""
+    uids = xxhash.xxh3_128()
+    for chunk in selected.column("uid").cast(pa.string()).chunks:
+        for buffer in chunk.buffers()[1:]:
+            uids.update(memoryview(buffer) if buffer is not None else b"")
+    body = {"selected_rows": len(selected), "selected_uids": uids.hexdigest(),
+            "guard": asdict(config.guard), "check": asdict(config.check), "dedup": asdict(config.dedup),
+            "shards": asdict(config.shards), "retry_pass": config.download.retry_pass,
+            "disallowed_header_directives": list(config.download.disallowed_header_directives)}
+    return _jsonable(body)
+
+
+def _jsonable(body: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(body, sort_keys=True, default=str))
+
+
+def check_fingerprint(layout: RunLayout, selected: pa.Table, config: ImageStagesConfig) -> None:
+    """Record the run's fingerprint; refuse to resume a run made from other inputs/settings
+    (its finished stages would be reused silently), naming what changed."""
+    current = fingerprint(selected, config)
+    if layout.exists(layout.images_fingerprint):
+        previous = layout.read_json(layout.images_fingerprint)
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise ValueError(f"{layout.images_fingerprint}: this run's {changed} differ from the earlier image "
+                             f"run in {layout.curation}; use a new --out, or remove its download/, checked/, "
+                             "shards/ and the image stages' rejects/ and stats/ to start over")
+        return
+    layout.write_json(layout.images_fingerprint, current)
+
+
+def guard_stage(layout: RunLayout, selected: pa.Table, config: UrlGuardConfig) -> pa.Table:
+    """Stage ``urlguard``: the selected rows whose URL the SSRF guard allows."""
+    if stage_done(layout, "urlguard"):
+        refused = layout.read_parquets(layout.list(layout.rejects_dir("urlguard"), ".parquet"), ["uid"])
+        return selected.filter(pc.invert(pc.is_in(selected.column("uid"), value_set=refused.column("uid"))))
+    kept, rejected = UrlGuard(config)(selected.select(["uid", "url"]))
+    write_rejects(layout, "urlguard", rejected)
+    StageStats("urlguard", len(selected), len(kept), reject_counts(rejected)).write(layout)
+    return selected.filter(pc.is_in(selected.column("uid"), value_set=kept.column("uid")))
+
+
+def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConfig) -> pa.Table:
+    """Stage ``download``: (uid, key, shard) of every image fetched; failures are rejects."""
+    ok, rejected = download(allowed.select(["uid", "url"]), layout, config.download, config.guard)
+    write_rejects(layout, "download", rejected)
+    StageStats("download", len(allowed), len(ok), reject_counts(rejected)).write(layout)
+    return ok
+
+
+class CheckDownloadShards:
+    """Engine callable over Arrow batches: each row names one download shard (``tar``, ``uids``,
+    ``keys``, ``name``, ``out``); its images are checked with
+    :class:`~curation.image_check.ImageChecker`, then the rejects and the checked part (the
+    completion marker, written last) are written through the run layout. Returns counts."""
+
+    def __init__(self, config: ImageCheckConfig, layout: RunLayout):
+        self.checker, self.layout = ImageChecker(config), layout
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        counts = {"out": [], "kept": [], "rejected": []}
+        for task in batch.to_pylist():
+            images = read_download_shard(self.layout, task["tar"], task["uids"], task["keys"])
+            kept, rejected = self.checker(images)
+            write_rejects(self.layout, "imagecheck", rejected, part=task["name"])
+            self.layout.write_parquet(kept, task["out"])
+            for key, value in (("out", task["out"]), ("kept", len(kept)), ("rejected", len(rejected))):
+                counts[key].append(value)
+        return pa.table(counts)
+
+
+def check_tasks(layout: RunLayout, downloaded: pa.Table) -> pa.Table:
+    """One task row per download shard holding fetched images, in shard order."""
+    rows = []
+    for shard in sorted(set(downloaded.column("shard").to_pylist())):
+        mine = downloaded.filter(pc.equal(downloaded.column("shard"), shard))
+        pass_name, stem = shard.rsplit("/", 2)[-2], shard.rsplit("/", 1)[-1].removesuffix(".tar")
+        name = f"{pass_name}_{stem}"  # pass0_00000, retry_00000
+        rows.append({"tar": shard, "uids": mine.column("uid").to_pylist(), "keys": mine.column("key").to_pylist(),
+                     "name": name, "out": layout.checked_part(name)})
+    return pa.Table.from_pylist(rows) if rows else pa.table({"out": pa.array([], pa.string())})
+
+
+def check_in_process(layout: RunLayout) -> MapCheckTasks:
+    """A ``map_check_tasks`` without an engine: every task in this process, in order."""
+
+    def run(tasks: pa.Table, config: ImageCheckConfig) -> None:
+        CheckDownloadShards(config, layout)(tasks)
+
+    return run
+
+
+def check_stage(layout: RunLayout, downloaded: pa.Table, config: ImageStagesConfig,
+                map_check_tasks: MapCheckTasks) -> list[str]:
+    """Stage ``imagecheck``, one task per download shard not checked yet (run by
+    ``map_check_tasks``): returns the checked parts in shard order. The checked rows are counted
+    from the parts' footers and the rejects from their files; a part missing after the engine
+    ran is an error naming it."""
+    layout.clean_temp(layout.checked_dir)
+    tasks = check_tasks(layout, downloaded)
+    todo = tasks.filter(pa.array([not layout.exists(o) for o in tasks.column("out").to_pylist()], pa.bool_()))
+    if len(todo):
+        map_check_tasks(todo, config.check)
+    parts = tasks.column("out").to_pylist()
+    missing = [p for p in parts if not layout.exists(p)]
+    if missing:
+        raise RuntimeError(f"image check parts missing after the check ran: {missing}")
+    names = set(tasks.column("name").to_pylist()) if len(tasks) else set()
+    reject_files = [f for f in layout.list(layout.rejects_dir("imagecheck"), ".parquet")
+                    if f.rsplit("/", 1)[-1].removesuffix(".parquet") in names]
+    rejected = layout.read_parquets(reject_files, ["uid", "reason"])
+    kept = sum(layout.parquet_rows(p) for p in parts)
+    StageStats("imagecheck", len(downloaded), kept, reject_counts(rejected)).write(layout)
+    return parts
+
+
+def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig) -> pa.Table:
+    """Stage ``imagededup``: the uids kept (exact and near duplicates are rejects)."""
+    hashes = layout.read_parquets(parts, ["uid", "pixel_hash", "phash"])
+    kept, rejected = deduplicate(hashes, config)
+    write_rejects(layout, "imagededup", rejected)
+    StageStats("imagededup", len(hashes), len(kept), reject_counts(rejected)).write(layout)
+    return kept.select(["uid"])
+
+
+def shard_stage(layout: RunLayout, selected: pa.Table, parts: list[str], kept: pa.Table,
+                config: ShardConfig) -> dict:
+    """Stage ``shards``: kept images + their captions/metadata as final WebDataset shards."""
+    if "source" not in selected.column_names:
+        selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
+    if "query_ids" not in selected.column_names:
+        selected = selected.append_column("query_ids", pa.nulls(len(selected), pa.list_(pa.int32())))
+    meta = selected.select(["uid", "url", "text", "query_ids", "source"])
+
+    def samples():
+        for part in parts:  # download-shard order, then img2dataset key order: deterministic
+            table = layout.read_parquet(part)
+            table = table.filter(pc.is_in(table.column("uid"), value_set=kept.column("uid")))
+            rows = meta.take(pc.index_in(table.column("uid"), value_set=meta.column("uid")))
+            columns = {"uid": table.column("uid"), **{c: rows.column(c) for c in ("url", "text", "query_ids", "source")}}
+            columns.update({c: table.column(c) for c in ("jpg", "width", "height", "original_width", "original_height")})
+            yield pa.table(columns)
+
+    stats = write_shards(samples(), layout, config)
+    StageStats("shards", len(kept), stats["samples"], {}).write(layout)
+    return stats
+
+
+def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tasks: MapCheckTasks,
+                     serving: contextlib.AbstractContextManager | None = None) -> dict:
+    """Run the image stages on the run's selection; return a summary (per-stage stats, the
+    shards dir, the report URI). ``serving`` wraps the download (e.g. a local image server). A
+    finished run is a no-op."""
+    selected = read_selected(layout)
+    check_fingerprint(layout, selected, config)
+    if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
+        return summary(layout, skipped=True)
+    started = time.time()
+    allowed = guard_stage(layout, selected, config.guard)
+    with serving or contextlib.nullcontext():
+        downloaded = download_stage(layout, allowed, config)
+    parts = check_stage(layout, downloaded, config, map_check_tasks)
+    kept = dedup_stage(layout, parts, config.dedup)
+    shard_stage(layout, selected, parts, kept, config.shards)
+    if config.report:
+        from curation.report import write_report
+
+        write_report(layout)
+    return summary(layout, skipped=False, seconds=round(time.time() - started, 1))
+
+
+def summary(layout: RunLayout, skipped: bool, seconds: float | None = None) -> dict:
+    """Per-stage stats of the image stages that ran, the shards and the report."""
+    return {
+        "stages": {s: read_stats(layout, s) for s in IMAGE_STAGES if stage_done(layout, s)},
+        "shards_dir": layout.shards_dir,
+        "shards": layout.read_json(layout.shard_stats),
+        "report": layout.report_html if layout.exists(layout.report_html) else None,
+        "skipped": skipped,
+        "seconds": seconds,
+    }
