@@ -135,10 +135,12 @@ class CheckDownloadShards:
 
 
 def check_tasks(layout: RunLayout, downloaded: pa.Table) -> pa.Table:
-    """One task row per download shard holding fetched images, in shard order."""
+    """One task row per download shard holding fetched images, in shard order, each with its
+    images in key order (so the shards do not depend on download timing)."""
     rows = []
     for shard in sorted(set(downloaded.column("shard").to_pylist())):
-        mine = downloaded.filter(pc.equal(downloaded.column("shard"), shard))
+        # img2dataset records rows in completion order; its keys follow the input order
+        mine = downloaded.filter(pc.equal(downloaded.column("shard"), shard)).sort_by("key")
         pass_name, stem = shard.rsplit("/", 2)[-2], shard.rsplit("/", 1)[-1].removesuffix(".tar")
         name = f"{pass_name}_{stem}"  # pass0_00000, retry_00000
         rows.append({"tar": shard, "uids": mine.column("uid").to_pylist(), "keys": mine.column("key").to_pylist(),
