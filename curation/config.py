@@ -111,7 +111,9 @@ def prepare_run(config: CurationConfig) -> bool:
     current = config.fingerprint_parts()
     fingerprint = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
     previous = layout.read_json(layout.config_stamp) if layout.exists(layout.config_stamp) else None
-    for directory in (layout.selected_dir, layout.cur("selected", "_done"), layout.stats_dir, layout.curation):
+    rejects = [layout.rejects_dir(stage) for stage in config.stage_names()]
+    for directory in (layout.selected_dir, layout.cur("selected", "_done"), layout.stats_dir, layout.curation,
+                      layout.read_tally_dir, *rejects):
         layout.clean_temp(directory)
     if previous is not None and previous.get("fingerprint") == fingerprint:
         return bool(verify_parts(layout, config.num_parts)) or not layout.exists(layout.entry_counts)

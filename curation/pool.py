@@ -86,17 +86,27 @@ def read_counted(uri: str, config: PoolConfig, layout, on_bad_file: str = "error
     """:func:`read_pool_file`, recording the rows read in the run's ``_read/`` tally (the
     ``in`` of the read stage, counted here, independently of what later stages output). With
     ``on_bad_file="skip"`` an unreadable or badly-typed file is recorded as skipped (reason,
-    error) and gives no rows; otherwise its :class:`PoolFormatError` stops the run."""
+    error) and gives no rows; ``"record"`` records it as a failure for the driver to raise
+    (:func:`raise_read_failures`: an engine whose workers must not die mid-job); otherwise its
+    :class:`PoolFormatError` stops the run."""
     try:
         table = read_pool_file(uri, config)
     except PoolFormatError as err:
-        if on_bad_file != "skip":
+        if on_bad_file not in ("skip", "record"):
             raise
-        layout.write_json(layout.read_tally(uri), {"file": uri, "rows": None, "skipped": err.reason,
-                                                   "error": str(err)})
+        key = "skipped" if on_bad_file == "skip" else "failed"
+        layout.write_json(layout.read_tally(uri), {"file": uri, "rows": None, key: err.reason, "error": str(err)})
         return conform_pool(_empty_pool(), uri, PoolConfig("url", "text", None))
     layout.write_json(layout.read_tally(uri), {"file": uri, "rows": table.num_rows})
     return table
+
+
+def raise_read_failures(records: list[dict]) -> None:
+    """Raise the :class:`PoolFormatError` of the first file the reader recorded as failed."""
+    failed = [r for r in records if r.get("failed")]
+    if failed:
+        more = f" (and {len(failed) - 1} more bad pool files)" if len(failed) > 1 else ""
+        raise PoolFormatError(failed[0]["error"] + more, reason=failed[0]["failed"])
 
 
 def _format_of(path: str, fmt: str | None) -> str | None:

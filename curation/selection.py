@@ -94,18 +94,21 @@ def fill_empty_parts(layout: RunLayout, num_parts: int, rows_read: int) -> list[
 def verify_parts(layout: RunLayout, num_parts: int) -> list[int]:
     """Check every marked part against its file before a rerun trusts it: a part whose file is
     gone loses its marker (the rerun redoes it); a part whose file holds a different number of
-    rows than its marker, or is truncated, raises ValueError naming it. Returns the parts to
-    (re)do."""
+    rows than its marker, or is truncated, raises ValueError naming it; an unreadable (torn)
+    marker is dropped and its part redone. Returns the parts to (re)do."""
     todo = []
     for index in range(num_parts):
         if not part_done(layout, index):
             todo.append(index)
             continue
-        if not layout.exists(layout.part(index)):
+        try:
+            expected = part_marker(layout, index)["rows"]
+        except (ValueError, KeyError):  # a torn marker (not ours to trust): redo the part
+            expected = None
+        if expected is None or not layout.exists(layout.part(index)):
             layout.remove(layout.marker(index))
             todo.append(index)
             continue
-        expected = part_marker(layout, index)["rows"]
         found = layout.parquet_rows(layout.part(index))
         if found != expected:
             raise ValueError(f"{layout.part(index)}: holds {found} rows, its completion marker says "

@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from curation.balance import Balancer, count_entries
-from curation.config import CurationConfig, rows_read, write_entry_counts
+from curation.config import CurationConfig, read_tallies, rows_read, write_entry_counts
 from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
-from curation.pool import PoolConfig, list_pool_files, read_counted
+from curation.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
 from curation.run import RunLayout
 from curation.selection import PART_COLUMN, assign_parts, fill_empty_parts, write_part
 from curation.textfilter import TextConfig, TextFilter
@@ -113,9 +113,10 @@ def run_ray(config: CurationConfig) -> dict[str, float]:
     # 1. read + text stage (actors); rejected rows carry their reason from here on
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
     kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size,
-              "layout": config.layout, "on_bad_file": config.on_bad_file}
+              "layout": config.layout, "on_bad_file": "skip" if config.on_bad_file == "skip" else "record"}
     ds = ds.map_batches(ReadAndFilterText, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                         concurrency=min(workers, max(1, len(files)))).materialize()
+    raise_read_failures(read_tallies(config))  # a bad file stops the run here, naming it
     clock.lap("read_text")
     # 2. exact dedup (tasks): equal keys meet in one hash bucket
     for key in config.dedup_keys:
