@@ -30,9 +30,9 @@ sample-data: venv
 DEMO_ABS := $(abspath $(DEMO_OUT))
 DEMO_STEPS ?= 150
 demo: venv sample-data
-	$(PY) pipelines/build_queries.py --out $(DEMO_OUT)
+	$(PY) pipelines/build_queries.py --out $(DEMO_OUT) --sample
 	$(PY) -m pipelines.submit_local --num-cpus 2 -- \
-	    python pipelines/build_wit.py --out $(DEMO_ABS) --serve-images $(OPENWIT_DATA)/images
+	    python pipelines/build_wit.py --out $(DEMO_ABS) --sample --serve-images $(OPENWIT_DATA)/images
 	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
 	$(PY) pipelines/pretrain.py --train-data "$(DEMO_ABS)/curation/shards/{00000..$${last%.tar}}.tar" \
 	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_ABS)/pretrain/tiny

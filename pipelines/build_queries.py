@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     titles.add_argument("--titles", default=None, help="plain title list (.json keys/list or one per line)")
     titles.add_argument("--pageviews", action="append", default=[], help="pageview dump file glob (repeatable)")
     p.add_argument("--wordnet", default=None, help="WordNet dict dir with data.noun etc.")
+    p.add_argument("--sample", action="store_true", help="use the demo's sample sources (`make sample-data`)")
     p.add_argument("--min-count", type=int, default=100, help="unigram: minimum occurrences")
     p.add_argument("--min-bigram-count", type=int, default=3, help="bigram: minimum occurrences")
     p.add_argument("--pmi-threshold", type=float, default=8.0, help="bigram: minimum PMI (log2)")
@@ -104,7 +105,7 @@ def _expand_globs(patterns: list[str]) -> tuple[str, ...]:
 
 
 def resolve_sources(args: argparse.Namespace):
-    """The sources named on the command line, or the sample data when none is named."""
+    """The sources named on the command line, or (with --sample) the demo's sample data."""
     from queries.recipe import QuerySources
 
     named = (args.wiki_dump, args.text, args.unigram_counts, args.titles, args.pageviews, args.wordnet)
@@ -113,6 +114,9 @@ def resolve_sources(args: argparse.Namespace):
             tuple(args.wiki_dump), tuple(args.text), args.unigram_counts, args.titles,
             _expand_globs(args.pageviews), args.wordnet,
         )  # fmt: skip
+    if not args.sample:
+        raise SystemExit("build_queries: name at least one source (--wiki-dump, --text, --unigram-counts, "
+                         "--titles/--pageviews, --wordnet), or --sample for the demo's sample data")
     from pipelines.sample_data import load_manifest
 
     m = load_manifest()

@@ -43,7 +43,9 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--queries", default=None,
                    help="queries.parquet (default: <out>/queries/queries.parquet, built if missing)")
     p.add_argument("--pool", nargs="+", default=None,
-                   help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok); default: the sample pool")
+                   help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok)")
+    p.add_argument("--sample", action="store_true",
+                   help="use the demo's sample pool (fetched by `make sample-data`) when no --pool is given")
     p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
@@ -79,14 +81,16 @@ def resolve_queries(args: argparse.Namespace) -> str:
     if not layout.exists(layout.queries_parquet):
         from pipelines import build_queries
 
-        build_queries.run(["--out", args.out])
+        build_queries.run(["--out", args.out, *(["--sample"] if args.sample else [])])
     return layout.queries_parquet
 
 
 def resolve_pool(args: argparse.Namespace) -> list[str]:
-    """--pool, else the sample pool of the sample data manifest."""
+    """--pool, else (with --sample) the demo's sample pool."""
     if args.pool:
         return args.pool
+    if not args.sample:
+        raise SystemExit("build_wit: name the candidate pool with --pool (or --sample for the demo's sample pool)")
     from pipelines.sample_data import load_manifest
 
     manifest = load_manifest()
