@@ -41,6 +41,8 @@ class DownloadConfig:
     shard_size: int = 1000  # img2dataset number_sample_per_shard (the unit of resumption)
     retries: int = 0  # img2dataset's immediate per-URL retries
     retry_pass: bool = True  # re-fetch transiently failed URLs of all shards once more, at the end
+    distributor: str = "ray"  # img2dataset distributor: "ray" (a task per shard, over the cluster) or "multiprocessing"
+    shard_attempts: int = 3  # img2dataset runs per pass while shards are unfinished (a lost worker/node)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
 
@@ -63,7 +65,7 @@ def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str
         disable_all_reencoding=True,
         extract_exif=False,
         compute_hash=None,
-        distributor="multiprocessing",
+        distributor=config.distributor,
         incremental_mode="incremental",
         user_agent_token=config.user_agent_token,
         disallowed_header_directives=list(config.disallowed_header_directives),
@@ -108,7 +110,10 @@ def read_pass_results(layout: RunLayout, output_folder: str) -> pa.Table:
 def run_pass(rows: pa.Table, layout: RunLayout, name: str, config: DownloadConfig, guard) -> pa.Table:
     """Download ``rows`` (uid, url) into the pass folder ``download/<name>`` with img2dataset
     (incremental: finished shards are skipped; the folder may be on an object store) under the
-    in-worker guard; return :func:`read_pass_results`."""
+    in-worker guard; return :func:`read_pass_results`. With the ``ray`` distributor each shard
+    is a Ray task on any node (Ray must be initialised by the caller); img2dataset is run again,
+    up to ``shard_attempts`` times, while a shard lacks its completion record (a worker or node
+    lost mid-shard)."""
     import img2dataset
 
     from curation.image_fetch import guarded_img2dataset
@@ -119,7 +124,9 @@ def run_pass(rows: pa.Table, layout: RunLayout, name: str, config: DownloadConfi
         layout.write_parquet(rows.select(["uid", "url"]), url_list)
     elif layout.parquet_rows(url_list) != len(rows):
         raise ValueError(f"{url_list} holds a different input than this run: remove {folder} to restart")
-    if len(rows) and _unfinished(layout, folder, len(rows), config):
+    for _ in range(config.shard_attempts):  # incremental: each run redoes only unfinished shards
+        if not (len(rows) and _unfinished(layout, folder, len(rows), config)):
+            break
         with guarded_img2dataset(guard):
             img2dataset.download(**img2dataset_kwargs(config, url_list, folder))
     results = read_pass_results(layout, folder)
@@ -133,6 +140,18 @@ def _unfinished(layout: RunLayout, folder: str, rows: int, config: DownloadConfi
     shard of the pass."""
     expected = -(-rows // config.shard_size)
     return len(layout.list(folder, "_stats.json")) < expected
+
+
+def rows_by_node(layout: RunLayout, downloaded: pa.Table) -> dict[str, int]:
+    """Downloaded rows per node that fetched them (from each shard's ``_nodes/`` record)."""
+    counts: dict[str, int] = {}
+    for item in pc.value_counts(downloaded.column("shard")).to_pylist() if len(downloaded) else []:
+        shard, n = item["values"], item["counts"]
+        folder, stem = shard.rsplit("/", 1)
+        record = f"{folder}/_nodes/{stem.removesuffix('.tar')}.json"
+        node = layout.read_json(record)["node"] if layout.exists(record) else "unknown"
+        counts[node] = counts.get(node, 0) + int(n)
+    return dict(sorted(counts.items()))
 
 
 def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import http.client
 import importlib
+import json
 import socket
 import urllib.error
 import urllib.request
@@ -118,6 +119,26 @@ def build_guarded_opener(config: UrlGuardConfig) -> urllib.request.OpenerDirecto
     )
 
 
+def node_name() -> str:
+    """This worker's node: the Ray node id inside a Ray task, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return socket.gethostname()
+
+
+def record_node(output_folder: str, shard_id: int) -> None:
+    """Write ``_nodes/NNNNN.json`` = ``{"node": …}`` beside an img2dataset shard (one PUT)."""
+    from queries.files import atomic_write
+
+    body = json.dumps({"node": node_name(), "host": socket.gethostname()}).encode()
+    atomic_write(f"{output_folder}/_nodes/{int(shard_id):05d}.json", lambda f: f.write(body))
+
+
 class GuardedDownloader(Downloader):
     """img2dataset's ``Downloader`` that installs the guarded opener in its worker process.
 
@@ -135,9 +156,12 @@ class GuardedDownloader(Downloader):
         self.guard_config = type(self).pending_config
 
     def download_shard(self, row):
-        """Install the guarded opener in this process, then download the shard as usual."""
+        """Install the guarded opener in this process, download the shard as usual, then record
+        which node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
         urllib.request.install_opener(build_guarded_opener(self.guard_config))
-        return super().download_shard(row)
+        result = super().download_shard(row)
+        record_node(self.output_folder, row[0])
+        return result
 
 
 @contextlib.contextmanager

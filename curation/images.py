@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.download import DownloadConfig, download, read_download_shard
+from curation.download import DownloadConfig, download, read_download_shard, rows_by_node
 from curation.image_check import ImageCheckConfig, ImageChecker
 from curation.imagededup import ImageDedupConfig, deduplicate
 from curation.run import RunLayout
@@ -109,7 +109,8 @@ def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConf
     """Stage ``download``: (uid, key, shard) of every image fetched; failures are rejects."""
     ok, rejected = download(allowed.select(["uid", "url"]), layout, config.download, config.guard)
     write_rejects(layout, "download", rejected)
-    StageStats("download", len(allowed), len(ok), reject_counts(rejected)).write(layout)
+    by_node = rows_by_node(layout, ok)
+    StageStats("download", len(allowed), len(ok), reject_counts(rejected), {"by_node": by_node}).write(layout)
     return ok
 
 

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--download-shard-size", type=int, default=d.shard_size,
                    help="rows per img2dataset shard (unit of resumption)")
     g.add_argument("--no-retry-pass", action="store_true", help="skip the retry pass over failed URLs")
+    g.add_argument("--distributor", choices=("ray", "multiprocessing"), default=d.distributor,
+                   help="img2dataset distributor: ray = one task per download shard on any node of the "
+                        "cluster (default); multiprocessing = --processes on this node")
     g.add_argument("--image-size", type=int, default=c.image_size, help="output image side, pixels")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default=c.resize_mode)
     g.add_argument("--max-pixels", type=int, default=c.max_pixels, help="decompression-bomb limit (w*h)")
@@ -70,7 +73,8 @@ def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
         guard=UrlGuardConfig(allow_private_networks=args.allow_private_networks,
                              allow_networks=tuple(dict.fromkeys(allow))),
         download=DownloadConfig(processes=args.processes, threads=args.threads, timeout_s=args.timeout,
-                                shard_size=args.download_shard_size, retry_pass=not args.no_retry_pass),
+                                shard_size=args.download_shard_size, retry_pass=not args.no_retry_pass,
+                                distributor=args.distributor),
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold),
@@ -100,8 +104,11 @@ def run(args: argparse.Namespace, curation_dir: str) -> dict:
     return the summary of :func:`curation.images.run_image_stages`."""
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)
+    config = config_from_args(args)
+    if config.download.distributor == "ray":
+        init_ray()  # the downloads become Ray tasks on the cluster's nodes
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
-    return run_image_stages(layout, config_from_args(args), ray_check_tasks(layout), serving)
+    return run_image_stages(layout, config, ray_check_tasks(layout), serving)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ def main() -> None:
             urls = [f"{base}/img/00.png", f"{base}/redirect/metadata", METADATA_URL, "http://10.11.12.13/a.png"]
             curation = root / "curation"
             selected = write_selection(curation, urls, parts=1)
-            config = wit_images.config_from_args(image_args())
+            config = wit_images.config_from_args(image_args("--distributor", "multiprocessing"))
             layout = RunLayout.of_curation(str(curation))
             allowed = images.guard_stage(layout, images.read_selected(layout), config.guard)
             downloaded = images.download_stage(layout, allowed, config)
