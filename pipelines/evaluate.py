@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from pipelines.runtime import configure_environment
+from pretrain.data import shard_samples
 from pretrain.evalsets import load_eval_set
 from pretrain.train import CHECKPOINT_FILE, load_model
 from pretrain.transform import ImageTransform
@@ -72,7 +73,7 @@ def held_out_pairs(urls: str, limit: int) -> tuple[list[Image.Image], list[str]]
     from pretrain.data import IMAGE_EXTENSIONS
 
     images, captions = [], []
-    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), shard_samples(handler=wds.warn_and_continue)):
         key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
         if key is None or "txt" not in sample:
             continue
@@ -90,9 +91,34 @@ def held_out_pairs(urls: str, limit: int) -> tuple[list[Image.Image], list[str]]
     return images, captions
 
 
+def fetch_remote_checkpoint(uri: str) -> Path:
+    """A checkpoint directory (or a pretrain run dir) on an object store, copied into a local
+    temp dir (removed at exit); ``FileNotFoundError`` naming the URI otherwise."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri.rstrip("/"))
+    if not fs.exists(f"{root}/{CHECKPOINT_FILE}") and fs.exists(f"{root}/result.json"):
+        checkpoint = json.loads(fs.cat_file(f"{root}/result.json")).get("checkpoint") or ""
+        root = fsspec.core.url_to_fs(checkpoint)[1] if "://" in checkpoint else checkpoint
+    if not root or not fs.exists(f"{root}/{CHECKPOINT_FILE}"):
+        raise FileNotFoundError(f"{uri}: neither a checkpoint directory nor a pretrain run with result.json")
+    local = tempfile.mkdtemp(prefix="openwit-checkpoint-")
+    atexit.register(shutil.rmtree, local, True)
+    for name in fs.ls(root, detail=False):
+        if fs.isfile(name):
+            fs.get_file(name, str(Path(local) / Path(name).name))
+    return Path(local)
+
+
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint directory, or a pretrain run directory (its result.json names the last
-    checkpoint); ``FileNotFoundError`` naming the path otherwise."""
+    checkpoint), local or on an object store; ``FileNotFoundError`` naming the path otherwise."""
+    if "://" in path and not path.startswith("file://"):
+        return fetch_remote_checkpoint(path)
     p = Path(path)
     if (p / CHECKPOINT_FILE).is_file():
         return p
@@ -110,7 +136,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     model, tokenizer, state = load_model(checkpoint)
     size = model.visual.image_size
-    result: dict = {"checkpoint": str(checkpoint), "step": int(state["step"])}
+    result: dict = {"checkpoint": cfg.checkpoint if "://" in cfg.checkpoint else str(checkpoint),
+                    "step": int(state["step"])}
     if cfg.dataset:
         from pipelines.sample_data import load_manifest
 
@@ -128,8 +155,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             text_features = torch.cat([model.encode_text(tokenizer(captions[i : i + cfg.batch_size]))
                                        for i in range(0, len(captions), cfg.batch_size)])
         result["retrieval"] = retrieval_metrics(image_features, text_features)
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(result, indent=2))
+    from queries.files import atomic_write
+
+    body = json.dumps(result, indent=2).encode()
+    atomic_write(cfg.out, lambda f: f.write(body))  # a local path or a URI
     return result
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import build_queries, build_wit
+from pipelines import build_queries, build_wit, evaluate, pretrain
 from pipelines.serve_images import serving
 
 
@@ -70,6 +70,20 @@ def test_object_store_run_equals_local_run(tmp_path, sample, s3_bucket, ray_sess
     assert stats["out"] == remote["images"]["shards"]["samples"] > 0
     assert fs.exists(f"{s3_bucket}/run/curation/report.html")
     assert fs.exists(f"{s3_bucket}/run/queries/queries.parquet")
+    # a few pretraining steps reading the shards from S3 (Ray Train checkpoints to S3), then
+    # zero-shot from the run's URI
+    last = max(int(n.split(".")[0]) for n in remote_shards if n.endswith(".tar"))
+    shards = f"{s3_bucket}/run/curation/shards/{{00000..{last:05d}}}.tar"
+    trained = pretrain.run(["--train-data", shards, "--model", "tiny", "--steps", "2", "--batch-size", "4",
+                            "--workers", "1", "--out", f"{s3_bucket}/run/pretrain/tiny", "--vocab-size", "300",
+                            "--data-workers", "0", "--no-progress", "--log-every", "1", "--warmup-steps", "1"])
+    assert trained["metrics"]["step"] == 2 and trained["checkpoint"].startswith(f"{s3_bucket}/run/pretrain/tiny/")
+    for name in ("tokenizer.json", "metrics.jsonl", "result.json"):
+        assert fs.exists(f"{s3_bucket}/run/pretrain/tiny/{name}"), name
+    scores = evaluate.run(["--checkpoint", f"{s3_bucket}/run/pretrain/tiny", "--dataset", "digits", "--limit", "40",
+                           "--out", f"{s3_bucket}/run/pretrain/tiny/eval/digits.json"])
+    assert scores["step"] == 2 and scores["n"] == 40
+    assert json.loads(fs.cat_file(f"{s3_bucket}/run/pretrain/tiny/eval/digits.json"))["top1"] == scores["top1"]
     # nothing of the S3 run was written locally (no "s3:" folder, no stray files in the cwd)
     assert list(cwd.iterdir()) == []
     assert not list(tmp_path.rglob("s3:*"))
