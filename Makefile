@@ -22,16 +22,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 sample-data: venv
-	$(PY) -m pipelines.sample_data
+	$(PY) -m pipelines.demo.sample_data
 
 # The main job as a user runs it: the query list, then `ray job submit ... build_wit.py` against
-# a throw-away Ray head on 127.0.0.1 (started and stopped by pipelines.submit_local), the sample
+# a throw-away Ray head on 127.0.0.1 (started and stopped by pipelines.demo.submit_local), the sample
 # images served on 127.0.0.1:18765; then a short tiny-CLIP pretraining on the shards + zero-shot.
 DEMO_ABS := $(abspath $(DEMO_OUT))
 DEMO_STEPS ?= 150
 demo: venv sample-data
 	$(PY) pipelines/build_queries.py --out $(DEMO_OUT) --sample
-	$(PY) -m pipelines.submit_local --num-cpus 2 -- \
+	$(PY) -m pipelines.demo.submit_local --num-cpus 2 -- \
 	    python pipelines/build_wit.py --out $(DEMO_ABS) --sample --serve-images $(OPENWIT_DATA)/images
 	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
 	$(PY) pipelines/pretrain.py --train-data "$(DEMO_ABS)/curation/shards/{00000..$${last%.tar}}.tar" \

@@ -34,7 +34,7 @@ def bench_hashing(n: int, repeat: int) -> float:
     import pyarrow.parquet as pq
 
     from curation.image_check import ImageCheckConfig, check_image
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()
     pool = pq.read_table(manifest["sample_pool"]).to_pylist()

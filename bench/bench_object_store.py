@@ -60,8 +60,8 @@ def main() -> None:
         import pyarrow.parquet as pq
 
         from pipelines import build_queries, build_wit
-        from pipelines.sample_data import load_manifest
-        from pipelines.serve_images import serving
+        from pipelines.demo.sample_data import load_manifest
+        from pipelines.demo.serve_images import serving
 
         sample = load_manifest()
         boto3.client("s3").create_bucket(Bucket="openwit-bench")

@@ -117,7 +117,7 @@ def resolve_sources(args: argparse.Namespace):
     if not args.sample:
         raise SystemExit("build_queries: name at least one source (--wiki-dump, --text, --unigram-counts, "
                          "--titles/--pageviews, --wordnet), or --sample for the demo's sample data")
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     m = load_manifest()
     log.info("no source flags: using the sample data")

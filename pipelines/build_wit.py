@@ -91,7 +91,7 @@ def resolve_pool(args: argparse.Namespace) -> list[str]:
         return args.pool
     if not args.sample:
         raise SystemExit("build_wit: name the candidate pool with --pool (or --sample for the demo's sample pool)")
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()
     if "sample_pool" not in manifest:

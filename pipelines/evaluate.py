@@ -139,7 +139,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     result: dict = {"checkpoint": cfg.checkpoint if "://" in cfg.checkpoint else str(checkpoint),
                     "step": int(state["step"])}
     if cfg.dataset:
-        from pipelines.sample_data import load_manifest
+        from pipelines.demo.sample_data import load_manifest
 
         data = load_eval_set(cfg.dataset, load_manifest())
         n = cfg.limit or len(data.labels)

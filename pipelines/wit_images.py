@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, curation_dir: str) -> dict:
 
 @contextlib.contextmanager
 def _serving(directory: str, port: int):
-    from pipelines.serve_images import serving
+    from pipelines.demo.serve_images import serving
 
     with serving(directory, port=port):
         yield

@@ -41,7 +41,7 @@ os.environ.update(S3_ENV)
 @pytest.fixture(scope="session")
 def sample() -> dict[str, str]:
     """Paths of the real sample files (`make sample-data` fetches them; `make test` runs it)."""
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     return load_manifest()
 

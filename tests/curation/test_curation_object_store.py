@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import build_queries, build_wit, evaluate, pretrain
-from pipelines.serve_images import serving
+from pipelines.demo.serve_images import serving
 
 
 def _pool_slice(sample: dict, base: str, n: int = 10) -> pa.Table:

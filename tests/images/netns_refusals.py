@@ -23,7 +23,7 @@ def main() -> None:
     from curation import images
     from curation.run import RunLayout
     from pipelines import wit_images
-    from pipelines.serve_images import serving
+    from pipelines.demo.serve_images import serving
     from tests.images.conftest import METADATA_URL, SiteHandler, write_selection, write_site
     from tests.images.test_images_pipeline import image_args
 

@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from pipelines import wit_images
-from pipelines.serve_images import serving
+from pipelines.demo.serve_images import serving
 from tests.images.conftest import write_selection
 
 STAGES = ("urlguard", "download", "imagecheck", "imagededup", "shards")

@@ -3,7 +3,7 @@
 This is exactly what a user does against a real cluster (`ray job submit --address ... --working-dir .
 -- python pipelines/build_wit.py ...`), with the head started first and stopped afterwards:
 
-    python -m pipelines.submit_local -- python pipelines/build_wit.py --out $PWD/runs/demo
+    python -m pipelines.demo.submit_local -- python pipelines/build_wit.py --out $PWD/runs/demo
 
 Paths passed to the job must be absolute: the job runs inside a copy of the working dir.
 """
@@ -96,9 +96,9 @@ def run(argv: list[str] | None = None) -> int:
     job's exit status (0 when it succeeded)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        raise SystemExit("usage: python -m pipelines.submit_local [--num-cpus N] -- COMMAND ...")
+        raise SystemExit("usage: python -m pipelines.demo.submit_local [--num-cpus N] -- COMMAND ...")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="pipelines.submit_local")
+    parser = argparse.ArgumentParser(prog="pipelines.demo.submit_local")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--working-dir", default=".")
     args = parser.parse_args(argv[:split])

