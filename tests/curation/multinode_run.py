@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -57,6 +59,9 @@ def remove_worker_when_busy(cluster, worker, nodes_dir: str, stop: threading.Eve
 def main() -> None:
     pool, queries, images, port, out = sys.argv[1:6]
     kill = "--kill-worker" in sys.argv
+    temp = tempfile.mkdtemp(prefix="ow-mn-")  # this cluster's own temp dir (short: socket paths)
+    os.environ["RAY_TMPDIR"] = temp
+    (Path(temp) / "ray").mkdir()
     configure_environment()
     import ray
     from ray.cluster_utils import Cluster
@@ -64,12 +69,12 @@ def main() -> None:
     from pipelines import build_wit
     from pipelines.demo.serve_images import serving
 
-    temp = tempfile.mkdtemp(prefix="ow-mn-")
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False, "temp_dir": temp})
     worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", dashboard_agent_listen_port=52366)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
+    nodes = [cluster.head_node.node_id, worker.node_id]
     events: list = []
     stop = threading.Event()
     try:
@@ -80,14 +85,15 @@ def main() -> None:
                 watcher.start()
             summary = build_wit.run([
                 "--out", out, "--pool", pool, "--queries", queries, "--runner", "beam", "--parts", "2", "--t", "100000",
-                "--allow-network", "127.0.0.1", "--threads", "2", "--download-shard-size", "4",
+                "--allow-network", "127.0.0.1", "--threads", "2", "--download-shard-size", "2", "--language", "",
                 "--shard-size", "10", "--image-size", "64", "--no-retry-pass", "--no-report"])
     finally:
         stop.set()
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     print("RESULT " + json.dumps({"stages": summary["images"]["stages"], "events": events,
-                                  "nodes": [cluster.head_node.node_id, worker.node_id]}), flush=True)
+                                  "nodes": nodes}), flush=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_two_node_cluster_spreads_downloads_and_survives_a_lost_node(slice_pool,
     with serving(images, port=port):  # the reference: one process, img2dataset's multiprocessing
         build_wit.run(["--out", str(tmp_path / "local"), "--pool", str(pool), "--queries", str(queries),
                        "--runner", "beam", "--parts", "2", "--t", "100000", "--allow-network", "127.0.0.1",
-                       "--threads", "2", "--download-shard-size", "4", "--shard-size", "10", "--image-size", "64",
+                       "--threads", "2", "--download-shard-size", "2", "--language", "", "--shard-size", "10", "--image-size", "64",
                        "--no-retry-pass", "--no-report", "--distributor", "multiprocessing", "--processes", "1"])
     reference = _shards(str(tmp_path / "local"))
     assert reference
@@ -71,5 +71,7 @@ def test_two_node_cluster_spreads_downloads_and_survives_a_lost_node(slice_pool,
 
     lost = _cluster_run(pool, queries, images, port, f"{s3_bucket}/lost", "--kill-worker")
     assert lost["events"] and lost["events"][0]["removed"] == lost["nodes"][1]
+    shards_total = -(-spread["stages"]["download"]["in"] // 2)
+    assert lost["events"][0]["after_shards"] < shards_total  # removed while downloads still ran
     assert lost["stages"]["download"]["out"] == spread["stages"]["download"]["out"]
     assert _shards(f"{s3_bucket}/lost") == reference
