@@ -137,11 +137,13 @@ class Balancer:
         self.thresholds = draw_thresholds(self.probs)
         self.table = entry_table(self.salts, self.thresholds)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, hashes: np.ndarray | None = None) -> pa.Table:
+        """``hashes``: the rows' :func:`uid_hashes`, when the caller already has them."""
         query_ids = table.column("query_ids").combine_chunks()
         if table.num_rows == 0:
             return with_reasons(table)
-        keep = keep_rows(uid_hashes(table.column("uid")), query_ids, self.table)
+        hashes = uid_hashes(table.column("uid")) if hashes is None else hashes
+        keep = keep_rows(hashes, query_ids, self.table)
         empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
         reasons = np.where(keep | empty, "", "not_sampled").astype(object)
         return with_reasons(table, reasons)

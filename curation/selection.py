@@ -24,9 +24,11 @@ from curation.stage import KEPT, REASON, kept_rows, reason_counts
 PART_COLUMN = "_part"
 
 
-def assign_parts(table: pa.Table, num_parts: int) -> pa.Table:
-    """``table`` with a ``_part`` column (int64): ``xxh3_64(uid) % num_parts``."""
-    parts = (uid_hashes(table.column("uid")) % np.uint64(num_parts)).astype(np.int64)
+def assign_parts(table: pa.Table, num_parts: int, hashes: np.ndarray | None = None) -> pa.Table:
+    """``table`` with a ``_part`` column (int64): ``xxh3_64(uid) % num_parts`` (``hashes``: the
+    rows' uid hashes, when the caller already has them)."""
+    hashes = uid_hashes(table.column("uid")) if hashes is None else hashes
+    parts = (hashes % np.uint64(num_parts)).astype(np.int64)
     return table.append_column(PART_COLUMN, pa.array(parts))
 
 
@@ -121,3 +123,17 @@ def clear_selection(layout: RunLayout) -> None:
     for name in ("selected", "rejects", "stats", "_read"):
         layout.remove_tree(layout.cur(name))
     layout.remove(layout.entry_counts)
+
+
+class BalanceAndPart:
+    """The balance stage plus each row's output part, the uids hashed once for both. Built once
+    per worker (the entry tables of a 500k-entry list take ~15 ms)."""
+
+    def __init__(self, counts: np.ndarray, t: float, seed: int, num_parts: int):
+        from curation.balance import Balancer
+
+        self.balancer, self.num_parts = Balancer(counts, t, seed), num_parts
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        hashes = uid_hashes(table.column("uid"))
+        return assign_parts(self.balancer(table, hashes), self.num_parts, hashes)

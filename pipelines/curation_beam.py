@@ -13,13 +13,13 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import Balancer, count_entries
+from curation.balance import count_entries
 from curation.config import CurationConfig, rows_read, write_entry_counts
 from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
 from curation.pool import PoolConfig, list_pool_files, read_counted
 from curation.run import RunLayout
-from curation.selection import PART_COLUMN, assign_parts, fill_empty_parts, write_part
+from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
 
@@ -60,8 +60,8 @@ class BalanceDoFn(beam.DoFn):
 
     def process(self, table: pa.Table, counts: np.ndarray):
         if self.stage is None:
-            self.stage = Balancer(counts, self.t, self.seed)
-        yield assign_parts(self.stage(table), self.num_parts)
+            self.stage = BalanceAndPart(counts, self.t, self.seed, self.num_parts)
+        yield self.stage(table)
 
 
 class SumCounts(beam.CombineFn):

@@ -15,13 +15,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import Balancer, count_entries
+from curation.balance import count_entries
 from curation.config import CurationConfig, read_tallies, rows_read, write_entry_counts
 from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
 from curation.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
 from curation.run import RunLayout
-from curation.selection import PART_COLUMN, assign_parts, fill_empty_parts, write_part
+from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.textfilter import TextConfig, TextFilter
 
 BUCKET = "_bucket"
@@ -43,15 +43,6 @@ class ReadAndFilterText:
         chunks = [self.text_filter(table.slice(i, self.batch_size))
                   for i in range(0, max(table.num_rows, 1), self.batch_size)]
         return pa.concat_tables(chunks)
-
-
-def _balance_and_part(counts: np.ndarray, t: float, seed: int, num_parts: int):
-    """The balance stage plus each row's output part (p_e is O(#entries): cheap per batch)."""
-
-    def balance(batch: pa.Table) -> pa.Table:
-        return assign_parts(Balancer(counts, t, seed)(batch), num_parts)
-
-    return balance
 
 
 def _add_bucket(key: str, num_buckets: int):
@@ -136,8 +127,10 @@ def run_ray(config: CurationConfig) -> dict[str, float]:
         counts[row["query_id"]] = row["sum(count)"]
     write_entry_counts(counts, config.layout)
     clock.lap("counts")
-    # 4. balance (tasks), then one writer per output part
-    ds = matched.map_batches(_balance_and_part(counts, config.t, config.seed, config.num_parts), **batched)
+    # 4. balance (actors: the entry tables are built once per worker), then one writer per part
+    balance_args = {"counts": counts, "t": config.t, "seed": config.seed, "num_parts": config.num_parts}
+    ds = matched.map_batches(BalanceAndPart, fn_constructor_kwargs=balance_args, concurrency=workers,
+                             **batched).materialize()  # actors, then the shuffle: separate executions
     ds.groupby(PART_COLUMN, num_partitions=config.num_parts).map_groups(
         _write_part(config.layout, config.reason_stages()), batch_format="pyarrow").take_all()
     fill_empty_parts(config.layout, config.num_parts, rows_read(config))
