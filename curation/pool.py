@@ -20,10 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import xxhash
-from fsspec.core import url_to_fs
 
 from curation.stage import with_reasons
-from queries.files import is_temp_name
+from queries.files import file_identity, is_temp_name
 
 URL_NAMES = ("url", "URL", "image_url")
 TEXT_NAMES = ("text", "caption", "TEXT", "alt", "alt_text")
@@ -74,12 +73,8 @@ def list_pool_files(uris: Sequence[str]) -> list[str]:
 
 
 def pool_file_identity(uri: str) -> dict:
-    """What identifies a pool file's content without reading it: its URI, size and
-    modification time (local) or ETag/generation (object stores)."""
-    fs, path = url_to_fs(uri)
-    info = fs.info(path)
-    keys = ("size", "mtime", "ETag", "etag", "generation", "md5Hash", "LastModified")
-    return {"file": uri, **{k: str(info[k]) for k in keys if info.get(k) is not None}}
+    """What identifies a pool file's content without reading it (:func:`queries.files.file_identity`)."""
+    return file_identity(uri)
 
 
 def read_counted(uri: str, config: PoolConfig, layout, on_bad_file: str = "error") -> pa.Table:

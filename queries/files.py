@@ -43,6 +43,15 @@ def expand_glob(pattern: str) -> list[str]:
     return sorted(fs.unstrip_protocol(p) if "://" in pattern else p for p in fs.glob(local))
 
 
+def file_identity(uri: str) -> dict:
+    """What identifies a file's content without reading it: its URI, size and modification time
+    (local) or ETag/generation (object stores)."""
+    fs, path = url_to_fs(uri)
+    info = fs.info(path)
+    keys = ("size", "mtime", "ETag", "etag", "generation", "md5Hash", "LastModified")
+    return {"file": uri, **{k: str(info[k]) for k in keys if info.get(k) is not None}}
+
+
 TEMP_MARK = ".tmp-"  # the infix of every temp name written by :func:`atomic_write`
 
 

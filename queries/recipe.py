@@ -5,12 +5,15 @@ merge, write. ``pipelines/build_queries.py`` parses the CLI, picks the engine an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from queries.build import (
     SOURCES,
@@ -22,6 +25,7 @@ from queries.build import (
     write_query_list,
 )
 from queries.corpus import DocumentSource
+from queries.files import atomic_write, file_identity, is_input_file, join, open_input
 from queries.counting import CountingJob
 from queries.ngrams import bigram_pmi, split_counts
 from queries.text import is_matchable
@@ -93,11 +97,31 @@ def counting_job(sources: QuerySources, config: QueryListConfig, batch_size: int
     return CountingJob(docs, config.lowercase, min_unigram, config.min_bigram_count, batch_size)
 
 
-def _corpus_entries(sources, config, count: Count, batch_size: int, stats) -> dict[str, pa.Table]:
+def counted(count: Count, job: CountingJob, out: str) -> pa.Table:
+    """``count(job)``, kept in ``<out>/queries/_counts/<key>.parquet`` with a marker naming every
+    counted input file (name, size, mtime/ETag) and the thresholds: a rerun over the same inputs
+    (after a later step failed, or to change a selection threshold) skips the counting, and a
+    changed or added input file counts again."""
+    identity = {"inputs": [file_identity(s.path) for s in job.sources], "lowercase": job.lowercase,
+                "min_unigram": job.min_unigram, "min_bigram": job.min_bigram}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    table_uri, marker_uri = join(out, "queries", "_counts", f"{key}.parquet"), join(out, "queries", "_counts", key)
+    if is_input_file(marker_uri) and is_input_file(table_uri):
+        log.info("counts of these %d input files found in %s: not counting again", len(job.sources), table_uri)
+        with open_input(table_uri) as f:
+            return pq.read_table(f)
+    table = count(job)
+    atomic_write(table_uri, lambda f: pq.write_table(table, f, compression="zstd"))
+    body = json.dumps(identity, indent=2, sort_keys=True).encode()
+    atomic_write(marker_uri, lambda f: f.write(body))  # the marker last
+    return table
+
+
+def _corpus_entries(sources, config, count: Count, batch_size: int, stats, out: str) -> dict[str, pa.Table]:
     entries: dict[str, pa.Table] = {}
     if sources.wiki_dumps or sources.texts:
         t0 = time.time()
-        unigrams, bigrams, totals = split_counts(count(counting_job(sources, config, batch_size)))
+        unigrams, bigrams, totals = split_counts(counted(count, counting_job(sources, config, batch_size), out))
         log.info("counted %d documents, %d tokens in %.1f s", totals["documents"], totals["tokens"], time.time() - t0)
         stats["corpus"] = {**totals, "frequent_unigrams": unigrams.num_rows, "candidate_bigrams": bigrams.num_rows}
         scored = bigram_pmi(unigrams, bigrams, totals["tokens"])
@@ -119,7 +143,7 @@ def build_query_list(sources: QuerySources, config: QueryListConfig, count: Coun
     the engine, a callable that counts a :class:`~queries.counting.CountingJob` into the count
     table (``runner`` names it in the stats). Returns the stats written."""
     stats: dict = {"dropped": {}, "runner": runner}
-    entries = _corpus_entries(sources, config, count, batch_size, stats)
+    entries = _corpus_entries(sources, config, count, batch_size, stats, out)
     titles = _select_titles(sources, config, stats)
     if titles is not None:
         entries["title"] = _with_nulls(titles)
