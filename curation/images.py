@@ -24,6 +24,7 @@ import xxhash
 
 from curation.download import DownloadConfig, download, read_download_shard, rows_by_node
 from curation.image_check import ImageCheckConfig, ImageChecker
+from curation.image_fetch import node_name
 from curation.imagededup import ImageDedupConfig, deduplicate
 from curation.run import RunLayout
 from curation.shards import ShardConfig, write_shards
@@ -129,7 +130,9 @@ class CheckDownloadShards:
             images = read_download_shard(self.layout, task["tar"], task["uids"], task["keys"])
             kept, rejected = self.checker(images)
             write_rejects(self.layout, "imagecheck", rejected, part=task["name"])
-            self.layout.write_parquet(kept, task["out"])
+            self.layout.write_json(self.layout.cur("checked", "_nodes", f"{task['name']}.json"),
+                                   {"node": node_name(), "rows": len(images)})
+            self.layout.write_parquet(kept, task["out"])  # the completion marker, last
             for key, value in (("out", task["out"]), ("kept", len(kept)), ("rejected", len(rejected))):
                 counts[key].append(value)
         return pa.table(counts)
@@ -178,7 +181,12 @@ def check_stage(layout: RunLayout, downloaded: pa.Table, config: ImageStagesConf
                     if f.rsplit("/", 1)[-1].removesuffix(".parquet") in names]
     rejected = layout.read_parquets(reject_files, ["uid", "reason"])
     kept = sum(layout.parquet_rows(p) for p in parts)
-    StageStats("imagecheck", len(downloaded), kept, reject_counts(rejected)).write(layout)
+    by_node: dict[str, int] = {}
+    for name in sorted(names):
+        record = layout.cur("checked", "_nodes", f"{name}.json")
+        body = layout.read_json(record) if layout.exists(record) else {"node": "unknown", "rows": 0}
+        by_node[body["node"]] = by_node.get(body["node"], 0) + int(body["rows"])
+    StageStats("imagecheck", len(downloaded), kept, reject_counts(rejected), {"by_node": by_node}).write(layout)
     return parts
 
 

@@ -67,6 +67,7 @@ def test_two_node_cluster_spreads_downloads_and_survives_a_lost_node(slice_pool,
     by_node = spread["stages"]["download"]["by_node"]
     assert set(by_node) == set(spread["nodes"]), by_node  # both nodes downloaded
     assert sum(by_node.values()) == spread["stages"]["download"]["out"]
+    assert sum(spread["stages"]["imagecheck"]["by_node"].values()) == spread["stages"]["imagecheck"]["in"]
     assert _shards(f"{s3_bucket}/spread") == reference
 
     lost = _cluster_run(pool, queries, images, port, f"{s3_bucket}/lost", "--kill-worker")
