@@ -1,8 +1,10 @@
 """Run ``build_wit`` on a 2-node Ray cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``, each node
 its own raylet and 1 CPU) with the run dir on the S3 server named by the ``AWS_*`` environment;
-optionally remove the worker node while its downloads run. Prints ``RESULT {json}``.
+optionally remove the worker node while its downloads run, or SIGKILL a worker process in the
+middle of a download task. Prints ``RESULT {json}``.
 
     python tests/curation/multinode_run.py POOL QUERIES IMAGES_DIR PORT OUT_URI [--kill-worker]
+        [--kill-download-worker]
 
 POOL's URLs point at 127.0.0.1:PORT, where IMAGES_DIR is served (slowly) during the run.
 
@@ -16,6 +18,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -56,9 +59,24 @@ def remove_worker_when_busy(cluster, worker, nodes_dir: str, stop: threading.Eve
         time.sleep(0.1)
 
 
+def kill_a_download_worker(stop: threading.Event, log: list) -> None:
+    """SIGKILL the first Ray worker process seen running an img2dataset download task."""
+    import psutil
+
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if cmdline.startswith("ray::ray_download"):
+                os.kill(proc.info["pid"], signal.SIGKILL)
+                log.append({"killed": proc.info["pid"]})
+                return
+        time.sleep(0.05)
+
+
 def main() -> None:
     pool, queries, images, port, out = sys.argv[1:6]
     kill = "--kill-worker" in sys.argv
+    kill_task = "--kill-download-worker" in sys.argv
     temp = tempfile.mkdtemp(prefix="ow-mn-")  # this cluster's own temp dir (short: socket paths)
     os.environ["RAY_TMPDIR"] = temp
     (Path(temp) / "ray").mkdir()
@@ -83,6 +101,8 @@ def main() -> None:
                 watcher = threading.Thread(target=remove_worker_when_busy, daemon=True, args=(
                     cluster, worker, f"{out}/curation/download/pass0/_nodes", stop, events))
                 watcher.start()
+            if kill_task:
+                threading.Thread(target=kill_a_download_worker, daemon=True, args=(stop, events)).start()
             summary = build_wit.run([
                 "--out", out, "--pool", pool, "--queries", queries, "--runner", "beam", "--parts", "2", "--t", "100000",
                 "--allow-network", "127.0.0.1", "--threads", "2", "--download-shard-size", "2", "--language", "",

@@ -1,5 +1,6 @@
 """The main job on a real 2-node Ray cluster on 127.0.0.1 with the run dir on the loopback S3
-server: downloads spread over both nodes, and a node lost mid-download changes nothing."""
+server: downloads spread over both nodes, and a node lost or a download worker SIGKILLed
+mid-download changes nothing."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def _cluster_run(pool, queries, images, port, out, *extra) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_two_node_cluster_spreads_downloads_and_survives_a_lost_node(slice_pool, sample, s3_bucket, tmp_path):
+def test_two_node_cluster_spreads_downloads_and_survives_lost_nodes_and_workers(slice_pool, sample, s3_bucket, tmp_path):
     pool, queries, port = slice_pool
     images = sample["sample_images_dir"]
     with serving(images, port=port):  # the reference: one process, img2dataset's multiprocessing
@@ -76,3 +77,8 @@ def test_two_node_cluster_spreads_downloads_and_survives_a_lost_node(slice_pool,
     assert lost["events"][0]["after_shards"] < shards_total  # removed while downloads still ran
     assert lost["stages"]["download"]["out"] == spread["stages"]["download"]["out"]
     assert _shards(f"{s3_bucket}/lost") == reference
+
+    killed = _cluster_run(pool, queries, images, port, f"{s3_bucket}/killed", "--kill-download-worker")
+    assert killed["events"] and "killed" in killed["events"][0]  # a download task's process died
+    assert killed["stages"]["download"]["out"] == spread["stages"]["download"]["out"]
+    assert _shards(f"{s3_bucket}/killed") == reference
