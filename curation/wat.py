@@ -24,8 +24,10 @@ values (Common Crawl does not resolve them; ``Head.Base`` carries ``<base href>`
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import re
 from html.parser import HTMLParser
 
 from warcio.archiveiterator import ArchiveIterator
@@ -63,12 +65,17 @@ class _LinkParser(HTMLParser):
             self.head["Title"] = self.head.get("Title", "") + data
 
 
-def _charset(content_type: str) -> str:
+def _charset(content_type: str, body: bytes) -> str:
+    """The HTTP header's charset, else the first ``charset=`` in the page's first 1024 bytes."""
     for param in content_type.split(";")[1:]:
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset":
             return value.strip().strip("\"'")
-    return "utf-8"
+    found = re.search(rb"charset=[\"']?([A-Za-z0-9_-]+)", body[:1024])
+    try:
+        return codecs.lookup(found.group(1).decode()).name if found else "utf-8"
+    except LookupError:
+        return "utf-8"
 
 
 def wat_envelope(record, filename: str) -> dict:
@@ -84,7 +91,7 @@ def wat_envelope(record, filename: str) -> dict:
         body = record.content_stream().read()
         if content_type.split(";")[0].strip().lower() == "text/html":
             parser = _LinkParser()
-            parser.feed(body.decode(_charset(content_type), errors="replace"))
+            parser.feed(body.decode(_charset(content_type, body), errors="replace"))
             parser.close()
             response["HTML-Metadata"] = {"Head": parser.head, "Links": parser.links}
         envelope["Payload-Metadata"] = {"Actual-Content-Type": "application/http; msgtype=response",
