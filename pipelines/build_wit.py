@@ -44,6 +44,8 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="queries.parquet (default: <out>/queries/queries.parquet, built if missing)")
     p.add_argument("--pool", nargs="+", default=None,
                    help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok); default: the sample pool")
+    p.add_argument("--warc", default=None, help="instead of --pool: glob of WARC files, extracted into <out>/pool/")
+    p.add_argument("--wat", default=None, help="instead of --pool: glob of WAT files, extracted into <out>/pool/")
     p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
@@ -81,9 +83,14 @@ def resolve_queries(args: argparse.Namespace) -> str:
 
 
 def resolve_pool(args: argparse.Namespace) -> list[str]:
-    """--pool, else the sample pool of the sample data manifest."""
+    """--pool; else --warc/--wat extracted into <out>/pool/ (build_pool.py); else the sample pool."""
     if args.pool:
         return args.pool
+    if args.warc or args.wat:
+        from pipelines import build_pool
+
+        source = ["--warc", args.warc] if args.warc else ["--wat", args.wat]
+        return [build_pool.run([*source, "--out", str(Path(args.out) / "pool"), "--runner", args.runner])["pairs_dir"]]
     from pipelines.sample_data import load_manifest
 
     manifest = load_manifest()

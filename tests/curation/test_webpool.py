@@ -246,3 +246,18 @@ def test_ray_and_beam_write_the_same_bytes(ray_session, iana_warc, crawl, tmp_pa
     assert pq.read_table(tmp_path / "ray" / "pairs").num_rows == ray_stats["webpool"].rows_out
     again = write_file_part(files[0], 0, "warc", str(tmp_path / "ray"))  # done marker: not redone
     assert again["webpool"]["out"] == 16
+
+
+def test_build_wit_from_warc_builds_the_pool_first(crawl, tmp_path):
+    import numpy as np
+
+    from pipelines import build_wit
+
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"query_id": np.arange(3), "query": ["Absolute", "cat", "dog"]}), queries)
+    summary = build_wit.run(["--warc", str(crawl[0]), "--queries", str(queries), "--out", str(tmp_path / "run"),
+                             "--until", "select", "--runner", "beam", "--language", "", "--parts", "1"])
+    assert (tmp_path / "run" / "pool" / "stats" / "webpool.json").exists()
+    selected = pq.read_table(tmp_path / "run" / "curation" / "selected")
+    assert sorted(selected.column("text").to_pylist()) == ["A cat", "A dog", "Absolute"]
+    assert summary["stages"]["read"]["in"] == 10  # the 10 pairs of the crawl
