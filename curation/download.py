@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.robots import REASONS as RESPECT_REASONS
+from curation.robots import RespectConfig
 from curation.stage import write_parquet_atomic
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
@@ -45,6 +47,7 @@ class DownloadConfig:
     retry_pass: bool = True  # re-fetch transiently failed URLs of all shards once more, at the end
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
+    respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
 
 
 def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str) -> dict:
@@ -75,6 +78,9 @@ def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str
 def download_reject_reason(error_message: str | None) -> str:
     """Map img2dataset's ``error_message`` of a failed row to a reject reason."""
     message = error_message or ""
+    respect = re.search(r"\b(" + "|".join(RESPECT_REASONS) + r"): ", message)
+    if respect:
+        return respect.group(1)
     refusal = re.search(r"urlguard refused (\w+): (\w+)", message)
     if refusal:
         return f"urlguard_{refusal.group(1)}_{refusal.group(2)}"
@@ -118,7 +124,7 @@ def run_pass(rows: pa.Table, folder: Path, config: DownloadConfig, guard) -> pa.
     elif pq.read_metadata(url_list).num_rows != len(rows):
         raise ValueError(f"{url_list} holds a different input than this run: remove {folder} to restart")
     if len(rows) and _unfinished(folder, len(rows), config):
-        with guarded_img2dataset(guard):
+        with guarded_img2dataset(guard, config.respect):
             img2dataset.download(**img2dataset_kwargs(config, str(url_list), str(folder)))
     results = read_pass_results(folder)
     if len(results) != len(rows):

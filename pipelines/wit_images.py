@@ -44,6 +44,7 @@ from curation.image_check import RESIZE_MODES, ImageCheckConfig, ImageChecker
 from curation.imagededup import ImageDedupConfig, deduplicate
 from curation.shards import ShardConfig, write_shards
 from curation.stage import write_bytes_atomic, write_parquet_atomic
+from curation.robots import RespectConfig
 from curation.urlguard import UrlGuard, UrlGuardConfig, parse_allow_networks
 from pipelines.runtime import configure_environment, init_ray
 
@@ -78,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--download-shard-size", type=int, default=d.shard_size,
                    help="rows per img2dataset shard (unit of resumption)")
     g.add_argument("--no-retry-pass", action="store_true", help="skip the retry pass over failed URLs")
+    g.add_argument("--ignore-robots", action="store_true",
+                   help="do not fetch robots.txt: its Disallow rules and Crawl-delay are then NOT honoured "
+                        "(the opt-out ledger, X-Robots-Tag and the User-Agent still are)")
+    g.add_argument("--contact-url", default=RespectConfig.contact_url,
+                   help="contact URL sent in the User-Agent ('openwit/1.0 (+URL)')")
+    g.add_argument("--opt-out-ledger", default=None, metavar="FILE",
+                   help="domains / URL prefixes / SHA-256 image hashes always refused (reason opted_out)")
     g.add_argument("--image-size", type=int, default=c.image_size, help="output image side, pixels")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default=c.resize_mode)
     g.add_argument("--max-pixels", type=int, default=c.max_pixels, help="decompression-bomb limit (w*h)")
@@ -97,7 +105,9 @@ def config_from_args(args: argparse.Namespace) -> WitImagesConfig:
         guard=UrlGuardConfig(allow_private_networks=args.allow_private_networks,
                              allow_networks=tuple(dict.fromkeys(allow))),
         download=DownloadConfig(processes=args.processes, threads=args.threads, timeout_s=args.timeout,
-                                shard_size=args.download_shard_size, retry_pass=not args.no_retry_pass),
+                                shard_size=args.download_shard_size, retry_pass=not args.no_retry_pass,
+                                respect=RespectConfig(robots=not args.ignore_robots, contact_url=args.contact_url,
+                                                      opt_out_ledger=args.opt_out_ledger)),
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold),
