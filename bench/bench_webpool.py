@@ -2,7 +2,7 @@
 
     PYTHONPATH=. nice -n 10 python bench/bench_webpool.py [--mb 200] [--warc iana.warc.gz]
 
-Input: pywb's real sample WARC (``iana.warc.gz``, as cached by the tests) concatenated with
+Input: pywb's real sample WARC (``iana.warc.gz``, from the sample data or fetched like the tests do) concatenated with
 itself to >= ``--mb`` MB (gzip members concatenate into a valid WARC), and a WAT made from it by
 :mod:`curation.wat`, repeated likewise. One process = one core: :func:`extract_file` over the
 whole file, all work included (gzip, WARC framing, HTTP split, charset, HTML parse, URL
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mb", type=float, default=200, help="repeat the samples to at least this many MB")
     p.add_argument("--compare-mb", type=float, default=20, help="MB for the warcio + html.parser comparison")
     args = p.parse_args(argv)
-    if args.warc is None:  # cached by tests/curation/test_webpool.py's iana_warc fixture
-        args.warc = Path(tempfile.gettempdir()) / "openwit-wheels" / "iana.warc.gz"
-        if not args.warc.exists():
-            raise SystemExit(f"{args.warc} missing: run tests/curation/test_webpool.py once, or pass --warc")
+    if args.warc is None:
+        from tests.curation.test_webpool import iana_warc_path
+
+        args.warc = iana_warc_path()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         warc_to_wat(str(args.warc), str(tmp / "one.wat.gz"))

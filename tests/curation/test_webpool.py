@@ -8,10 +8,8 @@ import gzip
 import http.server
 import io
 import subprocess
-import sys
 import tempfile
 import threading
-import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin
@@ -27,26 +25,22 @@ from curation.pool import conform_pool
 from curation.wat import warc_to_wat
 from curation.webpool import WebPoolConfig, WebPoolError, extract_file, write_file_part
 
-PYWB = "pywb==2.10.0"
-IANA_MEMBER = "pywb-2.10.0.data/data/sample_archive/warcs/iana.warc.gz"
+def iana_warc_path() -> Path:
+    """pywb's real sample WARC: the data dir's (``make sample-data`` fetches it) when there, else
+    fetched from the pywb wheel into a temp cache (tests never write into the data dir)."""
+    from pipelines.sample_data import data_dir, wheel_file
+
+    root = data_dir()
+    if not (root / "web" / "iana.warc.gz").exists():
+        root = Path(tempfile.gettempdir()) / "openwit-wheels"
+    return wheel_file("iana_warc", root)
 
 
 @pytest.fixture(scope="session")
 def iana_warc() -> Path:
-    """pywb's real sample WARC (786,828 B), from its PyPI wheel, cached under the temp dir."""
-    cache = Path(tempfile.gettempdir()) / "openwit-wheels"
-    dest = cache / "iana.warc.gz"
-    if not dest.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PYWB, "-d", str(cache)],
-                       check=True)
-        (wheel,) = cache.glob("pywb-2.10.0-*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            part = dest.with_suffix(".part")
-            part.write_bytes(zf.read(IANA_MEMBER))
-            part.rename(dest)
-    assert dest.stat().st_size == 786_828
-    return dest
+    path = iana_warc_path()
+    assert path.stat().st_size == 786_828
+    return path
 
 
 class _ImgParser(HTMLParser):
