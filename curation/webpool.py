@@ -162,12 +162,9 @@ def open_archive(uri: str):
 
 
 def _records(uri: str) -> Iterator:
-    """The file's records; a file that is not a WARC raises :class:`WebPoolError` naming it."""
+    """The file's records (the file is open while the caller reads each record's block)."""
     with open_archive(uri) as stream:
-        try:
-            yield from ArchiveIterator(stream, parse_http=False)
-        except OSError as err:
-            raise WebPoolError(f"{uri}: not a readable WARC/WAT file: {err}") from err
+        yield from ArchiveIterator(stream, parse_http=False)
 
 
 def _target(record) -> str:
@@ -189,25 +186,37 @@ def _read_block(record, config: WebPoolConfig, out: _Collector, page_url: str) -
 
 
 def extract_file(uri: str, kind: str, config: WebPoolConfig = WebPoolConfig()) -> FileResult:
-    """Extract one WARC (``kind="warc"``) or WAT (``kind="wat"``) file; see the module docstring."""
+    """Extract one WARC (``kind="warc"``) or WAT (``kind="wat"``) file; see the module docstring.
+
+    Raises :class:`WebPoolError` naming the file (and the records read before) when it is not a
+    WARC or a gzip member is corrupt; a file that merely ends early gives ``truncated_record``."""
     if kind not in ("warc", "wat"):
         raise ValueError(f"kind must be 'warc' or 'wat', not {kind!r}")
     out = _Collector(kind)
-    for record in _records(uri):
-        out.records.rows_in += 1
-        page_url = _target(record)
-        wanted = "response" if kind == "warc" else "metadata"
-        if record.headers.get("WARC-Type") != wanted:
-            out.reject(out.records, "not_response", page_url, record.record_id or "")
-            continue
-        block = _read_block(record, config, out, page_url)
-        if block is None:
-            continue
-        if kind == "warc":
-            _warc_response(block, page_url, record.record_id or "", config, out)
-        else:
-            _wat_metadata(block, page_url, record.headers.get("WARC-Refers-To") or "", config, out)
+    try:
+        for record in _records(uri):
+            out.records.rows_in += 1
+            _extract_record(record, kind, config, out)
+    except OSError as err:
+        raise WebPoolError(f"{uri}: not a readable WARC/WAT file (after {out.records.rows_in} records): "
+                           f"{err}") from err
     return out.result()
+
+
+def _extract_record(record, kind: str, config: WebPoolConfig, out: _Collector) -> None:
+    """Account for one record: a reject, or a kept page whose images go to ``out``."""
+    page_url = _target(record)
+    wanted = "response" if kind == "warc" else "metadata"
+    if record.headers.get("WARC-Type") != wanted:
+        out.reject(out.records, "not_response", page_url, record.record_id or "")
+        return
+    block = _read_block(record, config, out, page_url)
+    if block is None:
+        return
+    if kind == "warc":
+        _warc_response(block, page_url, record.record_id or "", config, out)
+    else:
+        _wat_metadata(block, page_url, record.headers.get("WARC-Refers-To") or "", config, out)
 
 
 def _http_head(block: bytes) -> tuple[int, str, bytes]:

@@ -205,11 +205,18 @@ def test_truncated_gzip_member_is_a_counted_reject(iana_warc, tmp_path):
     assert result.records.rows_in == result.records.rows_out + sum(result.records.rejected.values())
 
 
-def test_non_warc_file_is_an_error_naming_it(tmp_path):
+def test_non_warc_file_and_corrupt_member_are_errors_naming_the_file(iana_warc, tmp_path):
     bad = tmp_path / "notes.warc.gz"
     bad.write_bytes(gzip.compress(b"this is a text file, not a WARC\n" * 100))
     with pytest.raises(WebPoolError, match="notes.warc.gz"):
         extract_file(str(bad), "warc")
+    data = bytearray(iana_warc.read_bytes())
+    for i in range(300_000, 300_400):  # flip bits inside one gzip member
+        data[i] ^= 0x5A
+    corrupt = tmp_path / "corrupt.warc.gz"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(WebPoolError, match=r"corrupt.warc.gz.*after \d+ records"):
+        extract_file(str(corrupt), "warc")
 
 
 def test_50mb_page_and_100kb_alt_are_counted_rejects(tmp_path):
