@@ -32,7 +32,7 @@ import glob
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -309,7 +309,7 @@ def _wat_metadata(block: bytes, page_url: str, record_id: str, config: WebPoolCo
 
 def list_archives(pattern: str) -> list[str]:
     """Sorted files matching a glob (local, or ``scheme://bucket/dir/*.warc.gz`` on a pyarrow
-    filesystem); no match is an error naming the pattern."""
+    filesystem, wildcards in the last path component only); no match is an error naming it."""
     if "://" in pattern and not pattern.startswith("file://"):
         fs, path = pafs.FileSystem.from_uri(pattern.rsplit("/", 1)[0])
         prefix = pattern[: len(pattern) - len(pattern.split("://", 1)[1])]
@@ -334,23 +334,30 @@ def write_file_part(uri: str, index: int, kind: str, out_dir: str, config: WebPo
     atomically. A part whose marker exists for the same file is not redone. Returns the marker."""
     name = part_name(index)
     marker = Path(out_dir) / "done" / f"{name}.json"
+    settings = {"file": uri, "kind": kind, "config": asdict(config)}
     if marker.exists():
         done = json.loads(marker.read_text())
-        if done["file"] == uri:
+        if all(done.get(k) == v for k, v in settings.items()):
             return done
     result = extract_file(uri, kind, config)
     write_parquet_atomic(result.pairs, Path(out_dir) / "pairs" / f"{name}.parquet")
     for stage in (RECORD_STAGE, PAIR_STAGE):
         rows = result.rejects.filter(pc.equal(result.rejects.column("stage"), stage))
         write_parquet_atomic(rows, Path(out_dir) / "rejects" / stage / f"{name}.parquet")
-    done = {"file": uri, "kind": kind, **{s.stage: {"in": s.rows_in, "out": s.rows_out, "rejected": s.rejected}
-                                          for s in (result.records, result.images)}}
+    done = {**settings, **{s.stage: {"in": s.rows_in, "out": s.rows_out, "rejected": s.rejected}
+                           for s in (result.records, result.images)}}
     write_bytes_atomic(marker, (json.dumps(done, indent=2, sort_keys=True) + "\n").encode())
     return done
 
 
 def write_stats(out_dir: str, files: list[str]) -> dict[str, StageStats]:
-    """Merge the parts' markers into ``stats/<stage>.json``; a missing marker is an error naming it."""
+    """Merge the parts' markers into ``stats/<stage>.json``. A missing marker, or a part left by
+    an earlier run over more files (it would be read as pool), is an error naming it."""
+    expected = {f"{part_name(i)}.parquet" for i in range(len(files))}
+    stale = sorted(p.name for p in (Path(out_dir) / "pairs").glob("part-*.parquet") if p.name not in expected)
+    if stale:
+        raise FileExistsError(f"{out_dir}/pairs holds {stale[0]} (of an earlier run over other files): "
+                              f"remove {out_dir} or use another --out")
     totals = {stage: StageStats(stage) for stage in (RECORD_STAGE, PAIR_STAGE)}
     for index, uri in enumerate(files):
         marker = Path(out_dir) / "done" / f"{part_name(index)}.json"

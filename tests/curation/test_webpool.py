@@ -23,7 +23,7 @@ from warcio.warcwriter import WARCWriter
 
 from curation.pool import conform_pool
 from curation.wat import warc_to_wat
-from curation.webpool import WebPoolConfig, WebPoolError, extract_file, write_file_part
+from curation.webpool import WebPoolConfig, WebPoolError, extract_file, write_file_part, write_stats
 
 def iana_warc_path() -> Path:
     """pywb's real sample WARC: the data dir's (``make sample-data`` fetches it) when there, else
@@ -247,6 +247,8 @@ def test_ray_and_beam_write_the_same_bytes(ray_session, iana_warc, crawl, tmp_pa
     assert pq.read_table(tmp_path / "ray" / "pairs").num_rows == ray_stats["webpool"].rows_out
     again = write_file_part(files[0], 0, "warc", str(tmp_path / "ray"))  # done marker: not redone
     assert again["webpool"]["out"] == 16
+    with pytest.raises(FileExistsError, match="part-00001.parquet"):  # a leftover part of more files
+        write_stats(str(tmp_path / "ray"), files[:1])
 
 
 def test_build_wit_from_warc_builds_the_pool_first(crawl, tmp_path):
