@@ -167,6 +167,7 @@ class RespectfulHandler(urllib.request.BaseHandler):
         self.robots = RobotsCache(config, robots_opener)
 
     def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
+        """Ledger, robots.txt and Crawl-delay before the request; then our User-Agent."""
         url = request.full_url
         refusal = self.ledger.url_refusal(url)
         if refusal:
@@ -186,6 +187,7 @@ class RespectfulHandler(urllib.request.BaseHandler):
     https_request = http_request
 
     def http_response(self, request, response):
+        """With hashes in the ledger: refuse a 2xx body whose SHA-256 is listed, else replay it."""
         if not self.ledger.hashes or not 200 <= response.code < 300:
             return response
         body = response.read()

@@ -93,12 +93,14 @@ class _Collector:
 
     def reject(self, stage: StageStats, reason: str, page_url: str, record_id: str,
                url: str | None = None, text: str | None = None) -> None:
+        """Count one reject of ``stage`` and keep its row (text cut to 200 chars)."""
         stage.rejected[reason] = stage.rejected.get(reason, 0) + 1
         for name, value in zip(REJECT_SCHEMA.names, (stage.stage, reason, page_url, record_id, url,
                                                      None if text is None else text[:200])):
             self.rejects[name].append(value)
 
     def keep_page(self) -> None:
+        """Count a kept page; per-page dedup starts afresh."""
         self.records.rows_out += 1
         self.seen = set()
 
@@ -126,6 +128,7 @@ class _Collector:
             self.pairs[name].append(value)
 
     def result(self) -> FileResult:
+        """The tables and the checked accounting of the file."""
         return FileResult(pa.table(self.pairs, schema=POOL_SCHEMA), pa.table(self.rejects, schema=REJECT_SCHEMA),
                           self.records.check(), self.images.check())
 
