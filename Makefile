@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEMO_OUT ?= runs/demo
 export OPENWIT_DATA ?= $(CURDIR)/data/sample
 
-.PHONY: demo test venv sample-data clean-demo bench
+.PHONY: demo demo-web test venv sample-data clean-demo bench
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,15 @@ demo: venv sample-data
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/   report: $(DEMO_OUT)/curation/report.html"
 	@echo "pretrain: $(DEMO_OUT)/pretrain/tiny/     (metrics.jsonl, checkpoints/, zero-shot JSON)"
+
+# The same chain from a crawl: the sample images as web pages, crawled by wget into a WARC during
+# sample-data (pipelines/demo/sample_crawl.py); build_wit.py extracts <out>/pool/ from it first.
+DEMO_WEB_OUT ?= runs/demo-web
+demo-web: venv sample-data
+	$(PY) pipelines/build_queries.py --out $(DEMO_WEB_OUT) --sample
+	$(PY) pipelines/build_wit.py --warc $(OPENWIT_DATA)/web/crawl.warc.gz --out $(DEMO_WEB_OUT) \
+	    --serve-images $(OPENWIT_DATA)/images
+	@echo "pool:     $(DEMO_WEB_OUT)/pool/pairs/   shards: $(DEMO_WEB_OUT)/curation/shards/"
 
 test: venv sample-data
 	$(PY) -m pytest -q tests

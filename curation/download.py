@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.robots import REASONS as RESPECT_REASONS
+from curation.robots import RespectConfig
 from curation.run import RunLayout
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
@@ -45,6 +47,7 @@ class DownloadConfig:
     shard_attempts: int = 3  # img2dataset runs per pass while shards are unfinished (a lost worker/node)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
+    respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
 
 
 def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str) -> dict:
@@ -75,6 +78,9 @@ def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str
 def download_reject_reason(error_message: str | None) -> str:
     """Map img2dataset's ``error_message`` of a failed row to a reject reason."""
     message = error_message or ""
+    respect = re.search(r"\b(" + "|".join(RESPECT_REASONS) + r"): ", message)
+    if respect:
+        return respect.group(1)
     refusal = re.search(r"urlguard refused (\w+): (\w+)", message)
     if refusal:
         return f"urlguard_{refusal.group(1)}_{refusal.group(2)}"
@@ -127,7 +133,7 @@ def run_pass(rows: pa.Table, layout: RunLayout, name: str, config: DownloadConfi
     for _ in range(config.shard_attempts):  # incremental: each run redoes only unfinished shards
         if not (len(rows) and _unfinished(layout, folder, len(rows), config)):
             break
-        with guarded_img2dataset(guard):
+        with guarded_img2dataset(guard, config.respect):
             img2dataset.download(**img2dataset_kwargs(config, url_list, folder))
     results = read_pass_results(layout, folder)
     if len(results) != len(rows):

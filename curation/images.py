@@ -70,7 +70,8 @@ def fingerprint(selected: pa.Table, config: ImageStagesConfig) -> dict:
     body = {"selected_rows": len(selected), "selected_uids": uids.hexdigest(),
             "guard": asdict(config.guard), "check": asdict(config.check), "dedup": asdict(config.dedup),
             "shards": asdict(config.shards), "retry_pass": config.download.retry_pass,
-            "disallowed_header_directives": list(config.download.disallowed_header_directives)}
+            "disallowed_header_directives": list(config.download.disallowed_header_directives),
+            "respect": asdict(config.download.respect)}
     return _jsonable(body)
 
 

@@ -44,6 +44,8 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="queries.parquet (default: <out>/queries/queries.parquet, built if missing)")
     p.add_argument("--pool", nargs="+", default=None,
                    help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok)")
+    p.add_argument("--warc", default=None, help="instead of --pool: glob of WARC files, extracted into <out>/pool/")
+    p.add_argument("--wat", default=None, help="instead of --pool: glob of WAT files, extracted into <out>/pool/")
     p.add_argument("--sample", action="store_true",
                    help="use the demo's sample pool (fetched by `make sample-data`) when no --pool is given")
     p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
@@ -86,11 +88,19 @@ def resolve_queries(args: argparse.Namespace) -> str:
 
 
 def resolve_pool(args: argparse.Namespace) -> list[str]:
-    """--pool, else (with --sample) the demo's sample pool."""
+    """--pool; else --warc/--wat extracted into <out>/pool/ (build_pool.py); else (with --sample)
+    the demo's sample pool."""
     if args.pool:
         return args.pool
+    if args.warc or args.wat:
+        from pipelines import build_pool
+
+        source = ["--warc", args.warc] if args.warc else ["--wat", args.wat]
+        out = f"{args.out.rstrip('/')}/pool"
+        return [build_pool.run([*source, "--out", out, "--runner", args.runner])["pairs_dir"]]
     if not args.sample:
-        raise SystemExit("build_wit: name the candidate pool with --pool (or --sample for the demo's sample pool)")
+        raise SystemExit("build_wit: name the candidate pool with --pool, --warc or --wat "
+                         "(or --sample for the demo's sample pool)")
     from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()

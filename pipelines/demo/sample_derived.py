@@ -153,7 +153,13 @@ def build_sample_images(root: Path, manifest: dict[str, str]) -> dict[str, str]:
     return entries
 
 
-BUILDERS: list[Builder] = [build_sample_images]
+def _build_sample_crawl(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    from pipelines.demo.sample_crawl import build_sample_crawl  # the sample images as a crawled site
+
+    return build_sample_crawl(root, manifest)
+
+
+BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl]
 
 
 def build_all(root: Path, manifest: dict[str, str]) -> dict[str, str]:
