@@ -261,9 +261,10 @@ def shard_stage(curation_dir: Path, selected: pa.Table, parts: list[Path], kept:
     return stats
 
 
-def run(args: argparse.Namespace, curation_dir: str) -> dict:
+def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict:
     """Run the image stages on ``curation_dir`` (holding ``selected/*.parquet``); return a
-    summary: per-stage stats, the shards dir and the report path. A finished run is a no-op."""
+    summary: per-stage stats, the shards dir and the report path. A finished run is a no-op.
+    ``until="download"`` stops after the download stage (its stats written; a later run resumes)."""
     configure_environment()
     config = config_from_args(args)
     root = Path(curation_dir)
@@ -275,6 +276,8 @@ def run(args: argparse.Namespace, curation_dir: str) -> dict:
     allowed = guard_stage(root, selected, config.guard)
     with _serving(config):
         downloaded = download_stage(root, allowed, config)
+    if until == "download":
+        return {"stages": {s: read_stats(root, s) for s in ("urlguard", "download")}, "until": "download"}
     parts = check_stage(root, downloaded, config)
     kept = dedup_stage(root, parts, config.dedup)
     shard_stage(root, selected, parts, kept, config.shards)
