@@ -42,7 +42,8 @@ def band_params() -> dict:
 
 def bands_from_params(params: dict) -> GateBands:
     """The :class:`GateBands` of a run's ``band_*`` params."""
-    return GateBands.from_mapping({k[len("band_"):]: v for k, v in params.items() if k.startswith("band_")})
+    # params[k], not .items(): a ParamsDict's items() yields Param objects, indexing yields values
+    return GateBands.from_mapping({k[len("band_"):]: params[k] for k in params if k.startswith("band_")})
 
 
 def python_command(script: str, args: list[str]) -> str:

@@ -128,7 +128,7 @@ def test_sigterm_of_the_follower_stops_the_job(ray_head, tmp_path):
         "import shlex, signal, sys\n"
         "from pipelines.ray_jobs import FollowConfig, project_runtime_env, submit_and_follow\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
-        f"submit_and_follow({ray_head!r}, \"python -c 'import time; print(\\\"started\\\", flush=True); time.sleep(600)'\",\n"
+        f"submit_and_follow({ray_head!r}, \"python -c 'import time; print(\\\"job\\\" + \\\"-running\\\", flush=True); time.sleep(600)'\",\n"
         f"                  job_id={job_id!r}, runtime_env=project_runtime_env(), config=FollowConfig(poll_s=0.5))\n")
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -136,7 +136,7 @@ def test_sigterm_of_the_follower_stops_the_job(ray_head, tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if "started" in line:
+        if "job-running" in line:  # printed by the job (the entry point itself spells it apart)
             break
     else:
         proc.kill()
