@@ -77,4 +77,4 @@ def test_asset_wiring(dagbag):
     producers = [t.task_id for t in curation.tasks if SHARDS_ASSET in (t.outlets or [])]
     assert producers == ["gate_shards"]
     assert list(pretrain.timetable.asset_condition.objects) == [SHARDS_ASSET]
-    assert curation.timetable.summary == "@weekly"
+    assert curation.timetable.expression == "0 0 * * 0"  # @weekly, the default schedule
