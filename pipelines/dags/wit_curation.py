@@ -29,7 +29,9 @@ SCHEDULE = os.environ.get("OPENWIT_CURATION_SCHEDULE", "@weekly")
 class _WithoutGoogleProvider(BeamDataflowMixin):
     """Skips the Dataflow mixin's constructor check: provider 6.3.1 refuses to build any Beam
     operator unless the Google provider is installed, even for the DirectRunner (which never
-    touches it). Placed before the mixin in the MRO; Dataflow itself still needs that provider."""
+    touches it), and its ``execute`` builds a ``DataflowConfiguration`` (see
+    ``QueryListOperator._cast_dataflow_config``). Placed before the mixin in the MRO; Dataflow
+    itself still needs that provider."""
 
     def __init__(self):  # noqa: D107 - deliberately not calling the mixin's __init__
         pass
@@ -38,6 +40,10 @@ class _WithoutGoogleProvider(BeamDataflowMixin):
 class QueryListOperator(BeamRunPythonPipelineOperator, _WithoutGoogleProvider):
     """``pipelines/build_queries_beam.py`` through the Beam provider, options from the run's params
     (``out`` + ``query_options``), runner = ``params.beam_runner``."""
+
+    def _cast_dataflow_config(self):
+        if self.runner.lower() == "dataflowrunner":  # needs the Google provider, as upstream
+            super()._cast_dataflow_config()
 
     def execute(self, context):
         params = context["params"]

@@ -78,3 +78,27 @@ def test_asset_wiring(dagbag):
     assert producers == ["gate_shards"]
     assert list(pretrain.timetable.asset_condition.objects) == [SHARDS_ASSET]
     assert curation.timetable.expression == "0 0 * * 0"  # @weekly, the default schedule
+
+
+def test_pretrain_commands_follow_the_triggering_asset_event(dagbag, tmp_path):
+    """wit_pretrain trains on the run dir named by the shards event (else params.out), on every shard."""
+    from types import SimpleNamespace
+
+    from pipelines.dags.wit_pretrain import evaluate_command, pretrain_command
+
+    shards = tmp_path / "run" / "curation" / "shards"
+    shards.mkdir(parents=True)
+    for name in ("00000.tar", "00001.tar", "00002.tar", "00000.parquet"):
+        (shards / name).write_bytes(b"")
+    params = {k: dagbag.dags["wit_pretrain"].params[k] for k in dagbag.dags["wit_pretrain"].params}
+    params["eval_sets"] = ["fashion-mnist", "digits"]
+    event = SimpleNamespace(extra={"run_dir": str(tmp_path / "run"), "shard_samples": 3.0})
+    context = {"params": params, "triggering_asset_events": {"openwit_wit_shards": [event]}}
+    cmd = pretrain_command(context)
+    assert f"--train-data '{shards}/{{00000..00002}}.tar'" in cmd
+    assert f"--out {tmp_path}/run/pretrain/wit" in cmd and "--model tiny --steps 100 --batch-size 32" in cmd
+    evals = evaluate_command(context).split(" && ")
+    assert [e.split("--dataset ")[1].split()[0] for e in evals] == ["fashion-mnist", "digits"]
+    by_hand = {"params": {**params, "out": str(tmp_path / "empty")}}
+    with pytest.raises(FileNotFoundError, match="no shards in .*empty/curation/shards"):
+        pretrain_command(by_hand)
