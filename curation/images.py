@@ -224,10 +224,11 @@ def shard_stage(layout: RunLayout, selected: pa.Table, parts: list[str], kept: p
 
 
 def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tasks: MapCheckTasks,
-                     serving: contextlib.AbstractContextManager | None = None) -> dict:
+                     serving: contextlib.AbstractContextManager | None = None, until: str = "all") -> dict:
     """Run the image stages on the run's selection; return a summary (per-stage stats, the
-    shards dir, the report URI). ``serving`` wraps the download (e.g. a local image server). A
-    finished run is a no-op."""
+    shards dir, the report URI). ``serving`` wraps the download (e.g. a local image server);
+    ``until="download"`` stops after the download (a later run resumes there). A finished run
+    is a no-op."""
     selected = read_selected(layout)
     check_fingerprint(layout, selected, config)
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
@@ -236,6 +237,8 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
     allowed = guard_stage(layout, selected, config.guard)
     with serving or contextlib.nullcontext():
         downloaded = download_stage(layout, allowed, config)
+    if until == "download":
+        return {"stages": {s: read_stats(layout, s) for s in ("urlguard", "download")}, "until": "download"}
     parts = check_stage(layout, downloaded, config, map_check_tasks)
     kept = dedup_stage(layout, parts, config.dedup)
     shard_stage(layout, selected, parts, kept, config.shards)

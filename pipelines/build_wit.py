@@ -52,7 +52,8 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default DirectRunner)")
-    p.add_argument("--until", choices=("select", "all"), default="all", help="stop after selection")
+    p.add_argument("--until", choices=("select", "download", "all"), default="all",
+                   help="stop after selection, or after the download (a later run resumes from there)")
     p.add_argument("--parts", type=int, default=8, help="selected/ part files")
     p.add_argument("--dedup", default="url,text", help="exact dedup keys in order ('' disables)")
     p.add_argument("--min-chars", type=int, default=2, help="shortest caption kept")
@@ -168,7 +169,7 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"[build_wit] selected {summary['selected']} pairs covering {summary['entries_selected']} entries "
           f"-> {config.layout.selected_dir}", flush=True)
     if args.until != "select":
-        summary["images"] = _image_stages().run(args, config.curation_dir)
+        summary["images"] = _image_stages().run(args, config.curation_dir, until=args.until)
     return summary
 
 

@@ -109,16 +109,17 @@ def ray_check_tasks(layout: RunLayout):
     return run
 
 
-def run(args: argparse.Namespace, curation_dir: str) -> dict:
+def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict:
     """Run the image stages on ``curation_dir`` (holding ``selected/*.parquet``; a path or URI);
-    return the summary of :func:`curation.images.run_image_stages`."""
+    return the summary of :func:`curation.images.run_image_stages`. ``until="download"`` stops
+    after the download stage (its stats written; a later run resumes from there)."""
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)
     config = config_from_args(args)
     if config.download.distributor == "ray":
         init_ray()  # the downloads become Ray tasks on the cluster's nodes
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
-    return run_image_stages(layout, config, ray_check_tasks(layout), serving)
+    return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until)
 
 
 @contextlib.contextmanager
