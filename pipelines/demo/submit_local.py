@@ -23,18 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipelines.ray_jobs import project_runtime_env
+from pipelines.ray_jobs import FORWARDED_ENV, project_runtime_env
 from pipelines.runtime import configure_environment, ray_tmpdir
-
-# Variables the job must see as the submitter does (the sample data dir, offline switches).
-FORWARDED_ENV = (
-    "OPENWIT_DATA",
-    "RAY_USAGE_STATS_ENABLED",
-    "NO_ALBUMENTATIONS_UPDATE",
-    "TOKENIZERS_PARALLELISM",
-    "HF_HUB_OFFLINE",
-)
-
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
