@@ -30,7 +30,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.train import TOKENIZER_FILE, TrainConfig, train_loop_per_worker
+from pretrain.train import PRECISIONS, TOKENIZER_FILE, TrainConfig, train_loop_per_worker
 
 
 @dataclass
@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> dict:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.name == "betas":
             p.add_argument(flag, type=float, nargs=2)
+        elif f.name == "precision":
+            p.add_argument(flag, choices=PRECISIONS)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=kind)
@@ -132,11 +134,13 @@ def build_job(flat: dict) -> PretrainJob:
     return PretrainJob(train=TrainConfig.from_dict(flat), **job_fields)
 
 
-def fit(job: PretrainJob) -> dict:
-    """Run the training; return {"metrics": last metrics, "checkpoint": path or None}."""
+def fit(job: PretrainJob, train_loop=train_loop_per_worker) -> dict:
+    """Run ``train_loop`` (``TrainConfig`` dict -> metrics; the training loop unless a caller,
+    e.g. a fault-injection test, wraps it); return {"metrics": last metrics, "checkpoint": path
+    or None}."""
     cfg = job.train
     if job.workers == 0:
-        metrics = train_loop_per_worker(asdict(cfg))
+        metrics = train_loop(asdict(cfg))
         ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step_*"))
         return {"metrics": metrics, "checkpoint": str(ckpts[-1]) if ckpts else None}
     init_ray()
@@ -144,7 +148,7 @@ def fit(job: PretrainJob) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=asdict(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=cfg.use_gpu),
@@ -159,11 +163,12 @@ def fit(job: PretrainJob) -> dict:
     return {"metrics": result.metrics, "checkpoint": checkpoint}
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Entry point: parse, prepare, train, write ``OUT/result.json``; return that dict."""
+def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict:
+    """Entry point: parse, prepare, train (``train_loop``: see :func:`fit`), write
+    ``OUT/result.json``; return that dict."""
     configure_environment()
     job = build_job(parse_args(argv))
-    outcome = fit(job)
+    outcome = fit(job, train_loop)
     summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},
                "workers": job.workers}
     (Path(job.train.out_dir) / "result.json").write_text(json.dumps(summary, indent=2, default=str))
