@@ -35,6 +35,7 @@ class ShardConfig:
     """Final shard layout."""
 
     shard_size: int = 10_000  # samples per tar (the last shard holds the rest)
+    holdout_fraction: float = 0.0  # share of samples (by uid hash, curation/holdout.py) written to heldout/
 
 
 def shard_name(shard_id: int) -> str:

@@ -26,6 +26,7 @@ from curation.config import (CurationConfig, plot_entry_counts, prepare_run, rea
 from curation.match import load_queries
 from curation.pool import PoolConfig
 from curation.textfilter import TextConfig
+from curation.threshold import resolve_threshold
 from pipelines.runtime import configure_environment
 
 
@@ -44,7 +45,9 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="queries.parquet (default: <out>/queries/queries.parquet, built if missing)")
     p.add_argument("--pool", nargs="+", default=None,
                    help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok); default: the sample pool")
-    p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
+    p.add_argument("--t", type=float, default=None,
+                   help="balancing threshold per entry (default: scaled to the pool as MetaCLIP's t=20k "
+                        "to its pool: the same 3.2%% of matched entries over t; see curation/threshold.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default DirectRunner)")
@@ -128,10 +131,11 @@ def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None 
     num_queries = len(load_queries(config.queries))
     before = read_entry_counts(config.dir("entry_counts.parquet"), num_queries)
     after = selected_entry_counts(config.dir("selected"), num_queries)
-    plot_entry_counts(before, after, config.t, config.dir("stats/entry_counts.png"))
+    t = resolve_threshold(before, config.t)
+    plot_entry_counts(before, after, t, config.dir("stats/entry_counts.png"))
     stats = stage_stats(config)
     stages = {s: json.loads(Path(config.dir(f"stats/{s}.json")).read_text()) for s in stats}
-    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages,
+    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
                "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum())}
     Path(config.dir("stats/summary.json")).write_text(json.dumps(summary, indent=2) + "\n")

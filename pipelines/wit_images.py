@@ -42,6 +42,7 @@ from curation.image_accounting import (
 )
 from curation.image_check import RESIZE_MODES, ImageCheckConfig, ImageChecker
 from curation.imagededup import ImageDedupConfig, deduplicate
+from curation.holdout import split_heldout
 from curation.shards import ShardConfig, write_shards
 from curation.stage import write_bytes_atomic, write_parquet_atomic
 from curation.urlguard import UrlGuard, UrlGuardConfig, parse_allow_networks
@@ -82,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default=c.resize_mode)
     g.add_argument("--max-pixels", type=int, default=c.max_pixels, help="decompression-bomb limit (w*h)")
     g.add_argument("--shard-size", type=int, default=ShardConfig().shard_size, help="samples per final tar")
+    g.add_argument("--holdout-fraction", type=float, default=ShardConfig().holdout_fraction,
+                   help="share of samples (by uid hash) written to heldout/ shards for evaluation, never shards/")
     g.add_argument("--dedup-threshold", type=int, default=ImageDedupConfig().threshold,
                    help="pHash Hamming distance for near duplicates (-1: exact only)")
     g.add_argument("--serve-images", default=None, metavar="DIR",
@@ -101,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> WitImagesConfig:
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold),
-        shards=ShardConfig(shard_size=args.shard_size),
+        shards=ShardConfig(shard_size=args.shard_size, holdout_fraction=args.holdout_fraction),
         serve_images=args.serve_images,
         serve_port=args.serve_port,
         report=not args.no_report,
@@ -256,8 +259,12 @@ def shard_stage(curation_dir: Path, selected: pa.Table, parts: list[Path], kept:
             columns.update({c: table.column(c) for c in ("jpg", "width", "height", "original_width", "original_height")})
             yield pa.table(columns)
 
-    stats = write_shards(samples(), curation_dir / "shards", config)
-    write_stats(curation_dir, "shards", len(kept), stats["samples"], {})
+    stats = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=False), curation_dir / "shards", config)
+    heldout = 0
+    if config.holdout_fraction > 0:  # held-out pairs never reach shards/ (evaluation only)
+        heldout = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=True),
+                               curation_dir / "heldout", config)["samples"]
+    write_stats(curation_dir, "shards", len(kept), stats["samples"] + heldout, {}, heldout=heldout)
     return stats
 
 
