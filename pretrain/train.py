@@ -317,7 +317,7 @@ def train_loop_per_worker(config: dict) -> dict:
     # 3. data: an endless stream of equal-shape batches for this rank
     pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
                                    seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer)
-    batches = train_batches(pipeline, cfg.data_workers)
+    batches = train_batches(pipeline, cfg.data_workers, pin_memory=env.device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
     steps_per_epoch = cfg.steps_per_epoch or cfg.steps
     log = MetricsLog(cfg.out_dir, enabled=env.rank == 0)
