@@ -28,7 +28,6 @@ pairs, two zero-shot evaluations, one selection). Results: OUT/balance_effect.js
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import random
