@@ -226,7 +226,7 @@ def test_checkpoint_save_is_atomic(tiny_shards, tokenizer, tmp_path, monkeypatch
     assert not path.exists()
     assert load_checkpoint(path)["step"] == 2
     assert load_model(path)[2]["step"] == 2
-    # 3. the next save completes and leaves nothing beside it but its temp dir's leftover
+    # 3. the next save completes and removes the .old- copy
     train_module.save_checkpoint(path, model, optimizer, 4, cfg)
     assert load_checkpoint(path)["step"] == 4
     assert not (tmp_path / ".old-step_00000002").exists()
