@@ -31,7 +31,7 @@ class CurationConfig:
     queries: str  # queries.parquet (query_id, query) or a text file, one query per line
     pool: tuple[str, ...]  # pool files or directories (local paths or URIs)
     curation_dir: str  # output dir: <out>/curation
-    t: float = 20_000  # balancing threshold: at most ~t pairs kept per entry
+    t: float | None = None  # balancing threshold (~t pairs kept per entry); None: scaled to the pool
     seed: int = 0  # seed of the deterministic balancing draw
     num_parts: int = 8  # selected/ part files (rows go to xxh3_64(uid) % num_parts)
     dedup_keys: tuple[str, ...] = ("url", "text")  # exact dedup keys, applied in order

@@ -27,6 +27,7 @@ from curation.image_check import ImageCheckConfig, ImageChecker
 from curation.image_fetch import node_name
 from curation.imagededup import ImageDedupConfig, deduplicate
 from curation.run import RunLayout
+from curation.holdout import split_heldout
 from curation.shards import ShardConfig, write_shards
 from curation.stage import IMAGE_STAGES, StageStats, read_stats, reject_counts, stage_done, write_rejects
 from curation.urlguard import UrlGuard, UrlGuardConfig
@@ -218,8 +219,12 @@ def shard_stage(layout: RunLayout, selected: pa.Table, parts: list[str], kept: p
             columns.update({c: table.column(c) for c in ("jpg", "width", "height", "original_width", "original_height")})
             yield pa.table(columns)
 
-    stats = write_shards(samples(), layout, config)
-    StageStats("shards", len(kept), stats["samples"], {}).write(layout)
+    stats = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=False), layout, config)
+    heldout = 0
+    if config.holdout_fraction > 0:  # held-out pairs never reach shards/ (evaluation only)
+        heldout = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=True),
+                               layout, config, split="heldout")["samples"]
+    StageStats("shards", len(kept), stats["samples"] + heldout, {}, {"heldout": heldout}).write(layout)
     return stats
 
 

@@ -17,6 +17,7 @@ reads and writes through it, so a worker on any node writes straight to the run'
     <out>/curation/download/<pass>/NNNNN.tar|.parquet img2dataset output (pass0, retry)
     <out>/curation/checked/<pass>_NNNNN.parquet       checked, resized images + hashes
     <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
+    <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
     <out>/curation/report.html, report/*.png
 
 Writes are atomic (:func:`queries.files.atomic_write`: temp + rename locally, one PUT on object
@@ -44,6 +45,9 @@ PARQUET_WRITE = {"compression": "zstd", "write_statistics": True, "store_schema"
 def part_name(index: int) -> str:
     """``part-00042`` for index 42 (the one place a selection part name is formatted)."""
     return f"part-{index:05d}"
+
+
+SPLITS = ("shards", "heldout")  # training shards / held-out pairs (curation/holdout.py)
 
 
 def shard_name(shard_id: int) -> str:
@@ -152,15 +156,24 @@ class RunLayout:
     def shards_dir(self) -> str:
         return self.cur("shards")
 
-    def shard_tar(self, shard_id: int) -> str:
-        return self.cur("shards", f"{shard_name(shard_id)}.tar")
+    def split_dir(self, split: str = "shards") -> str:
+        """``shards/`` (training) or ``heldout/`` (held-out pairs, evaluation only)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown shard split {split!r}: one of {SPLITS}")
+        return self.cur(split)
 
-    def shard_index(self, shard_id: int) -> str:
-        return self.cur("shards", f"{shard_name(shard_id)}.parquet")
+    def shard_tar(self, shard_id: int, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/{shard_name(shard_id)}.tar"
+
+    def shard_index(self, shard_id: int, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/{shard_name(shard_id)}.parquet"
+
+    def shard_stats_of(self, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/stats.json"
 
     @property
     def shard_stats(self) -> str:
-        return self.cur("shards", "stats.json")
+        return self.shard_stats_of("shards")
 
     @property
     def report_html(self) -> str:

@@ -32,6 +32,7 @@ class ShardConfig:
     """Final shard layout."""
 
     shard_size: int = 10_000  # samples per tar (the last shard holds the rest)
+    holdout_fraction: float = 0.0  # share of samples (by uid hash, curation/holdout.py) written to heldout/
 
 
 def sanitize_key(key: str) -> str:
@@ -78,39 +79,41 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table) -> bool:
+def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table, split: str = "shards") -> bool:
     """Whether a finished shard from an earlier run holds exactly these samples (the index
     is written after the tar, so its presence marks a complete shard)."""
-    tar, index = layout.shard_tar(shard_id), layout.shard_index(shard_id)
+    tar, index = layout.shard_tar(shard_id, split), layout.shard_index(shard_id, split)
     if not (layout.exists(tar) and layout.exists(index)):
         return False
     done = layout.read_parquet(index, columns=["key", "uid"])
     return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
 
 
-def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig) -> dict:
+def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig, split: str = "shards") -> dict:
     """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
     original_width, original_height``, in the order they should appear) as the run's shards; a
     shard already there with the same keys and uids is kept as is (rerun). Files in ``shards/``
     that are not ours (a README, a temp file of an interrupted write) are left alone or cleaned.
-    Returns the stats written to ``shards/stats.json``: shards, samples, bytes."""
-    layout.clean_temp(layout.shards_dir)
+    Returns the stats written to ``shards/stats.json``: shards, samples, bytes. ``split`` =
+    ``heldout`` writes the held-out pairs' shards to ``heldout/`` the same way."""
+    directory = layout.split_dir(split)
+    layout.clean_temp(directory)
     shards = samples_total = 0
     for shard_id, table in enumerate(rebatch(samples, config.shard_size)):
         name = shard_name(shard_id)
         keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
         table = table.append_column("key", keys)
-        if not _shard_matches(layout, shard_id, table):
-            layout.write_bytes(layout.shard_tar(shard_id), tar_bytes(table.to_pylist()))
-            layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id))
+        if not _shard_matches(layout, shard_id, table, split):
+            layout.write_bytes(layout.shard_tar(shard_id, split), tar_bytes(table.to_pylist()))
+            layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id, split))
         shards += 1
         samples_total += len(table)
-    for uri in layout.list(layout.shards_dir):  # left over from an earlier, larger run
+    for uri in layout.list(directory):  # left over from an earlier, larger run
         stem, _, ext = uri.rsplit("/", 1)[-1].partition(".")
         if stem.isdigit() and ext in ("tar", "parquet") and int(stem) >= shards:
             layout.remove(uri)
-    tars = [layout.shard_tar(i) for i in range(shards)]
+    tars = [layout.shard_tar(i, split) for i in range(shards)]
     stats = {"shards": shards, "samples": samples_total, "shard_size": config.shard_size,
              "bytes": sum(layout.size(t) for t in tars)}
-    layout.write_json(layout.shard_stats, stats)
+    layout.write_json(layout.shard_stats_of(split), stats)
     return stats

@@ -26,6 +26,7 @@ from curation.run import RunLayout
 from curation.match import load_queries
 from curation.pool import PoolConfig
 from curation.textfilter import TextConfig
+from curation.threshold import resolve_threshold
 from pipelines.runtime import configure_environment
 
 
@@ -48,7 +49,9 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--wat", default=None, help="instead of --pool: glob of WAT files, extracted into <out>/pool/")
     p.add_argument("--sample", action="store_true",
                    help="use the demo's sample pool (fetched by `make sample-data`) when no --pool is given")
-    p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
+    p.add_argument("--t", type=float, default=None,
+                   help="balancing threshold per entry (default: scaled to the pool as MetaCLIP's t=20k "
+                        "is to its pool: the same tail share of matches; see curation/threshold.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default DirectRunner)")
@@ -149,9 +152,10 @@ def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None 
     num_queries = len(load_queries(config.queries))
     before = read_entry_counts(layout, num_queries)
     after = selected_entry_counts(layout, config.num_parts, num_queries)
-    plot_entry_counts(before, after, config.t, layout)
+    t = resolve_threshold(before, config.t)
+    plot_entry_counts(before, after, t, layout)
     stages = {name: stats.body() for name, stats in stage_stats(config).items()}
-    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages,
+    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
                "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum())}
     layout.write_json(layout.summary, summary)

@@ -32,7 +32,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.train import TOKENIZER_FILE, TrainConfig, train_loop_per_worker
+from pretrain.train import PRECISIONS, TOKENIZER_FILE, TrainConfig, train_loop_per_worker
 
 
 @dataclass
@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None) -> dict:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.name == "betas":
             p.add_argument(flag, type=float, nargs=2)
+        elif f.name == "precision":
+            p.add_argument(flag, choices=PRECISIONS)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=kind)
@@ -140,13 +142,14 @@ def build_job(flat: dict, staging: str | None = None) -> PretrainJob:
     return PretrainJob(train=TrainConfig.from_dict(flat), **job_fields)
 
 
-def fit(job: PretrainJob, storage: str | None = None) -> dict:
-    """Run the training; return {"metrics": last metrics, "checkpoint": path or None}. Ray
-    Train writes its checkpoints to ``storage`` (a URI: straight to the object store) or to the
-    run dir."""
+def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_worker) -> dict:
+    """Run ``train_loop`` (``TrainConfig`` dict -> metrics; the training loop unless a caller,
+    e.g. a fault-injection test, wraps it); return {"metrics": last metrics, "checkpoint": path
+    or None}. Ray Train writes its checkpoints to ``storage`` (a URI: straight to the object
+    store) or to the run dir."""
     cfg = job.train
     if job.workers == 0:
-        metrics = train_loop_per_worker(asdict(cfg))
+        metrics = train_loop(asdict(cfg))
         ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step_*"))
         return {"metrics": metrics, "checkpoint": str(ckpts[-1]) if ckpts else None}
     init_ray()
@@ -154,7 +157,7 @@ def fit(job: PretrainJob, storage: str | None = None) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=asdict(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=cfg.use_gpu),
@@ -189,15 +192,16 @@ def publish(staging: str, uri: str, summary: dict) -> dict:
     return summary
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Entry point: parse, prepare, train, write ``OUT/result.json``; return that dict."""
+def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict:
+    """Entry point: parse, prepare, train (``train_loop``: see :func:`fit`), write
+    ``OUT/result.json``; return that dict."""
     configure_environment()
     flat = parse_args(argv)
     out = str(flat["out_dir"])
     staging = tempfile.mkdtemp(prefix="openwit-pretrain-") if is_remote(out) else None
     try:
         job = build_job(flat, staging)
-        outcome = fit(job, storage=out if staging else None)
+        outcome = fit(job, storage=out if staging else None, train_loop=train_loop)
         summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},
                    "workers": job.workers}
         if staging:

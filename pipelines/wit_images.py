@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resize-mode", choices=RESIZE_MODES, default=c.resize_mode)
     g.add_argument("--max-pixels", type=int, default=c.max_pixels, help="decompression-bomb limit (w*h)")
     g.add_argument("--shard-size", type=int, default=ShardConfig().shard_size, help="samples per final tar")
+    g.add_argument("--holdout-fraction", type=float, default=ShardConfig().holdout_fraction,
+                   help="share of samples (by uid hash) written to heldout/ shards for evaluation, never shards/")
     g.add_argument("--dedup-threshold", type=int, default=ImageDedupConfig().threshold,
                    help="pHash Hamming distance for near duplicates (-1: exact only)")
     g.add_argument("--serve-images", default=None, metavar="DIR",
@@ -88,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold),
-        shards=ShardConfig(shard_size=args.shard_size),
+        shards=ShardConfig(shard_size=args.shard_size, holdout_fraction=args.holdout_fraction),
         report=not args.no_report,
     )
 

@@ -43,6 +43,11 @@ class TrainBatch:
     texts: torch.Tensor  # (B, context_length) token ids
     counts: dict[str, int] = field(default_factory=dict)  # read / decoded / rejects since last batch
 
+    def pin_memory(self) -> "TrainBatch":
+        """The batch in page-locked memory (DataLoader's ``pin_memory`` calls this), so the copy
+        to the GPU can overlap compute (``.to(device, non_blocking=True)``)."""
+        return TrainBatch(self.images.pin_memory(), self.texts.pin_memory(), self.counts)
+
 
 class SampleDecoder:
     """WebDataset pipeline stage: raw tar samples -> (image tensor, caption), counting rejects.
@@ -196,12 +201,14 @@ def make_train_pipeline(
     return pipeline if resample else pipeline.repeat(nepochs=-1)
 
 
-def train_batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[TrainBatch]:
-    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process)."""
+def train_batches(pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool = False) -> Iterator[TrainBatch]:
+    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process); with
+    ``pin_memory`` (a CUDA run) the batches arrive in page-locked memory."""
     if num_workers == 0:
-        return iter(pipeline)
+        return (batch.pin_memory() for batch in pipeline) if pin_memory else iter(pipeline)
     loader = wds.WebLoader(
-        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4
+        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4,
+        pin_memory=pin_memory,
     )
     return iter(loader)
 
