@@ -10,8 +10,6 @@ exact or near duplicate (pHash) among the training images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 import pyarrow as pa
 
@@ -27,11 +25,3 @@ def heldout_mask(uids: pa.Array | pa.ChunkedArray | list[str], fraction: float, 
     salt = splitmix64(np.array([_HOLDOUT_SALT + int(seed)], dtype=np.uint64))[0]
     bits = splitmix64(uid_hashes(uids) ^ salt)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < fraction
-
-
-def split_heldout(tables: Iterable[pa.Table], fraction: float, heldout: bool, seed: int = 0) -> Iterator[pa.Table]:
-    """The rows of ``tables`` (with a ``uid`` column) that are held out (``heldout=True``) or
-    that are not, in their order."""
-    for table in tables:
-        mask = heldout_mask(table.column("uid"), fraction, seed)
-        yield table.filter(pa.array(mask if heldout else ~mask))

@@ -18,17 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
 from curation.download import DownloadConfig, download, read_download_shard, rows_by_node
+from curation.holdout import heldout_mask
 from curation.image_check import ImageCheckConfig, ImageChecker
 from curation.image_fetch import node_name
-from curation.imagededup import ImageDedupConfig, deduplicate
+from curation.imagededup import ImageDedupConfig, MapTasks, deduplicate_distributed, in_process
 from curation.run import RunLayout
-from curation.holdout import split_heldout
-from curation.shards import ShardConfig, write_shards
+from curation.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.stage import IMAGE_STAGES, StageStats, read_stats, reject_counts, stage_done, write_rejects
 from curation.urlguard import UrlGuard, UrlGuardConfig
 
@@ -69,7 +70,9 @@ def fingerprint(selected: pa.Table, config: ImageStagesConfig) -> dict:
         for buffer in chunk.buffers()[1:]:
             uids.update(memoryview(buffer) if buffer is not None else b"")
     body = {"selected_rows": len(selected), "selected_uids": uids.hexdigest(),
-            "guard": asdict(config.guard), "check": asdict(config.check), "dedup": asdict(config.dedup),
+            "guard": asdict(config.guard), "check": asdict(config.check),
+            "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
+            "checked_parts": 2,  # v2: checked parts carry the captions and metadata
             "shards": asdict(config.shards), "retry_pass": config.download.retry_pass,
             "disallowed_header_directives": list(config.download.disallowed_header_directives),
             "respect": asdict(config.download.respect)}
@@ -117,10 +120,14 @@ def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConf
     return ok
 
 
+META_COLUMNS = ("url", "text", "query_ids", "source")  # the selection's columns a shard sample carries
+
+
 class CheckDownloadShards:
     """Engine callable over Arrow batches: each row names one download shard (``tar``, ``uids``,
-    ``keys``, ``name``, ``out``); its images are checked with
-    :class:`~curation.image_check.ImageChecker`, then the rejects and the checked part (the
+    ``keys``, ``name``, ``out``, and the rows' ``url``, ``text``, ``query_ids``, ``source``); its
+    images are checked with :class:`~curation.image_check.ImageChecker`, then the rejects and
+    the checked part (kept images + their captions and metadata: everything a shard needs; the
     completion marker, written last) are written through the run layout. Returns counts."""
 
     def __init__(self, config: ImageCheckConfig, layout: RunLayout):
@@ -131,6 +138,9 @@ class CheckDownloadShards:
         for task in batch.to_pylist():
             images = read_download_shard(self.layout, task["tar"], task["uids"], task["keys"])
             kept, rejected = self.checker(images)
+            at = pc.index_in(kept.column("uid"), value_set=pa.array(task["uids"], pa.string()))
+            for column, kind in zip(META_COLUMNS, (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string())):
+                kept = kept.append_column(column, pa.array(task[column], kind).take(at))
             write_rejects(self.layout, "imagecheck", rejected, part=task["name"])
             self.layout.write_json(self.layout.cur("checked", "_nodes", f"{task['name']}.json"),
                                    {"node": node_name(), "rows": len(images)})
@@ -140,17 +150,24 @@ class CheckDownloadShards:
         return pa.table(counts)
 
 
-def check_tasks(layout: RunLayout, downloaded: pa.Table) -> pa.Table:
+def check_tasks(layout: RunLayout, downloaded: pa.Table, selected: pa.Table) -> pa.Table:
     """One task row per download shard holding fetched images, in shard order, each with its
-    images in key order (so the shards do not depend on download timing)."""
+    images in key order (so the shards do not depend on download timing) and their metadata
+    from the selection."""
+    if "source" not in selected.column_names:
+        selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
+    if "query_ids" not in selected.column_names:
+        selected = selected.append_column("query_ids", pa.nulls(len(selected), pa.list_(pa.int32())))
     rows = []
     for shard in sorted(set(downloaded.column("shard").to_pylist())):
         # img2dataset records rows in completion order; its keys follow the input order
         mine = downloaded.filter(pc.equal(downloaded.column("shard"), shard)).sort_by("key")
+        meta = selected.take(pc.index_in(mine.column("uid"), value_set=selected.column("uid")))
         pass_name, stem = shard.rsplit("/", 2)[-2], shard.rsplit("/", 1)[-1].removesuffix(".tar")
         name = f"{pass_name}_{stem}"  # pass0_00000, retry_00000
         rows.append({"tar": shard, "uids": mine.column("uid").to_pylist(), "keys": mine.column("key").to_pylist(),
-                     "name": name, "out": layout.checked_part(name)})
+                     "name": name, "out": layout.checked_part(name),
+                     **{c: meta.column(c).to_pylist() for c in META_COLUMNS}})
     return pa.Table.from_pylist(rows) if rows else pa.table({"out": pa.array([], pa.string())})
 
 
@@ -163,14 +180,14 @@ def check_in_process(layout: RunLayout) -> MapCheckTasks:
     return run
 
 
-def check_stage(layout: RunLayout, downloaded: pa.Table, config: ImageStagesConfig,
+def check_stage(layout: RunLayout, downloaded: pa.Table, selected: pa.Table, config: ImageStagesConfig,
                 map_check_tasks: MapCheckTasks) -> list[str]:
     """Stage ``imagecheck``, one task per download shard not checked yet (run by
     ``map_check_tasks``): returns the checked parts in shard order. The checked rows are counted
     from the parts' footers and the rejects from their files; a part missing after the engine
     ran is an error naming it."""
     layout.clean_temp(layout.checked_dir)
-    tasks = check_tasks(layout, downloaded)
+    tasks = check_tasks(layout, downloaded, selected)
     todo = tasks.filter(pa.array([not layout.exists(o) for o in tasks.column("out").to_pylist()], pa.bool_()))
     if len(todo):
         map_check_tasks(todo, config.check)
@@ -192,48 +209,100 @@ def check_stage(layout: RunLayout, downloaded: pa.Table, config: ImageStagesConf
     return parts
 
 
-def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig) -> pa.Table:
-    """Stage ``imagededup``: the uids kept (exact and near duplicates are rejects)."""
-    hashes = layout.read_parquets(parts, ["uid", "pixel_hash", "phash"])
-    kept, rejected = deduplicate(hashes, config)
-    write_rejects(layout, "imagededup", rejected)
-    StageStats("imagededup", len(hashes), len(kept), reject_counts(rejected)).write(layout)
-    return kept.select(["uid"])
+def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig, map_tasks: MapTasks) -> dict:
+    """Stage ``imagededup`` as tasks (:func:`curation.imagededup.deduplicate_distributed`):
+    exact and near duplicates become rejects; returns the dedup's counts (``by_part``: rejects
+    per checked part)."""
+    result = deduplicate_distributed(layout, parts, config, map_tasks)
+    rejected = result["rejected"]
+    StageStats("imagededup", result["in"], result["in"] - sum(rejected.values()), rejected,
+               {"buckets": result["buckets"]}).write(layout)
+    return result
 
 
-def shard_stage(layout: RunLayout, selected: pa.Table, parts: list[str], kept: pa.Table,
-                config: ShardConfig) -> dict:
-    """Stage ``shards``: kept images + their captions/metadata as final WebDataset shards."""
-    if "source" not in selected.column_names:
-        selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
-    if "query_ids" not in selected.column_names:
-        selected = selected.append_column("query_ids", pa.nulls(len(selected), pa.list_(pa.int32())))
-    meta = selected.select(["uid", "url", "text", "query_ids", "source"])
+class ShardTasks:
+    """The shard stage's task bodies (picklable): ``mark`` (a task per checked part: which of
+    its rows survived the dedup and which of those are held out, written to
+    ``curation/shardplan/``) and ``write`` (a task per final shard: its rows, read from the
+    checked parts, streamed into the tar)."""
 
-    def samples():
-        for part in parts:  # download-shard order, then img2dataset key order: deterministic
-            table = layout.read_parquet(part)
-            table = table.filter(pc.is_in(table.column("uid"), value_set=kept.column("uid")))
-            rows = meta.take(pc.index_in(table.column("uid"), value_set=meta.column("uid")))
-            columns = {"uid": table.column("uid"), **{c: rows.column(c) for c in ("url", "text", "query_ids", "source")}}
-            columns.update({c: table.column(c) for c in ("jpg", "width", "height", "original_width", "original_height")})
-            yield pa.table(columns)
+    def __init__(self, layout: RunLayout, config: ShardConfig):
+        self.layout, self.config = layout, config
 
-    stats = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=False), layout, config)
-    heldout = 0
-    if config.holdout_fraction > 0:  # held-out pairs never reach shards/ (evaluation only)
-        heldout = write_shards(split_heldout(samples(), config.holdout_fraction, heldout=True),
-                               layout, config, split="heldout")["samples"]
-    StageStats("shards", len(kept), stats["samples"] + heldout, {}, {"heldout": heldout}).write(layout)
-    return stats
+    def _plan(self, index: int) -> str:
+        return self.layout.cur("shardplan", f"p{index:06d}.parquet")
+
+    def mark(self, item: tuple[int, str]) -> dict:
+        import pyarrow.dataset as ds
+
+        index, uri = item
+        layout = self.layout
+        uids = layout.read_parquet(uri, ["uid"]).column("uid")
+        files = [layout.path(f) for f in layout.list(layout.rejects_dir("imagededup"), ".parquet")]
+        dropped = np.zeros(len(uids), bool)
+        if files:
+            rows = ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
+                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()
+            dropped[rows] = True
+        kept = np.flatnonzero(~dropped)
+        held = heldout_mask(uids.take(pa.array(kept)), self.config.holdout_fraction) if len(kept) else np.zeros(0, bool)
+        layout.write_parquet(pa.table({"row": pa.array(kept, pa.int64()), "heldout": pa.array(held)}), self._plan(index))
+        return {"kept": int(len(kept)), "heldout": int(held.sum()), "node": node_name()}
+
+    def write(self, item: tuple[str, int, list[tuple[int, str, int, int]]]) -> dict:
+        split, shard_id, ranges = item
+        layout, pieces = self.layout, []
+        for index, uri, start, stop in ranges:
+            plan = layout.read_parquet(self._plan(index))
+            rows = plan.filter(pc.equal(plan.column("heldout"), split == "heldout")).column("row")
+            pieces.append(layout.read_parquet(uri, list(SAMPLE_COLUMNS)).take(rows.slice(start, stop - start)))
+        table = pa.concat_tables(pieces) if pieces else None
+        return {**write_shard(layout, shard_id, table, split), "node": node_name()}
+
+
+SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_width", "original_height")
+
+
+def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_tasks: MapTasks,
+                dedup_out: int | None = None) -> dict:
+    """Stage ``shards`` as tasks: the kept images + captions/metadata of the checked ``parts``
+    (in order: download shards, then img2dataset key order) as WebDataset shards; with
+    ``holdout_fraction`` a uid-hash share goes to ``heldout/`` instead. ``in`` is what the mark
+    tasks count as kept (checked against ``dedup_out`` when given)."""
+    tasks = ShardTasks(layout, config)
+    layout.remove_tree(layout.cur("shardplan"))
+    marks = map_tasks(tasks.mark, list(enumerate(parts)))
+    rows_in = sum(m["kept"] for m in marks)
+    if dedup_out is not None and rows_in != dedup_out:
+        raise RuntimeError(f"shards: the dedup kept {dedup_out} rows but its rejects leave {rows_in}: rows were lost")
+    stats, by_node = {}, {}
+    for split in ("shards", "heldout"):
+        counts = [m["heldout"] if split == "heldout" else m["kept"] - m["heldout"] for m in marks]
+        if split == "heldout" and not config.holdout_fraction:
+            layout.remove_tree(layout.split_dir("heldout"))
+            continue
+        layout.clean_temp(layout.split_dir(split))
+        plan = plan_shards(counts, config.shard_size)
+        items = [(split, k, [(i, parts[i], a, b) for i, a, b in ranges]) for k, ranges in enumerate(plan)]
+        written = map_tasks(tasks.write, items)
+        for w in written:
+            by_node[w["node"]] = by_node.get(w["node"], 0) + w["samples"]
+        stats[split] = finish_shards(layout, written, config, split)
+    layout.remove_tree(layout.cur("shardplan"))
+    heldout = stats.get("heldout", {}).get("samples", 0)
+    StageStats("shards", rows_in, stats["shards"]["samples"] + heldout, {},
+               {"heldout": heldout, "by_node": by_node}).write(layout)
+    return stats["shards"]
 
 
 def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tasks: MapCheckTasks,
-                     serving: contextlib.AbstractContextManager | None = None, until: str = "all") -> dict:
+                     serving: contextlib.AbstractContextManager | None = None, until: str = "all",
+                     map_tasks: MapTasks = in_process) -> dict:
     """Run the image stages on the run's selection; return a summary (per-stage stats, the
     shards dir, the report URI). ``serving`` wraps the download (e.g. a local image server);
     ``until="download"`` stops after the download (a later run resumes there). A finished run
-    is a no-op."""
+    is a no-op. ``map_tasks(fn, items)`` runs the dedup's and the shards' tasks (Ray tasks in
+    pipelines/wit_images.py; in this process by default)."""
     selected = read_selected(layout)
     check_fingerprint(layout, selected, config)
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
@@ -244,9 +313,10 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
         downloaded = download_stage(layout, allowed, config)
     if until == "download":
         return {"stages": {s: read_stats(layout, s) for s in ("urlguard", "download")}, "until": "download"}
-    parts = check_stage(layout, downloaded, config, map_check_tasks)
-    kept = dedup_stage(layout, parts, config.dedup)
-    shard_stage(layout, selected, parts, kept, config.shards)
+    parts = check_stage(layout, downloaded, selected, config, map_check_tasks)
+    del selected, allowed, downloaded  # from here on the driver holds file names and counts
+    dedup = dedup_stage(layout, parts, config.dedup, map_tasks)
+    shard_stage(layout, parts, config.shards, map_tasks, dedup_out=dedup["in"] - sum(dedup["rejected"].values()))
     if config.report:
         from curation.report import write_report
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import webdataset as wds
 
 from curation.run import RunLayout, shard_name
+from queries.files import atomic_write
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height")
@@ -53,15 +54,6 @@ def sample_members(row: dict) -> dict:
     }
 
 
-def tar_bytes(rows: list[dict]) -> bytes:
-    """The bytes of a WebDataset tar holding ``rows`` (fixed owner and mtime: reproducible)."""
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
-        for row in rows:
-            sink.write(sample_members(row))
-    return buffer.getvalue()
-
-
 def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
     """Re-cut a stream of tables into tables of exactly ``size`` rows (the last one shorter)."""
     pending: list[pa.Table] = []
@@ -89,31 +81,75 @@ def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table, split: str
     return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
 
 
-def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig, split: str = "shards") -> dict:
-    """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
-    original_width, original_height``, in the order they should appear) as the run's shards; a
-    shard already there with the same keys and uids is kept as is (rerun). Files in ``shards/``
-    that are not ours (a README, a temp file of an interrupted write) are left alone or cleaned.
-    Returns the stats written to ``shards/stats.json``: shards, samples, bytes. ``split`` =
-    ``heldout`` writes the held-out pairs' shards to ``heldout/`` the same way."""
-    directory = layout.split_dir(split)
-    layout.clean_temp(directory)
-    shards = samples_total = 0
-    for shard_id, table in enumerate(rebatch(samples, config.shard_size)):
-        name = shard_name(shard_id)
-        keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
-        table = table.append_column("key", keys)
-        if not _shard_matches(layout, shard_id, table, split):
-            layout.write_bytes(layout.shard_tar(shard_id, split), tar_bytes(table.to_pylist()))
-            layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id, split))
-        shards += 1
-        samples_total += len(table)
-    for uri in layout.list(directory):  # left over from an earlier, larger run
+def _write_tar(f, table: pa.Table) -> None:
+    """Stream ``table``'s samples into the open file ``f`` as a WebDataset tar (fixed owner and
+    mtime), a batch of rows at a time: the shard is never whole in memory."""
+    with wds.TarWriter(f, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
+        for batch in table.to_batches(max_chunksize=64):
+            for row in batch.to_pylist():
+                sink.write(sample_members(row))
+
+
+def write_shard(layout: RunLayout, shard_id: int, table: pa.Table, split: str = "shards") -> dict:
+    """Write one shard (``table``: the sample columns, in order; keys are added) unless an
+    earlier run left the same one; the tar is streamed to the run's filesystem (atomic), then
+    its index. Returns ``{"samples", "bytes"}``."""
+    name = shard_name(shard_id)
+    keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
+    table = table.append_column("key", keys)
+    tar = layout.shard_tar(shard_id, split)
+    if not _shard_matches(layout, shard_id, table, split):
+        atomic_write(tar, lambda f: _write_tar(f, table))
+        layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id, split))
+    return {"samples": len(table), "bytes": layout.size(tar)}
+
+
+def finish_shards(layout: RunLayout, written: list[dict], config: ShardConfig, split: str = "shards") -> dict:
+    """After shards ``0..len(written)-1`` are written: remove higher-numbered shards an earlier,
+    larger run left, and write ``<split>/stats.json`` (shards, samples, shard_size, bytes)."""
+    shards = len(written)
+    for uri in layout.list(layout.split_dir(split)):  # left over from an earlier, larger run
         stem, _, ext = uri.rsplit("/", 1)[-1].partition(".")
         if stem.isdigit() and ext in ("tar", "parquet") and int(stem) >= shards:
             layout.remove(uri)
-    tars = [layout.shard_tar(i, split) for i in range(shards)]
-    stats = {"shards": shards, "samples": samples_total, "shard_size": config.shard_size,
-             "bytes": sum(layout.size(t) for t in tars)}
+    stats = {"shards": shards, "samples": sum(w["samples"] for w in written), "shard_size": config.shard_size,
+             "bytes": sum(w["bytes"] for w in written)}
     layout.write_json(layout.shard_stats_of(split), stats)
     return stats
+
+
+def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig, split: str = "shards") -> dict:
+    """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
+    original_width, original_height``, in the order they should appear) as the run's shards in
+    this process; a shard already there with the same keys and uids is kept as is (rerun).
+    Files in the split's dir that are not ours (a README, a temp file of an interrupted write)
+    are left alone or cleaned. Returns the stats written to ``<split>/stats.json``. (The image
+    stages write shards as tasks: :func:`plan_shards` + :func:`write_shard`.)"""
+    layout.clean_temp(layout.split_dir(split))
+    written = [write_shard(layout, shard_id, table, split)
+               for shard_id, table in enumerate(rebatch(samples, config.shard_size))]
+    return finish_shards(layout, written, config, split)
+
+
+def plan_shards(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut parts holding ``counts[i]`` samples each (in order) into shards of ``size``: for
+    each shard, its ``(part, start, stop)`` ranges, so shard k holds samples k*size.. of the
+    concatenation, exactly as :func:`rebatch` over the parts would cut them."""
+    if size <= 0:
+        raise ValueError(f"shard size must be > 0, got {size}")
+    plan: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = size
+    for part, count in enumerate(counts):
+        start = 0
+        while start < count:
+            take = min(room, count - start)
+            current.append((part, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                plan.append(current)
+                current, room = [], size
+    if current:
+        plan.append(current)
+    return plan

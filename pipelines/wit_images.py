@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="share of samples (by uid hash) written to heldout/ shards for evaluation, never shards/")
     g.add_argument("--dedup-threshold", type=int, default=ImageDedupConfig().threshold,
                    help="pHash Hamming distance for near duplicates (-1: exact only)")
+    g.add_argument("--dedup-buckets", type=int, default=ImageDedupConfig().buckets,
+                   help="tasks per round of the distributed image dedup (0: one per 100k images, at least 2)")
     g.add_argument("--serve-images", default=None, metavar="DIR",
                    help=f"serve DIR on {LOOPBACK}:--serve-port during the download (sample pool)")
     g.add_argument("--serve-port", type=int, default=SERVE_PORT)
@@ -89,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
                                                       opt_out_ledger=args.opt_out_ledger)),
         check=ImageCheckConfig(image_size=args.image_size, resize_mode=args.resize_mode,
                                max_pixels=args.max_pixels),
-        dedup=ImageDedupConfig(threshold=args.dedup_threshold),
+        dedup=ImageDedupConfig(threshold=args.dedup_threshold, buckets=args.dedup_buckets),
         shards=ShardConfig(shard_size=args.shard_size, holdout_fraction=args.holdout_fraction),
         report=not args.no_report,
     )
@@ -111,6 +113,19 @@ def ray_check_tasks(layout: RunLayout):
     return run
 
 
+def ray_map_tasks(fn, items: list) -> list:
+    """``map_tasks`` on Ray: one task per item (1 CPU, spread over the nodes), results in item
+    order. The tasks write through the run layout and are idempotent, so Ray retries a task
+    whose worker or node died (``max_retries``) and the result is the same."""
+    ray = init_ray()
+    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_call)
+    return ray.get([remote.remote(fn, item) for item in items])
+
+
+def _call(fn, item):
+    return fn(item)
+
+
 def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict:
     """Run the image stages on ``curation_dir`` (holding ``selected/*.parquet``; a path or URI);
     return the summary of :func:`curation.images.run_image_stages`. ``until="download"`` stops
@@ -121,7 +136,7 @@ def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict
     if config.download.distributor == "ray":
         init_ray()  # the downloads become Ray tasks on the cluster's nodes
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
-    return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until)
+    return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until, map_tasks=ray_map_tasks)
 
 
 @contextlib.contextmanager

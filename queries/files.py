@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Callable
 from typing import IO
@@ -68,13 +69,15 @@ def is_local(path: str) -> bool:
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` so that no reader ever sees a partial file (the one atomic writer of the
     project): on a local disk the bytes go to a temp name beside it (``.<name>.tmp-<hex>``) and
-    are renamed; on an object store the complete object is sent in a single PUT (object stores
+    are renamed; on an object store the bytes are spooled to a local temp file and the complete
+    object is sent by one upload (a PUT, or a multipart upload completed only at the end) (object stores
     have no rename, and a PUT is all-or-nothing)."""
     fs, local = url_to_fs(path)
-    if not is_local(path):
-        buffer = io.BytesIO()
-        write(buffer)
-        fs.pipe_file(local, buffer.getvalue())
+    if not is_local(path):  # spooled on local disk, not memory: a multi-GB shard streams through
+        with tempfile.NamedTemporaryFile(prefix="openwit-put-") as spool:
+            write(spool)
+            spool.flush()
+            fs.put_file(spool.name, local)
         return
     directory, name = os.path.split(local)
     os.makedirs(directory or ".", exist_ok=True)

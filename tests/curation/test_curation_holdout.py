@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.holdout import heldout_mask, split_heldout
+from curation.holdout import heldout_mask
+from curation.imagededup import in_process
 from curation.shards import ShardConfig
 
 
@@ -32,40 +33,36 @@ def test_mask_is_a_function_of_uid_and_seed_with_the_requested_share():
         heldout_mask(uids, 1.5)
 
 
-def test_split_keeps_order_and_partitions_the_rows():
-    table = pa.table({"uid": [f"u{i}" for i in range(500)], "x": list(range(500))})
-    tables = [table.slice(0, 200), table.slice(200)]
-    train = pa.concat_tables(split_heldout(tables, 0.2, heldout=False))
-    held = pa.concat_tables(split_heldout(tables, 0.2, heldout=True))
-    assert len(train) + len(held) == 500 and 60 < len(held) < 140
-    assert set(train["x"].to_pylist()).isdisjoint(held["x"].to_pylist())
-    assert train["x"].to_pylist() == sorted(train["x"].to_pylist())
-
-
 def test_shard_stage_writes_heldout_pairs_apart(tmp_path):
     from curation.images import shard_stage
     from curation.run import RunLayout
+    from curation.stage import write_rejects
     from tests.images.conftest import jpeg_bytes
 
     n = 200
     uids = [f"{i:032x}" for i in range(n)]
-    selected = pa.table({"uid": uids, "url": [f"http://127.0.0.1/{i}.jpg" for i in range(n)],
-                         "text": [f"caption {i}" for i in range(n)],
-                         "query_ids": pa.array([[i] for i in range(n)], pa.list_(pa.int32())),
-                         "source": ["test"] * n})
-    part = tmp_path / "part-00000.parquet"
-    pq.write_table(pa.table({"uid": uids, "jpg": [jpeg_bytes(i % 5) for i in range(n)],
-                             "width": [8] * n, "height": [8] * n, "original_width": [8] * n,
-                             "original_height": [8] * n}), part)
-    kept = pa.table({"uid": uids[:-10]})  # the last 10 were image-dedup rejects upstream
     layout = RunLayout(str(tmp_path))
+    part = layout.checked_part("pass0_00000")
+    layout.write_parquet(pa.table({
+        "uid": uids, "url": [f"http://127.0.0.1/{i}.jpg" for i in range(n)],
+        "text": [f"caption {i}" for i in range(n)],
+        "query_ids": pa.array([[i] for i in range(n)], pa.list_(pa.int32())), "source": ["test"] * n,
+        "jpg": [jpeg_bytes(i % 5) for i in range(n)], "width": [8] * n, "height": [8] * n,
+        "original_width": [8] * n, "original_height": [8] * n}), part)
+    # the last 10 were image-dedup rejects upstream
+    write_rejects(layout, "imagededup", pa.table({
+        "uid": uids[-10:], "reason": ["exact_duplicate"] * 10, "duplicate_of": uids[:10],
+        "part": pa.array([0] * 10, pa.int32()), "row": pa.array(range(n - 10, n), pa.int32())}), part="exact-b00000")
     cur = tmp_path / "curation"
-    stats = shard_stage(layout, selected, [str(part)], kept, ShardConfig(shard_size=64, holdout_fraction=0.25))
+    stats = shard_stage(layout, [part], ShardConfig(shard_size=64, holdout_fraction=0.25), in_process, dedup_out=n - 10)
     train = pa.concat_tables(pq.read_table(p) for p in sorted((cur / "shards").glob("0*.parquet")))
     held = pa.concat_tables(pq.read_table(p) for p in sorted((cur / "heldout").glob("0*.parquet")))
     expected = set(np.array(uids[:-10])[heldout_mask(uids[:-10], 0.25)])
     assert set(held["uid"].to_pylist()) == expected and 20 < len(expected) < 75
     assert set(train["uid"].to_pylist()) == set(uids[:-10]) - expected
+    assert train["text"].to_pylist() == [f"caption {int(u, 16)}" for u in train["uid"].to_pylist()]
     assert stats["samples"] == len(train) and (cur / "heldout" / "00000.tar").is_file()
     ledger = json.loads((cur / "stats" / "shards.json").read_text())
     assert ledger["in"] == n - 10 == ledger["out"] and ledger["heldout"] == len(expected)
+    with pytest.raises(RuntimeError, match="rows were lost"):  # counts that disagree are an error
+        shard_stage(layout, [part], ShardConfig(shard_size=64, holdout_fraction=0.25), in_process, dedup_out=n - 9)

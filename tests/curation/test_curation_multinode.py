@@ -1,6 +1,6 @@
 """The main job on a real 2-node Ray cluster on 127.0.0.1 with the run dir on the loopback S3
-server: downloads spread over both nodes, and a node lost or a download worker SIGKILLed
-mid-download changes nothing."""
+server: downloads, checks and shard writing spread over both nodes, and a node lost or a
+download worker SIGKILLed mid-download changes nothing."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def test_two_node_cluster_spreads_downloads_and_survives_lost_nodes_and_workers(
     assert set(by_node) == set(spread["nodes"]), by_node  # both nodes downloaded
     assert sum(by_node.values()) == spread["stages"]["download"]["out"]
     assert sum(spread["stages"]["imagecheck"]["by_node"].values()) == spread["stages"]["imagecheck"]["in"]
+    shards_by_node = spread["stages"]["shards"]["by_node"]  # the shard tasks spread too (dedup: tasks too)
+    assert set(shards_by_node) == set(spread["nodes"]) and sum(shards_by_node.values()) == spread["stages"]["shards"]["out"]
     assert _shards(f"{s3_bucket}/spread") == reference
 
     lost = _cluster_run(pool, queries, images, port, f"{s3_bucket}/lost", "--kill-worker")

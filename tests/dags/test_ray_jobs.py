@@ -84,6 +84,19 @@ def test_submit_while_root_file_grows(ray_head, growing_root_file):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
+def test_submit_local_while_root_file_grows(growing_root_file, capfd):
+    """The demo's own path, `python -m pipelines.demo.submit_local -- COMMAND` (a throw-away head
+    + `ray job submit`), succeeds while a file in the repo root is being appended to."""
+    from pipelines.demo import submit_local
+
+    check = "import os, curation.images; print('job-ok', sorted(os.listdir('.')))"
+    assert submit_local.run(["--num-cpus", "1", "--", "python", "-c", check]) == 0
+    out = capfd.readouterr().out
+    assert "job-ok ['curation', 'pipelines', 'pretrain', 'pyproject.toml', 'queries']" in out, out[-3000:]
+
+
+@pytest.mark.ray
 def test_failed_job_raises_with_last_log_lines(ray_head):
     script = "import sys\nfor i in range(30): print(f'line {i}')\nsys.exit('boom: the stage broke')"
     job_id = _unique("fail")

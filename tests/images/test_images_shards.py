@@ -64,3 +64,42 @@ def test_shards_are_reproducible_and_readable(tmp_path):
     write_shards([table], shards_dir(tmp_path, "ra"), ShardConfig(shard_size=10))
     assert sorted(p.name for p in a.iterdir()) == ["00000.parquet", "00000.tar", "README.txt", "stats.json"]
     assert len(list(wds.WebDataset(str(a / "00000.tar"), shardshuffle=False))) == 7
+
+
+def test_plan_cuts_like_rebatch():
+    import random
+
+    from curation.shards import plan_shards
+
+    rng = random.Random(3)
+    for _ in range(50):
+        counts = [rng.choice([0, 1, 2, 7, 30]) for _ in range(rng.randint(0, 8))]
+        size = rng.randint(1, 12)
+        tables = [pa.table({"x": list(range(sum(counts[:i]), sum(counts[:i + 1])))}) for i in range(len(counts))]
+        expected = [t.column("x").to_pylist() for t in rebatch(tables, size)]
+        offsets = [sum(counts[:i]) for i in range(len(counts))]
+        got = [[x for part, a, b in ranges for x in range(offsets[part] + a, offsets[part] + b)]
+               for ranges in plan_shards(counts, size)]
+        assert got == expected
+
+
+def test_shard_tasks_write_the_bytes_of_the_one_process_writer(tmp_path):
+    """The shard stage as tasks (mark + one task per shard, no dedup rejects) writes the bytes
+    write_shards writes from the same rows in one process."""
+    from curation.imagededup import in_process
+    from curation.images import shard_stage
+
+    table = samples(23)
+    one = shards_dir(tmp_path, "one")
+    write_shards([table.slice(0, 9), table.slice(9)], one, ShardConfig(shard_size=5))
+    tasks = shards_dir(tmp_path, "tasks")
+    parts = []
+    for i, (a, b) in enumerate(((0, 9), (9, 9), (9, 23))):  # an empty checked part too
+        parts.append(tasks.checked_part(f"pass0_{i:05d}"))
+        tasks.write_parquet(table.slice(a, b - a), parts[-1])
+    stats = shard_stage(tasks, parts, ShardConfig(shard_size=5), in_process, dedup_out=23)
+    assert stats["shards"] == 5 and stats["samples"] == 23
+    for k in range(5):
+        assert tasks.read_bytes(tasks.shard_tar(k)) == one.read_bytes(one.shard_tar(k))
+        assert tasks.read_parquet(tasks.shard_index(k)).equals(one.read_parquet(one.shard_index(k)))
+    assert not tasks.exists(tasks.split_dir("heldout")) and not tasks.exists(tasks.cur("shardplan"))
