@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import build_wit  # noqa: E402
 from pipelines import evaluate as evaluate_job  # noqa: E402
 from pipelines import pretrain as pretrain_job  # noqa: E402
-from pipelines.sample_data import load_manifest  # noqa: E402
+from pipelines.demo.sample_data import load_manifest  # noqa: E402
 from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist, png_bytes  # noqa: E402
 from pretrain.tokenizer import CaptionTokenizer  # noqa: E402
 from pretrain.zeroshot import FASHION_MNIST_CLASSES  # noqa: E402

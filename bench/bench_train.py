@@ -104,7 +104,7 @@ def default_captions() -> str:
     tars = sorted((root / "runs" / "demo" / "curation" / "shards").glob("[0-9]*.tar"))
     if tars:
         return str(tars[0].parent / f"{{{tars[0].stem}..{tars[-1].stem}}}.tar")
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     return load_manifest()["sample_pool"]
 
