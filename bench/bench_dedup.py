@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--parts", type=int, default=20, help="checked parts the distributed dedup reads")
     args = parser.parse_args(argv)
+    from pipelines.runtime import configure_environment
+
+    configure_environment()  # offline: before anything imports img2dataset / albumentations
     import faiss
 
     from curation.imagededup import ImageDedupConfig, deduplicate
