@@ -32,7 +32,8 @@ DEMO_STEPS ?= 150
 demo: venv sample-data
 	$(PY) pipelines/build_queries.py --out $(DEMO_OUT)
 	$(PY) -m pipelines.submit_local --num-cpus 2 -- \
-	    python pipelines/build_wit.py --out $(DEMO_ABS) --serve-images $(OPENWIT_DATA)/images
+	    python pipelines/build_wit.py --out $(DEMO_ABS) --serve-images $(OPENWIT_DATA)/images \
+	    --pool $(OPENWIT_DATA)/images/pool.parquet $(OPENWIT_DATA)/images/planted.parquet
 	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
 	$(PY) pipelines/pretrain.py --train-data "$(DEMO_ABS)/curation/shards/{00000..$${last%.tar}}.tar" \
 	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_ABS)/pretrain/tiny
@@ -40,7 +41,10 @@ demo: venv sample-data
 	    --out $(DEMO_OUT)/pretrain/tiny/zeroshot-fashion-mnist.json
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/   report: $(DEMO_OUT)/curation/report.html"
+	$(PY) pipelines/contamination_report.py --train-data '$(DEMO_ABS)/curation/shards/*.tar' \
+	    --checkpoint $(DEMO_OUT)/pretrain/tiny --dataset fashion-mnist --out $(DEMO_OUT)/reports/contamination
 	@echo "pretrain: $(DEMO_OUT)/pretrain/tiny/     (metrics.jsonl, checkpoints/, zero-shot JSON)"
+	@echo "contamination: $(DEMO_OUT)/reports/contamination/report.html (results.json, report.md)"
 
 test: venv sample-data
 	$(PY) -m pytest -q tests

@@ -154,6 +154,9 @@ def build_sample_images(root: Path, manifest: dict[str, str]) -> dict[str, str]:
 
 
 BUILDERS: list[Builder] = [build_sample_images]
+from pipelines.planted_copies import build_planted_copies  # noqa: E402  (demo: eval copies in the pool)
+
+BUILDERS.append(build_planted_copies)
 
 
 def build_all(root: Path, manifest: dict[str, str]) -> dict[str, str]:

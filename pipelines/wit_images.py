@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"serve DIR on {LOOPBACK}:--serve-port during the download (sample pool)")
     g.add_argument("--serve-port", type=int, default=WitImagesConfig.serve_port)
     g.add_argument("--no-report", action="store_true", help="do not write report.html")
+    from pipelines import decontaminate  # eval decontamination flags (--decontaminate DATASET...)
+
+    decontaminate.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> WitImagesConfig:
@@ -277,6 +280,10 @@ def run(args: argparse.Namespace, curation_dir: str) -> dict:
         downloaded = download_stage(root, allowed, config)
     parts = check_stage(root, downloaded, config)
     kept = dedup_stage(root, parts, config.dedup)
+    if args.decontaminate:  # eval decontamination hook: pipelines/decontaminate.py
+        from pipelines.decontaminate import config_from_args as decontaminate_config, decontaminate_stage
+
+        kept = decontaminate_stage(root, parts, kept, decontaminate_config(args))
     shard_stage(root, selected, parts, kept, config.shards)
     if config.report:
         from curation.report import write_report
