@@ -123,7 +123,8 @@ def nearest(queries: np.ndarray, gallery: np.ndarray | Iterable[np.ndarray],
     if isinstance(gallery, np.ndarray):
         if len(gallery) > config.flat_max_rows:
             return nearest_ivf(queries, gallery, config)
-        gallery = (gallery[s:s + config.chunk_rows] for s in range(0, len(gallery), config.chunk_rows))
+        whole = gallery  # the generator must not close over the name it is assigned to
+        gallery = (whole[s:s + config.chunk_rows] for s in range(0, len(whole), config.chunk_rows))
     best = RunningBest(len(queries))
     for chunk in gallery:
         best.add_chunk(queries, np.asarray(chunk, np.float32), config)
