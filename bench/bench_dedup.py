@@ -5,8 +5,12 @@
 2. **dedup** (``curation.imagededup.deduplicate``: exact + pHash multi-index hashing + greedy
    pass) over N 64-bit codes (10% near copies), faiss on one thread → images/s/core; anchor:
    the same range search with faiss's exhaustive ``IndexBinaryFlat`` (ratio = speed-up).
+3. **distributed dedup** (``deduplicate_distributed``: the four rounds of tasks over files in a
+   run dir, as the image stages run it) over the same codes cut into checked parts, in this
+   process and as Ray tasks on a local Ray with all CPUs → seconds, ratio to the one-process
+   dedup, and a check that the rejects are identical.
 
-    python bench/bench_dedup.py [--images 400] [--codes 200000] [--threshold 4] [--repeat 3]
+    python bench/bench_dedup.py [--images 400] [--codes 200000] [--threshold 4] [--repeat 3] [--parts 20]
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def bench_hashing(n: int, repeat: int) -> float:
     import pyarrow.parquet as pq
 
     from curation.image_check import ImageCheckConfig, check_image
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()
     pool = pq.read_table(manifest["sample_pool"]).to_pylist()
@@ -65,12 +69,49 @@ def synthetic_codes(n: int, seed: int = 0):
     }), codes
 
 
+def bench_distributed(table, config, parts: int, expected) -> dict[str, float]:
+    """Seconds of the distributed dedup over ``table`` cut into ``parts`` parquet parts in a
+    temp run dir: in this process, then as Ray tasks; each result checked against ``expected``."""
+    import tempfile
+
+    from curation.imagededup import deduplicate_distributed, in_process
+    from curation.run import RunLayout
+    from pipelines.runtime import configure_environment, init_ray
+    from pipelines.wit_images import ray_map_tasks
+
+    def rejects(layout):
+        got = layout.read_parquets(layout.list(layout.rejects_dir("imagededup"), ".parquet"),
+                                   ["uid", "reason", "duplicate_of"])
+        return sorted(zip(*(got.column(c).to_pylist() for c in ("uid", "reason", "duplicate_of"))))
+
+    want = sorted(zip(*(expected.column(c).to_pylist() for c in ("uid", "reason", "duplicate_of"))))
+    configure_environment()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-") as root:
+        layout = RunLayout(root)
+        step = -(-len(table) // parts)
+        uris = []
+        for i in range(parts):
+            uris.append(layout.checked_part(f"pass0_{i:05d}"))
+            layout.write_parquet(table.slice(i * step, step), uris[-1])
+        for name, engine in (("in one process", in_process), ("Ray tasks, local Ray", ray_map_tasks)):
+            if engine is ray_map_tasks:
+                init_ray()
+            start = time.perf_counter()
+            deduplicate_distributed(layout, uris, config, engine)
+            results[name] = time.perf_counter() - start
+            if rejects(layout) != want:
+                raise SystemExit(f"[bench_dedup] distributed dedup ({name}) differs from the one-process dedup")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400, help="real images hashed")
     parser.add_argument("--codes", type=int, default=200_000, help="codes deduplicated")
     parser.add_argument("--threshold", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parts", type=int, default=20, help="checked parts the distributed dedup reads")
     args = parser.parse_args(argv)
     import faiss
 
@@ -89,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         index.range_search(codes, args.threshold + 1)
 
     flat_seconds = best_of(1, flat_search)
+    distributed = bench_distributed(table, config, args.parts, rejected)
     print(f"[bench_dedup] check+hash (decode, bomb check, resize 256, pixel hash, pHash, JPEG): "
           f"{hash_rate:.1f} images/s/core over {args.images} real sample images, best of {args.repeat}")
     print(f"[bench_dedup] dedup of {args.codes} codes (threshold {args.threshold}): "
@@ -96,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(kept)} kept, {len(rejected)} duplicates), best of {args.repeat}")
     print(f"[bench_dedup] anchor: exhaustive IndexBinaryFlat range search alone {flat_seconds:.2f} s; "
           f"ratio full dedup vs exhaustive search: {flat_seconds / dedup_seconds:.1f}x faster")
+    for name, seconds in distributed.items():
+        print(f"[bench_dedup] distributed dedup ({name}, {args.parts} checked parts): {seconds:.2f} s, "
+              f"{args.codes / seconds:,.0f} images/s; ratio to the one-process dedup: "
+              f"{dedup_seconds / seconds:.2f}x; rejects identical: yes")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_environment()
     from pipelines.runtime import init_ray
-    from pipelines.sample_data import load_manifest
-    from pipelines.serve_images import serving
+    from pipelines.demo.sample_data import load_manifest
+    from pipelines.demo.serve_images import serving
 
     manifest = load_manifest()
     init_ray()

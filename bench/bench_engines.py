@@ -35,7 +35,7 @@ from curation.match import MatchStage  # noqa: E402
 from curation.pool import read_pool_file  # noqa: E402
 from curation.textfilter import TextFilter  # noqa: E402
 from pipelines.runtime import configure_environment, init_ray  # noqa: E402
-from pipelines.sample_data import load_manifest  # noqa: E402
+from pipelines.demo.sample_data import load_manifest  # noqa: E402
 
 
 def build_pool(root: Path, manifest: dict[str, str], copies: int) -> str:

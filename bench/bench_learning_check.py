@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import evaluate as evaluate_job  # noqa: E402
 from pipelines import pretrain as pretrain_job  # noqa: E402
-from pipelines.sample_data import load_manifest  # noqa: E402
+from pipelines.demo.sample_data import load_manifest  # noqa: E402
 from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist, write_captioned_shards  # noqa: E402
 
 

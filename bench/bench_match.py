@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from curation.match import QueryMatcher  # noqa: E402
-from pipelines.sample_data import load_manifest  # noqa: E402
+from pipelines.demo.sample_data import load_manifest  # noqa: E402
 from queries.text import space_text  # noqa: E402
 
 ANCHOR_LOOP, ANCHOR_AC, GOAL = 46.0, 119_000.0, 1_000_000.0

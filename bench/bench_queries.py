@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per form; the best is reported")
     p.add_argument("--full-dump-gb", type=float, default=90.0, help="article wikitext of a full enwiki dump, GB")
     args = p.parse_args(argv)
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     sample = load_manifest()["wiki_dump"]
     with tempfile.TemporaryDirectory(prefix="openwit-bench-queries-") as tmp:

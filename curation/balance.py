@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from curation.stage import with_reasons
+from curation.threshold import resolve_threshold
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -128,20 +129,24 @@ def _keep_rows(uid_hash: np.ndarray, offsets: np.ndarray, flat: np.ndarray, tabl
 
 class Balancer:
     """The balance stage: annotates live rows not drawn as ``not_sampled`` (rows rejected
-    upstream keep their reason). ``counts`` are the global c_e (:func:`count_entries` summed)."""
+    upstream keep their reason). ``counts`` are the global c_e (:func:`count_entries` summed);
+    ``t=None`` scales t to them (curation/threshold.py)."""
 
-    def __init__(self, counts: np.ndarray, t: float = 20_000, seed: int = 0):
-        self.probs = balance_probabilities(counts, t)
+    def __init__(self, counts: np.ndarray, t: float | None = 20_000, seed: int = 0):
+        self.t = resolve_threshold(counts, t)
+        self.probs = balance_probabilities(counts, self.t)
         self.seed = int(seed)
         self.salts = entry_salts(np.arange(len(self.probs)), self.seed)
         self.thresholds = draw_thresholds(self.probs)
         self.table = entry_table(self.salts, self.thresholds)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, hashes: np.ndarray | None = None) -> pa.Table:
+        """``hashes``: the rows' :func:`uid_hashes`, when the caller already has them."""
         query_ids = table.column("query_ids").combine_chunks()
         if table.num_rows == 0:
             return with_reasons(table)
-        keep = keep_rows(uid_hashes(table.column("uid")), query_ids, self.table)
+        hashes = uid_hashes(table.column("uid")) if hashes is None else hashes
+        keep = keep_rows(hashes, query_ids, self.table)
         empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
         reasons = np.where(keep | empty, "", "not_sampled").astype(object)
         return with_reasons(table, reasons)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import re
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from curation.stage import write_parquet_atomic
+from curation.robots import REASONS as RESPECT_REASONS
+from curation.robots import RespectConfig
+from curation.run import RunLayout
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
 RETRYABLE_REASONS = ("timeout", "connection_error", "http_408", "http_429", "http_5xx", "download_error")
@@ -43,8 +43,11 @@ class DownloadConfig:
     shard_size: int = 1000  # img2dataset number_sample_per_shard (the unit of resumption)
     retries: int = 0  # img2dataset's immediate per-URL retries
     retry_pass: bool = True  # re-fetch transiently failed URLs of all shards once more, at the end
+    distributor: str = "ray"  # img2dataset distributor: "ray" (a task per shard, over the cluster) or "multiprocessing"
+    shard_attempts: int = 3  # img2dataset runs per pass while shards are unfinished (a lost worker/node)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
+    respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
 
 
 def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str) -> dict:
@@ -65,7 +68,7 @@ def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str
         disable_all_reencoding=True,
         extract_exif=False,
         compute_hash=None,
-        distributor="multiprocessing",
+        distributor=config.distributor,
         incremental_mode="incremental",
         user_agent_token=config.user_agent_token,
         disallowed_header_directives=list(config.disallowed_header_directives),
@@ -75,6 +78,9 @@ def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str
 def download_reject_reason(error_message: str | None) -> str:
     """Map img2dataset's ``error_message`` of a failed row to a reject reason."""
     message = error_message or ""
+    respect = re.search(r"\b(" + "|".join(RESPECT_REASONS) + r"): ", message)
+    if respect:
+        return respect.group(1)
     refusal = re.search(r"urlguard refused (\w+): (\w+)", message)
     if refusal:
         return f"urlguard_{refusal.group(1)}_{refusal.group(2)}"
@@ -92,45 +98,66 @@ def download_reject_reason(error_message: str | None) -> str:
     return "download_error"
 
 
-def read_pass_results(output_folder: str | Path) -> pa.Table:
+def read_pass_results(layout: RunLayout, output_folder: str) -> pa.Table:
     """All rows img2dataset recorded in one pass: uid, key, status, error_message, shard
-    (the tar path holding the row's image when ``status == "success"``)."""
+    (the tar URI holding the row's image when ``status == "success"``)."""
     tables = []
-    for part in sorted(Path(output_folder).glob("[0-9]*.parquet")):
-        table = pq.read_table(part, columns=list(RESULT_COLUMNS))
-        shard = pa.array([str(part.with_suffix(".tar"))] * len(table), pa.string())
+    for part in layout.list(output_folder, ".parquet"):
+        if not part.rsplit("/", 1)[-1][0].isdigit():
+            continue
+        table = layout.read_parquet(part, columns=list(RESULT_COLUMNS))
+        shard = pa.array([part.removesuffix(".parquet") + ".tar"] * len(table), pa.string())
         tables.append(table.append_column("shard", shard))
     if not tables:
         return pa.table({c: pa.array([], pa.string()) for c in (*RESULT_COLUMNS, "shard")})
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def run_pass(rows: pa.Table, folder: Path, config: DownloadConfig, guard) -> pa.Table:
-    """Download ``rows`` (uid, url) into ``folder`` with img2dataset (incremental: finished
-    shards are skipped) under the in-worker guard; return :func:`read_pass_results`."""
+def run_pass(rows: pa.Table, layout: RunLayout, name: str, config: DownloadConfig, guard) -> pa.Table:
+    """Download ``rows`` (uid, url) into the pass folder ``download/<name>`` with img2dataset
+    (incremental: finished shards are skipped; the folder may be on an object store) under the
+    in-worker guard; return :func:`read_pass_results`. With the ``ray`` distributor each shard
+    is a Ray task on any node (Ray must be initialised by the caller); img2dataset is run again,
+    up to ``shard_attempts`` times, while a shard lacks its completion record (a worker or node
+    lost mid-shard)."""
     import img2dataset
 
     from curation.image_fetch import guarded_img2dataset
 
-    url_list = folder / "input" / "urls.parquet"
-    if not url_list.exists():
-        write_parquet_atomic(rows.select(["uid", "url"]), url_list)
-    elif pq.read_metadata(url_list).num_rows != len(rows):
+    folder = layout.download_pass(name)
+    url_list = f"{folder}/input/urls.parquet"
+    if not layout.exists(url_list):
+        layout.write_parquet(rows.select(["uid", "url"]), url_list)
+    elif layout.parquet_rows(url_list) != len(rows):
         raise ValueError(f"{url_list} holds a different input than this run: remove {folder} to restart")
-    if len(rows) and _unfinished(folder, len(rows), config):
-        with guarded_img2dataset(guard):
-            img2dataset.download(**img2dataset_kwargs(config, str(url_list), str(folder)))
-    results = read_pass_results(folder)
+    for _ in range(config.shard_attempts):  # incremental: each run redoes only unfinished shards
+        if not (len(rows) and _unfinished(layout, folder, len(rows), config)):
+            break
+        with guarded_img2dataset(guard, config.respect):
+            img2dataset.download(**img2dataset_kwargs(config, url_list, folder))
+    results = read_pass_results(layout, folder)
     if len(results) != len(rows):
         raise RuntimeError(f"img2dataset recorded {len(results)} of {len(rows)} rows in {folder}")
     return results
 
 
-def _unfinished(folder: Path, rows: int, config: DownloadConfig) -> bool:
+def _unfinished(layout: RunLayout, folder: str, rows: int, config: DownloadConfig) -> bool:
     """Whether img2dataset has not yet written a stats file (its completion marker) for every
     shard of the pass."""
     expected = -(-rows // config.shard_size)
-    return len(list(folder.glob("*_stats.json"))) < expected
+    return len(layout.list(folder, "_stats.json")) < expected
+
+
+def rows_by_node(layout: RunLayout, downloaded: pa.Table) -> dict[str, int]:
+    """Downloaded rows per node that fetched them (from each shard's ``_nodes/`` record)."""
+    counts: dict[str, int] = {}
+    for item in pc.value_counts(downloaded.column("shard")).to_pylist() if len(downloaded) else []:
+        shard, n = item["values"], item["counts"]
+        folder, stem = shard.rsplit("/", 1)
+        record = f"{folder}/_nodes/{stem.removesuffix('.tar')}.json"
+        node = layout.read_json(record)["node"] if layout.exists(record) else "unknown"
+        counts[node] = counts.get(node, 0) + int(n)
+    return dict(sorted(counts.items()))
 
 
 def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:
@@ -141,12 +168,11 @@ def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:
     return pa.concat_tables([first.filter(pc.invert(again)), retried.select(first.column_names)])
 
 
-def download(rows: pa.Table, download_dir: str | Path, config: DownloadConfig, guard) -> tuple[pa.Table, pa.Table]:
+def download(rows: pa.Table, layout: RunLayout, config: DownloadConfig, guard) -> tuple[pa.Table, pa.Table]:
     """Fetch ``rows`` (uid, url): first pass, then one retry pass over every shard's transient
     failures. Returns (downloaded rows: uid, key, shard; rejected rows: uid, reason,
     error_message). Every input uid is in exactly one of the two."""
-    download_dir = Path(download_dir)
-    results = run_pass(rows, download_dir / "pass0", config, guard)
+    results = run_pass(rows, layout, "pass0", config, guard)
     reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()])
     failed = pc.not_equal(results.column("status"), "success")
     if config.retry_pass:
@@ -154,7 +180,7 @@ def download(rows: pa.Table, download_dir: str | Path, config: DownloadConfig, g
         retry_uids = results.filter(retry).column("uid")
         if len(retry_uids):
             retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retry_uids))
-            results = merge_passes(results, run_pass(retry_rows, download_dir / "retry", config, guard))
+            results = merge_passes(results, run_pass(retry_rows, layout, "retry", config, guard))
             reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()])
             failed = pc.not_equal(results.column("status"), "success")
     ok = results.filter(pc.invert(failed)).select(["uid", "key", "shard"])
@@ -162,17 +188,18 @@ def download(rows: pa.Table, download_dir: str | Path, config: DownloadConfig, g
     return ok, rejected
 
 
-def read_download_shard(tar_path: str | Path, uids: list, keys: list[str]) -> pa.Table:
+def read_download_shard(layout: RunLayout, tar_uri: str, uids: list, keys: list[str]) -> pa.Table:
     """The fetched bytes of ``keys`` from one img2dataset tar, as a table ``(uid, image)``
-    (``image`` is null when the tar lacks the member: the checker rejects it)."""
+    (``image`` is null when the tar lacks the member: the checker rejects it). An unreadable
+    tar is an error naming it."""
     wanted = {f"{key}.jpg": i for i, key in enumerate(keys)}
     images: list[bytes | None] = [None] * len(keys)
     try:
-        with tarfile.open(tar_path) as tar:
+        with layout.open(tar_uri) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 i = wanted.get(member.name)
                 if i is not None and member.isfile():
                     images[i] = tar.extractfile(member).read()
-    except (OSError, tarfile.TarError) as err:
-        raise RuntimeError(f"{tar_path}: unreadable img2dataset shard ({err}); remove it to re-download") from err
+    except (OSError, EOFError, tarfile.TarError) as err:
+        raise RuntimeError(f"{tar_uri}: unreadable img2dataset shard ({err}); remove it to re-download") from err
     return pa.table({"uid": pa.array(uids), "image": pa.array(images, pa.binary())})

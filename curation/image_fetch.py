@@ -24,12 +24,14 @@ import contextlib
 import functools
 import http.client
 import importlib
+import json
 import socket
 import urllib.error
 import urllib.request
 
 from img2dataset.downloader import Downloader
 
+from curation.robots import RespectConfig, RespectfulHandler
 from curation.urlguard import UrlGuard, UrlGuardConfig
 
 REFUSAL_MARKER = "urlguard refused"
@@ -107,15 +109,43 @@ class _GuardedRedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def build_guarded_opener(config: UrlGuardConfig) -> urllib.request.OpenerDirector:
-    """A urllib opener enforcing ``config`` on every connection and redirect, proxies off."""
+def build_guarded_opener(config: UrlGuardConfig, respect: RespectConfig | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener enforcing ``config`` on every connection and redirect, proxies off; with
+    ``respect``, also robots.txt (fetched through a guarded opener), Crawl-delay, our User-Agent
+    and the opt-out ledger (:mod:`curation.robots`)."""
     guard = UrlGuard(config)
-    return urllib.request.build_opener(
-        urllib.request.ProxyHandler({}),
-        _GuardedHTTPHandler(guard),
-        _GuardedHTTPSHandler(guard),
-        _GuardedRedirectHandler(guard),
-    )
+    handlers = [urllib.request.ProxyHandler({}), _GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard),
+                _GuardedRedirectHandler(guard)]
+    if respect is not None:
+        handlers.append(RespectfulHandler(respect, build_guarded_opener(config)))
+    return urllib.request.build_opener(*handlers)
+
+
+@functools.lru_cache(maxsize=4)
+def worker_opener(config: UrlGuardConfig, respect: RespectConfig | None) -> urllib.request.OpenerDirector:
+    """One opener per worker process and config: its robots.txt cache and Crawl-delay clocks
+    last across the shards that process downloads (img2dataset re-sends the Downloader per shard)."""
+    return build_guarded_opener(config, respect)
+
+
+def node_name() -> str:
+    """This worker's node: the Ray node id inside a Ray task, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return socket.gethostname()
+
+
+def record_node(output_folder: str, shard_id: int) -> None:
+    """Write ``_nodes/NNNNN.json`` = ``{"node": …}`` beside an img2dataset shard (one PUT)."""
+    from queries.files import atomic_write
+
+    body = json.dumps({"node": node_name(), "host": socket.gethostname()}).encode()
+    atomic_write(f"{output_folder}/_nodes/{int(shard_id):05d}.json", lambda f: f.write(body))
 
 
 class GuardedDownloader(Downloader):
@@ -127,21 +157,27 @@ class GuardedDownloader(Downloader):
     """
 
     pending_config: UrlGuardConfig | None = None  # set by guarded_img2dataset() before construction
+    pending_respect: RespectConfig | None = None  # robots/ledger policy, also set there (None: off)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if type(self).pending_config is None:
             raise RuntimeError("GuardedDownloader built outside guarded_img2dataset()")
         self.guard_config = type(self).pending_config
+        self.respect_config = type(self).pending_respect
 
     def download_shard(self, row):
-        """Install the guarded opener in this process, then download the shard as usual."""
-        urllib.request.install_opener(build_guarded_opener(self.guard_config))
-        return super().download_shard(row)
+        """Install the guarded opener in this process (one per worker: robots.txt cache and
+        Crawl-delay clocks last across shards), download the shard as usual, then record which
+        node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
+        urllib.request.install_opener(worker_opener(self.guard_config, self.respect_config))
+        result = super().download_shard(row)
+        record_node(self.output_folder, row[0])
+        return result
 
 
 @contextlib.contextmanager
-def guarded_img2dataset(config: UrlGuardConfig):
+def guarded_img2dataset(config: UrlGuardConfig, respect: RespectConfig | None = None):
     """Within the block, ``img2dataset.download`` downloads through :class:`GuardedDownloader`.
 
     (img2dataset 1.47 has no hook for this; the pin in pyproject.toml keeps the patch valid.)
@@ -150,9 +186,11 @@ def guarded_img2dataset(config: UrlGuardConfig):
     main_module = importlib.import_module("img2dataset.main")
     previous = main_module.Downloader
     GuardedDownloader.pending_config = config
+    GuardedDownloader.pending_respect = respect
     main_module.Downloader = GuardedDownloader
     try:
         yield
     finally:
         main_module.Downloader = previous
         GuardedDownloader.pending_config = None
+        GuardedDownloader.pending_respect = None

@@ -1,6 +1,7 @@
 """Eval-overlap analysis (CLIP §5, App. C): nearest-neighbour search of eval images among training
-images, threshold calibration on planted copies, the Overlap/Clean/All statistics, and the
-decontamination filters of the curation pipeline. Array code only: no models, no files.
+images, threshold calibration on planted copies, and the Overlap/Clean/All statistics (the curation
+stage ``decontaminate`` in ``curation/images.py`` uses the pHash search). Array code only: no
+models, no files.
 
 Search (:func:`nearest`): cosine (inner product of L2-normalised rows) with faiss —
 ``IndexFlatIP`` over gallery chunks of ``chunk_rows`` with a running best (exact, memory bounded,
@@ -18,22 +19,17 @@ gives ``None`` for what it cannot define, never an error.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import faiss
 import imagehash
 import numpy as np
-import pyarrow as pa
 from PIL import Image
 from scipy import stats
 
 PHASH_BITS = 64
 EVAL_DUPLICATE = "eval_duplicate"
-EVAL_URL = "eval_url"
-EVAL_CAPTION = "eval_caption"
 
 
 @dataclass(frozen=True)
@@ -210,43 +206,3 @@ def bonferroni(p_values: dict[str, float | None]) -> dict[str, float | None]:
     (datasets whose p-value is defined); None stays None."""
     m = sum(p is not None for p in p_values.values())
     return {k: (min(1.0, p * m) if p is not None else None) for k, p in p_values.items()}
-
-
-# ---------------------------------------------------------------- decontamination
-
-
-def normalize_caption(text: str) -> str:
-    """Caption key for exact matching: NFKC, lower-case, punctuation to spaces, single spaces."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
-
-
-def url_caption_matches(table: pa.Table, eval_urls: dict[str, str], eval_captions: dict[str, str]) -> pa.Table:
-    """Rows of ``table`` (uid, url, text) whose URL equals an eval URL (reason ``eval_url``) or
-    whose normalised caption equals an eval caption's (``eval_caption``), with the matched
-    eval id: (uid, reason, eval_id). ``eval_urls`` maps url -> eval id; ``eval_captions`` maps
-    :func:`normalize_caption` keys -> eval id. A URL match wins over a caption match."""
-    uids, reasons, ids = [], [], []
-    for uid, url, text in zip(*(table.column(c).to_pylist() for c in ("uid", "url", "text"))):
-        if url is not None and url in eval_urls:
-            uids.append(uid), reasons.append(EVAL_URL), ids.append(eval_urls[url])
-        elif text is not None and (key := normalize_caption(text)) in eval_captions:
-            uids.append(uid), reasons.append(EVAL_CAPTION), ids.append(eval_captions[key])
-    return pa.table({"uid": pa.array(uids, table.schema.field("uid").type), "reason": pa.array(reasons, pa.string()),
-                     "eval_id": pa.array(ids, pa.string())})
-
-
-def eval_duplicates(uids: pa.Array, train: np.ndarray, eval_ids: Sequence[str], evals: np.ndarray,
-                    threshold: float, config: SearchConfig = SearchConfig()) -> pa.Table:
-    """Training rows whose nearest eval image scores >= ``threshold``: (uid, reason =
-    ``eval_duplicate``, eval_id, score). ``train`` / ``evals`` are L2-normalised float
-    embeddings, or (N, 8) uint8 pHash codes for both."""
-    if train.dtype == np.uint8:
-        score, idx = nearest_binary(train, evals)
-    else:
-        score, idx = nearest(train, evals, config)
-    hit = np.flatnonzero(score >= threshold)
-    return pa.table({"uid": pa.array(uids).take(pa.array(hit, pa.int64())),
-                     "reason": pa.array([EVAL_DUPLICATE] * len(hit), pa.string()),
-                     "eval_id": pa.array([str(eval_ids[idx[i]]) for i in hit], pa.string()),
-                     "score": pa.array(score[hit], pa.float32())})

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from curation.stage import with_reasons
+from queries.files import file_identity, is_temp_name
 
 URL_NAMES = ("url", "URL", "image_url")
 TEXT_NAMES = ("text", "caption", "TEXT", "alt", "alt_text")
@@ -29,8 +30,17 @@ UID_NAMES = ("uid", "key")
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
 
+STRING_TYPES = ("string", "large_string", "binary", "large_binary")  # what url/text may be
+
+
 class PoolFormatError(ValueError):
-    """A pool file that cannot be read as a candidate pool (the message names the file)."""
+    """A pool file that cannot be read as a candidate pool (the message names the file).
+    ``reason`` is the whole-file reject reason: ``unreadable_file`` (empty, truncated, corrupt,
+    not the format its name says) or ``bad_schema`` (a needed column missing or of a wrong type)."""
+
+    def __init__(self, message: str, reason: str = "unreadable_file"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,45 @@ def list_pool_files(uris: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"pool {uri} does not exist")
         if info.type == pafs.FileType.Directory:
             found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            names = sorted(f.path for f in found if f.type == pafs.FileType.File and _format_of(f.path, None))
+            names = sorted(f.path for f in found if f.type == pafs.FileType.File and _format_of(f.path, None)
+                           and not f.base_name.startswith(".") and not is_temp_name(f.base_name))
             prefix = uri[: len(uri) - len(path)] if "://" in uri else ""
             files += [prefix + n for n in names]
         else:
             files.append(uri)
     return files
+
+
+def pool_file_identity(uri: str) -> dict:
+    """What identifies a pool file's content without reading it (:func:`queries.files.file_identity`)."""
+    return file_identity(uri)
+
+
+def read_counted(uri: str, config: PoolConfig, layout, on_bad_file: str = "error") -> pa.Table:
+    """:func:`read_pool_file`, recording the rows read in the run's ``_read/`` tally (the
+    ``in`` of the read stage, counted here, independently of what later stages output). With
+    ``on_bad_file="skip"`` an unreadable or badly-typed file is recorded as skipped (reason,
+    error) and gives no rows; ``"record"`` records it as a failure for the driver to raise
+    (:func:`raise_read_failures`: an engine whose workers must not die mid-job); otherwise its
+    :class:`PoolFormatError` stops the run."""
+    try:
+        table = read_pool_file(uri, config)
+    except PoolFormatError as err:
+        if on_bad_file not in ("skip", "record"):
+            raise
+        key = "skipped" if on_bad_file == "skip" else "failed"
+        layout.write_json(layout.read_tally(uri), {"file": uri, "rows": None, key: err.reason, "error": str(err)})
+        return conform_pool(_empty_pool(), uri, PoolConfig("url", "text", None))
+    layout.write_json(layout.read_tally(uri), {"file": uri, "rows": table.num_rows})
+    return table
+
+
+def raise_read_failures(records: list[dict]) -> None:
+    """Raise the :class:`PoolFormatError` of the first file the reader recorded as failed."""
+    failed = [r for r in records if r.get("failed")]
+    if failed:
+        more = f" (and {len(failed) - 1} more bad pool files)" if len(failed) > 1 else ""
+        raise PoolFormatError(failed[0]["error"] + more, reason=failed[0]["failed"])
 
 
 def _format_of(path: str, fmt: str | None) -> str | None:
@@ -75,15 +118,18 @@ def _format_of(path: str, fmt: str | None) -> str | None:
 def read_pool_file(uri: str, config: PoolConfig = PoolConfig()) -> pa.Table:
     """Read one pool file into a conformed, annotated table (see module docstring).
 
-    Raises :class:`PoolFormatError` naming the file for an unknown format, unparsable content or
-    a missing url/text column. An empty file gives an empty table.
+    Raises :class:`PoolFormatError` naming the file for an unknown format, unparsable, empty or
+    truncated content (a zero-byte parquet/csv/tsv/gzip file is never read as 0 rows), or a
+    missing or wrongly typed url/text/uid column. Only an empty plain JSONL file is 0 rows.
     """
     fmt = _format_of(uri, config.format)
     if fmt not in FORMATS:
         raise PoolFormatError(f"{uri}: unknown pool format (expected one of {FORMATS}, .gz allowed)")
     fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
     if fs.get_file_info(path).size == 0:
-        return conform_pool(_empty_pool(), uri, PoolConfig("url", "text", None))
+        if fmt == "jsonl" and not path.lower().endswith(".gz"):
+            return conform_pool(_empty_pool(), uri, PoolConfig("url", "text", None))
+        raise PoolFormatError(f"{uri}: empty file (0 bytes), not a valid {fmt} file (a truncated upload?)")
     try:
         if fmt == "parquet":
             table = pq.read_table(path, filesystem=fs)
@@ -92,8 +138,8 @@ def read_pool_file(uri: str, config: PoolConfig = PoolConfig()) -> pa.Table:
             with fs.open_input_stream(path, compression=compression) as stream:
                 raw = stream.read()
             table = _read_text_format(raw, fmt)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise PoolFormatError(f"{uri}: cannot read as {fmt}: {err}") from err
+    except (pa.ArrowInvalid, OSError, EOFError, UnicodeDecodeError) as err:
+        raise PoolFormatError(f"{uri}: cannot read as {fmt} (corrupt or truncated?): {err}") from err
     return conform_pool(table, uri, config)
 
 
@@ -120,7 +166,8 @@ def _empty_pool() -> pa.Table:
 def _pick(table: pa.Table, uri: str, wanted: str | None, names: tuple[str, ...], role: str) -> str | None:
     if wanted is not None:
         if wanted not in table.column_names:
-            raise PoolFormatError(f"{uri}: missing {role} column {wanted!r} (columns: {table.column_names})")
+            raise PoolFormatError(f"{uri}: missing {role} column {wanted!r} (columns: {table.column_names})",
+                                  reason="bad_schema")
         return wanted
     for name in names:
         if name in table.column_names:
@@ -136,8 +183,10 @@ def conform_pool(table: pa.Table, uri: str, config: PoolConfig = PoolConfig()) -
     for col, role, names in ((url_col, "url", URL_NAMES), (text_col, "text", TEXT_NAMES)):
         if col is None:
             raise PoolFormatError(
-                f"{uri}: missing {role} column (looked for {names}; columns: {table.column_names})")
+                f"{uri}: missing {role} column (looked for {names}; columns: {table.column_names})",
+                reason="bad_schema")
     uid_col = _pick(table, uri, config.uid_column, UID_NAMES, "uid")
+    _check_types(table, uri, url_col, text_col, uid_col)
     url, url_ok = _utf8(table.column(url_col))
     text, text_ok = _utf8(table.column(text_col))
     reasons = np.full(table.num_rows, "", dtype=object)
@@ -155,6 +204,24 @@ def conform_pool(table: pa.Table, uri: str, config: PoolConfig = PoolConfig()) -
         column = table.column(name)
         out = out.append_column(name, column.cast(pa.string()) if pa.types.is_binary(column.type) else column)
     return with_reasons(out, reasons)
+
+
+def _check_types(table: pa.Table, uri: str, url_col: str, text_col: str, uid_col: str | None) -> None:
+    """url/text must be strings or bytes (or all null); a uid strings, bytes or integers."""
+    for col, role, ok in ((url_col, "url", _stringlike), (text_col, "text", _stringlike),
+                          (uid_col, "uid", lambda t: _stringlike(t) or pa.types.is_integer(t))):
+        if col is None:
+            continue
+        kind = table.schema.field(col).type
+        if not ok(kind):
+            accepted = ", ".join(STRING_TYPES + (("integer",) if role == "uid" else ()))
+            raise PoolFormatError(f"{uri}: {role} column {col!r} has type {kind}; accepted types: {accepted}",
+                                  reason="bad_schema")
+
+
+def _stringlike(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind))
 
 
 def _utf8(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:

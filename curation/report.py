@@ -1,4 +1,4 @@
-"""The run report: ``<curation_dir>/report.html`` + PNGs under ``<curation_dir>/report/``.
+"""The run report: ``<out>/curation/report.html`` + PNGs under ``<out>/curation/report/``.
 
 Reads what the stages left behind, nothing else:
 
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import tarfile
 import textwrap
-from pathlib import Path
 
 import matplotlib
 
@@ -26,34 +24,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from curation.stage import write_bytes_atomic  # noqa: E402
+from curation.run import RunLayout  # noqa: E402
+from curation.stage import IMAGE_STAGES, TEXT_STAGES  # noqa: E402
 
-# Stages in data-flow order; stages not listed follow in file-modification order.
-STAGE_ORDER = ("read", "text", "dedup_url", "dedup_text", "match", "balance",
-               "urlguard", "download", "imagecheck", "imagededup", "shards")
+STAGE_ORDER = TEXT_STAGES + IMAGE_STAGES  # the stage registry's data-flow order
 
 
-def read_all_stats(curation_dir: Path) -> dict[str, dict]:
-    """``{stage: stats}`` for every ``stats/*.json``, in data-flow order."""
-    files = list((curation_dir / "stats").glob("*.json"))
+def read_all_stats(layout: RunLayout) -> dict[str, dict]:
+    """``{stage: stats}`` for every ``stats/*.json`` holding a stage ledger, in data-flow order
+    (stages outside the registry follow by name)."""
     rank = {name: i for i, name in enumerate(STAGE_ORDER)}
-    files.sort(key=lambda f: (rank.get(f.stem, len(rank)), f.stat().st_mtime, f.stem))
-    out = {}
-    for f in files:
-        stats = json.loads(f.read_text())
+    found = {}
+    for uri in layout.list(layout.stats_dir, ".json"):
+        stats = layout.read_json(uri)
         if isinstance(stats, dict) and {"in", "out"} <= stats.keys():
-            out[f.stem] = stats
-    return out
+            found[uri.rsplit("/", 1)[-1].removesuffix(".json")] = stats
+    return {s: found[s] for s in sorted(found, key=lambda s: (rank.get(s, len(rank)), s))}
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, layout: RunLayout, uri: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    layout.write_bytes(uri, buffer.getvalue())
 
 
-def plot_funnel(stats: dict[str, dict], path: Path) -> None:
+def plot_funnel(stats: dict[str, dict], layout: RunLayout, uri: str) -> None:
     """Bar per stage: rows out, stacked with rows rejected per reason."""
     stages = list(stats)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(stages)), 4.5))
@@ -70,13 +66,13 @@ def plot_funnel(stats: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("rows")
     ax.set_title("rows per stage (kept + rejected by reason)")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
-    _save(fig, path)
+    _save(fig, layout, uri)
 
 
-def sample_grid(shard: Path, path: Path, count: int = 16) -> list[str]:
+def sample_grid(layout: RunLayout, shard: str, uri: str, count: int = 16) -> list[str]:
     """A grid of the first ``count`` samples of a shard with their captions; returns captions."""
     samples: dict[str, dict] = {}
-    with tarfile.open(shard) as tar:
+    with layout.open(shard) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if ext in ("jpg", "txt"):
@@ -95,7 +91,7 @@ def sample_grid(shard: Path, path: Path, count: int = 16) -> list[str]:
         captions.append(caption)
         ax.imshow(Image.open(io.BytesIO(item["jpg"])).convert("RGB"))
         ax.set_title("\n".join(textwrap.wrap(caption, 28)[:3]), fontsize=7)
-    _save(fig, path)
+    _save(fig, layout, uri)
     return captions
 
 
@@ -108,28 +104,24 @@ def _stats_table(stats: dict[str, dict]) -> str:
             + "".join(rows) + "</table>")
 
 
-def write_report(curation_dir: str | Path) -> Path:
-    """Write ``report.html`` and its PNGs for ``curation_dir``; return the HTML path."""
-    root = Path(curation_dir)
-    out = root / "report"
-    stats = read_all_stats(root)
-    parts = ["<h1>openwit curation report</h1>", f"<p>{html.escape(str(root.resolve()))}</p>"]
+def write_report(layout: RunLayout) -> str:
+    """Write ``report.html`` and its PNGs for the run's curation dir; return the HTML's URI."""
+    stats = read_all_stats(layout)
+    parts = ["<h1>openwit curation report</h1>", f"<p>{html.escape(layout.curation)}</p>"]
     if stats:
-        plot_funnel(stats, out / "funnel.png")
+        plot_funnel(stats, layout, layout.report_asset("funnel.png"))
         parts += ["<h2>Rows per stage</h2>", '<img src="report/funnel.png">', _stats_table(stats)]
-    if (root / "stats" / "entry_counts.png").exists():
+    if layout.exists(layout.entry_counts_plot):
         parts += ["<h2>Pairs per entry, before/after balancing</h2>", '<img src="stats/entry_counts.png">']
-    shards = sorted((root / "shards").glob("*.tar"))
+    shards = layout.list(layout.shards_dir, ".tar")
     if shards:
-        sample_grid(shards[0], out / "samples.png")
-        shard_stats = root / "shards" / "stats.json"
-        summary = html.escape(shard_stats.read_text()) if shard_stats.exists() else ""
+        sample_grid(layout, shards[0], layout.report_asset("samples.png"))
+        summary = html.escape(layout.read_bytes(layout.shard_stats).decode()) if layout.exists(layout.shard_stats) else ""
         parts += ["<h2>Sample images (first shard)</h2>", '<img src="report/samples.png">',
                   f"<h2>Shards</h2><pre>{summary}</pre>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>openwit curation report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>"
             "</head><body>" + "\n".join(parts) + "</body></html>\n")
-    path = root / "report.html"
-    write_bytes_atomic(path, page.encode("utf-8"))
-    return path
+    layout.write_bytes(layout.report_html, page.encode("utf-8"))
+    return layout.report_html

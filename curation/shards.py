@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import webdataset as wds
 
-from curation.stage import write_bytes_atomic, write_parquet_atomic
+from curation.run import RunLayout, shard_name
+from queries.files import atomic_write
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height")
@@ -35,11 +33,7 @@ class ShardConfig:
     """Final shard layout."""
 
     shard_size: int = 10_000  # samples per tar (the last shard holds the rest)
-
-
-def shard_name(shard_id: int) -> str:
-    """The one shard-name format: ``00042``."""
-    return f"{shard_id:05d}"
+    holdout_fraction: float = 0.0  # share of samples (by uid hash, curation/holdout.py) written to heldout/
 
 
 def sanitize_key(key: str) -> str:
@@ -60,15 +54,6 @@ def sample_members(row: dict) -> dict:
     }
 
 
-def write_tar(rows: list[dict], path: Path) -> None:
-    """Write samples to a tar at ``path`` atomically (built in memory, then renamed)."""
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
-        for row in rows:
-            sink.write(sample_members(row))
-    write_bytes_atomic(path, buffer.getvalue())
-
-
 def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
     """Re-cut a stream of tables into tables of exactly ``size`` rows (the last one shorter)."""
     pending: list[pa.Table] = []
@@ -86,37 +71,85 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(pending)
 
 
-def _shard_matches(tar: Path, index: Path, table: pa.Table) -> bool:
+def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table, split: str = "shards") -> bool:
     """Whether a finished shard from an earlier run holds exactly these samples (the index
     is written after the tar, so its presence marks a complete shard)."""
-    if not (tar.exists() and index.exists()):
+    tar, index = layout.shard_tar(shard_id, split), layout.shard_index(shard_id, split)
+    if not (layout.exists(tar) and layout.exists(index)):
         return False
-    done = pq.read_table(index, columns=["key", "uid"])
+    done = layout.read_parquet(index, columns=["key", "uid"])
     return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
 
 
-def write_shards(samples: Iterable[pa.Table], out_dir: str | Path, config: ShardConfig) -> dict:
-    """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
-    original_width, original_height``, in the order they should appear) as shards; a shard
-    already on disk with the same keys and uids is kept as is (rerun). Returns the stats written to
-    ``out_dir/stats.json``: shards, samples, bytes."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = samples_total = 0
-    for shard_id, table in enumerate(rebatch(samples, config.shard_size)):
-        name = shard_name(shard_id)
-        keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
-        table = table.append_column("key", keys)
-        tar, index = out_dir / f"{name}.tar", out_dir / f"{name}.parquet"
-        if not _shard_matches(tar, index, table):
-            write_tar(table.to_pylist(), tar)
-            write_parquet_atomic(table.select(list(INDEX_COLUMNS)), index)
-        shards += 1
-        samples_total += len(table)
-    stale = sorted(p for p in out_dir.glob("[0-9]*.*") if int(p.stem) >= shards)
-    for path in stale:  # left over from an earlier, larger run with other settings
-        os.remove(path)
-    stats = {"shards": shards, "samples": samples_total, "shard_size": config.shard_size,
-             "bytes": sum(p.stat().st_size for p in out_dir.glob("*.tar"))}
-    write_bytes_atomic(out_dir / "stats.json", (json.dumps(stats, indent=2) + "\n").encode())
+def _write_tar(f, table: pa.Table) -> None:
+    """Stream ``table``'s samples into the open file ``f`` as a WebDataset tar (fixed owner and
+    mtime), a batch of rows at a time: the shard is never whole in memory."""
+    with wds.TarWriter(f, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
+        for batch in table.to_batches(max_chunksize=64):
+            for row in batch.to_pylist():
+                sink.write(sample_members(row))
+
+
+def write_shard(layout: RunLayout, shard_id: int, table: pa.Table, split: str = "shards") -> dict:
+    """Write one shard (``table``: the sample columns, in order; keys are added) unless an
+    earlier run left the same one; the tar is streamed to the run's filesystem (atomic), then
+    its index. Returns ``{"samples", "bytes"}``."""
+    name = shard_name(shard_id)
+    keys = pa.array([f"{name}_{i:06d}" for i in range(len(table))], pa.string())
+    table = table.append_column("key", keys)
+    tar = layout.shard_tar(shard_id, split)
+    if not _shard_matches(layout, shard_id, table, split):
+        atomic_write(tar, lambda f: _write_tar(f, table))
+        layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id, split))
+    return {"samples": len(table), "bytes": layout.size(tar)}
+
+
+def finish_shards(layout: RunLayout, written: list[dict], config: ShardConfig, split: str = "shards") -> dict:
+    """After shards ``0..len(written)-1`` are written: remove higher-numbered shards an earlier,
+    larger run left, and write ``<split>/stats.json`` (shards, samples, shard_size, bytes)."""
+    shards = len(written)
+    for uri in layout.list(layout.split_dir(split)):  # left over from an earlier, larger run
+        stem, _, ext = uri.rsplit("/", 1)[-1].partition(".")
+        if stem.isdigit() and ext in ("tar", "parquet") and int(stem) >= shards:
+            layout.remove(uri)
+    stats = {"shards": shards, "samples": sum(w["samples"] for w in written), "shard_size": config.shard_size,
+             "bytes": sum(w["bytes"] for w in written)}
+    layout.write_json(layout.shard_stats_of(split), stats)
     return stats
+
+
+def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig, split: str = "shards") -> dict:
+    """Write ``samples`` (tables with ``uid, url, text, query_ids, source, jpg, width, height,
+    original_width, original_height``, in the order they should appear) as the run's shards in
+    this process; a shard already there with the same keys and uids is kept as is (rerun).
+    Files in the split's dir that are not ours (a README, a temp file of an interrupted write)
+    are left alone or cleaned. Returns the stats written to ``<split>/stats.json``. (The image
+    stages write shards as tasks: :func:`plan_shards` + :func:`write_shard`.)"""
+    layout.clean_temp(layout.split_dir(split))
+    written = [write_shard(layout, shard_id, table, split)
+               for shard_id, table in enumerate(rebatch(samples, config.shard_size))]
+    return finish_shards(layout, written, config, split)
+
+
+def plan_shards(counts: list[int], size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut parts holding ``counts[i]`` samples each (in order) into shards of ``size``: for
+    each shard, its ``(part, start, stop)`` ranges, so shard k holds samples k*size.. of the
+    concatenation, exactly as :func:`rebatch` over the parts would cut them."""
+    if size <= 0:
+        raise ValueError(f"shard size must be > 0, got {size}")
+    plan: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = size
+    for part, count in enumerate(counts):
+        start = 0
+        while start < count:
+            take = min(room, count - start)
+            current.append((part, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                plan.append(current)
+                current, room = [], size
+    if current:
+        plan.append(current)
+    return plan

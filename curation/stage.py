@@ -1,26 +1,27 @@
-"""The text-side stage contract: every stage annotates rows instead of dropping them.
+"""The stage contract and the one ledger of every stage, text and image.
+
+The ordered stage registry (:data:`TEXT_STAGES`, :data:`IMAGE_STAGES`) and :class:`StageStats`
+(``stats/<stage>.json``) are shared by both halves. Text stages annotate rows instead of
+dropping them:
 
 A stage is a callable ``(pa.Table) -> pa.Table`` that returns *every* input row with a
 ``reject_reason`` string column: ``""`` for a live row, a short reason otherwise. A row rejected
 by an earlier stage passes through every later stage unchanged (the first reason wins), so the
 rows travel together to the output writer, which splits them into the selection and
 ``rejects/<stage>/`` and tallies reasons. Reason names are unique per stage
-(``curation.config.REASONS``), so one tally gives every stage's ``in / out / rejected`` and
-``rows_in == rows_out + sum(rejected)`` holds by construction (checked by :class:`StageStats`).
+(:data:`REASONS`), so one tally gives every stage's ``in / out / rejected`` and
+``rows_in == rows_out + sum(rejected)`` is checked by :class:`StageStats`, with ``in`` measured
+independently: the reader counts the pool rows it read, and the driver checks the part tallies
+against that count (a lost part or row is an error, never a balanced ledger).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 REASON = "reject_reason"
 KEPT = ""
@@ -55,32 +56,33 @@ def live_mask(table: pa.Table) -> np.ndarray:
     return np.asarray(pc.equal(table.column(REASON), KEPT).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp name in the same directory and a rename
-    (readers never see a partial file; the one atomic writer of curation/)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    Path(tmp).write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write ``table`` to ``path`` through a temp name and a rename (readers never see a
-    partial file). Deterministic bytes: no timestamps, fixed writer settings."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
-    os.replace(tmp, path)
+# The ordered stage registry: config, reports, both engine adapters and the image runner read it.
+TEXT_STAGES = ("read", "text", "dedup_url", "dedup_text", "match", "balance")
+IMAGE_STAGES = ("urlguard", "download", "imagecheck", "imagededup", "decontaminate", "shards")
+# the reasons each text stage can give (a reason belongs to exactly one stage); image stages'
+# reasons are mostly open-ended (``http_<code>``…) and named in their modules, except the eval
+# decontamination's one (its rejects also carry ``eval_id``, the matched eval image)
+REASONS = {
+    "read": ("null_url", "null_text", "invalid_utf8"),
+    "text": ("empty_text", "text_too_short", "text_too_long", "not_english"),
+    "dedup_url": ("duplicate_url",),
+    "dedup_text": ("duplicate_text",),
+    "match": ("no_match",),
+    "balance": ("not_sampled",),
+    "decontaminate": ("eval_duplicate",),
+}
 
 
 @dataclass
 class StageStats:
-    """Row accounting of one stage: ``rows_in == rows_out + sum(rejected.values())``."""
+    """The one ledger of a stage, text or image: ``rows_in == rows_out + sum(rejected)``,
+    written as ``stats/<stage>.json`` = ``{stage, in, out, rejected: {reason: n}}`` (+ extras)."""
 
     stage: str  # stage name, also the stats/<stage>.json and rejects/<stage>/ names
-    rows_in: int = 0  # rows the stage received
+    rows_in: int = 0  # rows the stage received (measured, never derived from its outputs)
     rows_out: int = 0  # rows it kept
     rejected: dict[str, int] = field(default_factory=dict)  # rows dropped, by reason
+    extra: dict = field(default_factory=dict)  # stage-specific figures (files skipped, per node…)
 
     @classmethod
     def from_counts(cls, stage: str, counts: dict[str, int]) -> StageStats:
@@ -91,17 +93,48 @@ class StageStats:
 
     def check(self) -> StageStats:
         """Raise if the accounting invariant does not hold; return self."""
-        if self.rows_in != self.rows_out + sum(self.rejected.values()):
-            raise AssertionError(f"stage {self.stage}: {self.rows_in} in != {self.rows_out} out + {self.rejected}")
+        dropped = sum(self.rejected.values())
+        if self.rows_in != self.rows_out + dropped:
+            raise AssertionError(f"stage {self.stage}: {self.rows_in} in != {self.rows_out} out + "
+                                 f"{dropped} rejected {self.rejected}: rows went missing")
         return self
 
-    def write(self, stats_dir: str) -> str:
-        """Write ``stats_dir/<stage>.json`` (atomically); return its path."""
+    def body(self) -> dict:
+        return {"stage": self.stage, "in": self.rows_in, "out": self.rows_out,
+                "rejected": dict(sorted(self.rejected.items())), **self.extra}
+
+    def write(self, layout) -> dict:
+        """Check, then write ``stats/<stage>.json`` of ``layout`` (a :class:`curation.run.RunLayout`)
+        atomically; return the JSON body."""
         self.check()
-        path = f"{stats_dir}/{self.stage}.json"
-        body = {"stage": self.stage, "in": self.rows_in, "out": self.rows_out, "rejected": self.rejected}
-        write_bytes_atomic(path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
-        return path
+        body = self.body()
+        layout.write_json(layout.stats(self.stage), body)
+        return body
+
+
+def read_stats(layout, stage: str) -> dict:
+    """A finished stage's ``stats/<stage>.json`` (FileNotFoundError if it has not run)."""
+    return layout.read_json(layout.stats(stage))
+
+
+def stage_done(layout, stage: str) -> bool:
+    """Whether the stage finished (its stats file is written last)."""
+    return layout.exists(layout.stats(stage))
+
+
+def reject_counts(rejected: pa.Table) -> dict[str, int]:
+    """``{reason: rows}`` of a rejects table (``uid``, ``reason``…), sorted by reason."""
+    if not len(rejected):
+        return {}
+    counts = pc.value_counts(rejected.column("reason")).to_pylist()
+    return dict(sorted((c["values"], int(c["counts"])) for c in counts))
+
+
+def write_rejects(layout, stage: str, rejected: pa.Table, part: str = "part-00000") -> None:
+    """Write one rejects part of ``stage`` (``uid``, ``reason`` first, then the rest)."""
+    first = [c for c in ("uid", "reason") if c in rejected.column_names]
+    rest = [c for c in rejected.column_names if c not in first]
+    layout.write_parquet(rejected.select(first + rest), layout.reject_part(stage, part))
 
 
 def merge_counts(parts: list[dict[str, int]]) -> dict[str, int]:

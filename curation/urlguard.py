@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -46,7 +49,8 @@ class UrlGuardConfig:
 
     allow_private_networks: bool = False  # fetch from any non-metadata address (private deployments)
     allow_networks: tuple[str, ...] = ()  # addresses/CIDRs always allowed, e.g. ("127.0.0.1",)
-    resolve_timeout_s: float = 5.0  # DNS resolution timeout per host
+    resolve_timeout_s: float = 5.0  # DNS resolution timeout per host (resolve_timeout past it)
+    resolve_threads: int = 32  # hosts resolved in parallel by the pre-download check
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -79,6 +83,9 @@ def address_refusal(address: IPAddress, allowed: Iterable[ipaddress._BaseNetwork
     return next((reason for reason, hit in checks if hit), None)
 
 
+TIMED_OUT: list[str] = []  # cache value of a host whose resolution outlasted resolve_timeout_s
+
+
 class UrlGuard:
     """Checks URLs against a :class:`UrlGuardConfig`.
 
@@ -101,6 +108,42 @@ class UrlGuard:
         except ValueError:
             return "bad_address"
         return address_refusal(ip, self.allowed, self.config.allow_private_networks)
+
+    def prefetch(self, urls: Iterable[str | None]) -> None:
+        """Resolve every distinct host of ``urls`` not cached yet, ``resolve_threads`` at a time;
+        a host that takes longer than ``resolve_timeout_s`` is recorded as timed out."""
+        hosts: dict[str, int] = {}
+        for url in urls:
+            try:
+                parts = urlsplit((url or "").strip())
+                host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            except ValueError:
+                continue
+            if host and host not in self._cache and host not in hosts:
+                hosts[host] = port
+        if not hosts:
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.config.resolve_threads, len(hosts))))
+        try:
+            futures = {host: pool.submit(self._resolve_now, host, port) for host, port in hosts.items()}
+            deadline = time.monotonic() + self.config.resolve_timeout_s
+            for host, future in futures.items():
+                try:
+                    self._cache[host] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    self._cache[host] = TIMED_OUT
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _resolve_now(self, host: str, port: int) -> list[str] | None:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            try:
+                return self.resolver(host, port) or None
+            except (OSError, UnicodeError):
+                return None
 
     def resolve(self, host: str, port: int) -> list[str] | None:
         """Addresses of ``host`` (cached), or None if it does not resolve."""
@@ -130,6 +173,8 @@ class UrlGuard:
             return "bad_url"
         port = port or (443 if parts.scheme.lower() == "https" else 80)
         addresses = self.resolve(host, port)
+        if addresses is TIMED_OUT:
+            return "resolve_timeout"
         if addresses is None:
             return "unresolvable_host"
         return next((r for r in map(self.address_refusal, addresses) if r is not None), None)
@@ -137,7 +182,9 @@ class UrlGuard:
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
         """(rows whose URL is allowed, refused rows with a ``reason`` column)."""
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        reasons = pa.array([self.check_url(u) for u in table.column("url").to_pylist()], pa.string())
+        urls = table.column("url").to_pylist()
+        self.prefetch(urls)
+        reasons = pa.array([self.check_url(u) for u in urls], pa.string())
         refused = pc.is_valid(reasons)
         kept = table.filter(pc.invert(refused))
         rejected = table.filter(refused).append_column("reason", reasons.filter(refused))

@@ -32,15 +32,38 @@ log = logging.getLogger("build_queries")
 
 
 @dataclass(frozen=True)
-class QuerySources:
-    """Where each source comes from (None / empty: that source is left out)."""
+class EngineOptions:
+    """How to run the counting job."""
 
-    wiki_dumps: tuple[str, ...]  # pages-articles XML dumps, counted for unigrams and bigrams
-    texts: tuple[str, ...]  # plain-text corpora counted alongside the dumps
-    unigram_counts: str | None  # a `word;count` file: the unigram entries come from it if given
-    titles: str | None  # a plain title list (JSON keys / list, or one per line)
-    pageviews: tuple[str, ...]  # pageview dump files (expanded globs)
-    wordnet: str | None  # directory with WordNet's data.{noun,verb,adj,adv}
+    runner: str = "beam"  # "beam", "ray" or "local" (in-process reference)
+    beam_runner: str | None = None  # Beam runner name (None: offline DirectRunner)
+    beam_args: tuple[str, ...] = ()  # extra Beam pipeline flags (Flink/Spark/Dataflow options)
+    beam_temp_dir: str | None = None  # where Beam workers write the counts (shared URI on a cluster)
+    ray_address: str | None = None  # Ray cluster (None: $RAY_ADDRESS or a local Ray)
+    batch_size: int = 256  # documents per counting batch
+    progress: bool = True  # progress bars / logs on long stages
+
+
+def engine_counter(engine: EngineOptions):
+    """The ``count`` callable of :func:`queries.recipe.build_query_list` for the chosen engine."""
+    if engine.runner == "ray":
+        from pipelines.queries_ray import count_with_ray
+        from pipelines.runtime import init_ray
+
+        def count(job):
+            init_ray(engine.ray_address)
+            return count_with_ray(job)
+
+        return count
+    if engine.runner == "beam":
+        from pipelines.queries_beam import count_with_beam
+
+        return lambda job: count_with_beam(job, engine.beam_runner, list(engine.beam_args), engine.beam_temp_dir)
+    if engine.runner == "local":
+        from queries.counting import count_locally
+
+        return lambda job: count_locally(job, progress=engine.progress).sort_by("ngram")
+    raise ValueError(f"unknown runner {engine.runner!r} (beam, ray or local)")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -58,6 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     titles.add_argument("--titles", default=None, help="plain title list (.json keys/list or one per line)")
     titles.add_argument("--pageviews", action="append", default=[], help="pageview dump file glob (repeatable)")
     p.add_argument("--wordnet", default=None, help="WordNet dict dir with data.noun etc.")
+    p.add_argument("--sample", action="store_true", help="use the demo's sample sources (`make sample-data`)")
     p.add_argument("--min-count", type=int, default=100, help="unigram: minimum occurrences")
     p.add_argument("--min-bigram-count", type=int, default=3, help="bigram: minimum occurrences")
     p.add_argument("--pmi-threshold", type=float, default=8.0, help="bigram: minimum PMI (log2)")
@@ -80,15 +104,20 @@ def _expand_globs(patterns: list[str]) -> tuple[str, ...]:
     return tuple(files)
 
 
-def resolve_sources(args: argparse.Namespace) -> QuerySources:
-    """The sources named on the command line, or the sample data when none is named."""
+def resolve_sources(args: argparse.Namespace):
+    """The sources named on the command line, or (with --sample) the demo's sample data."""
+    from queries.recipe import QuerySources
+
     named = (args.wiki_dump, args.text, args.unigram_counts, args.titles, args.pageviews, args.wordnet)
     if any(named):
         return QuerySources(
             tuple(args.wiki_dump), tuple(args.text), args.unigram_counts, args.titles,
             _expand_globs(args.pageviews), args.wordnet,
         )  # fmt: skip
-    from pipelines.sample_data import load_manifest
+    if not args.sample:
+        raise SystemExit("build_queries: name at least one source (--wiki-dump, --text, --unigram-counts, "
+                         "--titles/--pageviews, --wordnet), or --sample for the demo's sample data")
+    from pipelines.demo.sample_data import load_manifest
 
     m = load_manifest()
     log.info("no source flags: using the sample data")
@@ -118,7 +147,7 @@ def run(argv: list[str] | None = None) -> dict:
     )
     if beam_args and args.runner != "beam":
         raise SystemExit(f"unknown arguments {beam_args} (pass-through flags are for --runner beam)")
-    from pipelines.queries_stages import EngineOptions, build_query_list
+    from queries.recipe import build_query_list
 
     engine = EngineOptions(
         runner=args.runner,
@@ -130,7 +159,8 @@ def run(argv: list[str] | None = None) -> dict:
         progress=not args.quiet,
     )
     start = time.time()
-    stats = build_query_list(resolve_sources(args), config, engine, args.out)
+    stats = build_query_list(resolve_sources(args), config, engine_counter(engine), args.out, engine.runner,
+                             engine.batch_size)
     if not args.quiet:
         print(f"[build_queries] {stats['rows']} queries in {time.time() - start:.1f} s -> {args.out}/queries/")
         for source, n in stats["sources"].items():

@@ -13,7 +13,6 @@ stages (``pipelines/wit_images.py``: download, image dedup, WebDataset shards).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ if __package__ in (None, ""):  # `python pipelines/build_wit.py` from the repo r
 
 from curation.config import (CurationConfig, plot_entry_counts, prepare_run, read_entry_counts,
                              selected_entry_counts, stage_stats)
+from curation.run import RunLayout
 from curation.match import load_queries
 from curation.pool import PoolConfig
 from curation.textfilter import TextConfig
+from curation.threshold import resolve_threshold
 from pipelines.runtime import configure_environment
 
 
@@ -43,12 +44,19 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--queries", default=None,
                    help="queries.parquet (default: <out>/queries/queries.parquet, built if missing)")
     p.add_argument("--pool", nargs="+", default=None,
-                   help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok); default: the sample pool")
-    p.add_argument("--t", type=float, default=20_000, help="balancing threshold per entry (default 20000)")
+                   help="pool files/dirs/URIs: parquet, jsonl, csv, tsv (.gz ok)")
+    p.add_argument("--warc", default=None, help="instead of --pool: glob of WARC files, extracted into <out>/pool/")
+    p.add_argument("--wat", default=None, help="instead of --pool: glob of WAT files, extracted into <out>/pool/")
+    p.add_argument("--sample", action="store_true",
+                   help="use the demo's sample pool (fetched by `make sample-data`) when no --pool is given")
+    p.add_argument("--t", type=float, default=None,
+                   help="balancing threshold per entry (default: scaled to the pool as MetaCLIP's t=20k "
+                        "is to its pool: the same tail share of matches; see curation/threshold.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default DirectRunner)")
-    p.add_argument("--until", choices=("select", "all"), default="all", help="stop after selection")
+    p.add_argument("--until", choices=("select", "download", "all"), default="all",
+                   help="stop after selection, or after the download (a later run resumes from there)")
     p.add_argument("--parts", type=int, default=8, help="selected/ part files")
     p.add_argument("--dedup", default="url,text", help="exact dedup keys in order ('' disables)")
     p.add_argument("--min-chars", type=int, default=2, help="shortest caption kept")
@@ -58,6 +66,9 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--url-column", default=None, help="pool url column (default: auto)")
     p.add_argument("--text-column", default=None, help="pool text column (default: auto)")
     p.add_argument("--uid-column", default=None, help="pool uid column (default: auto, else hashed)")
+    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error",
+                   help="a pool file that cannot be read (corrupt, empty, wrong column types): stop with an "
+                        "error naming it (default), or skip it, recorded in rejects/read/ and stats/read.json")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per engine batch")
     p.add_argument("--parallelism", type=int, default=None, help="engine workers (default: all CPUs)")
     if with_images:
@@ -72,19 +83,29 @@ def resolve_queries(args: argparse.Namespace) -> str:
     """--queries, else <out>/queries/queries.parquet, built by build_queries.py if missing."""
     if args.queries:
         return args.queries
-    path = Path(args.out) / "queries" / "queries.parquet"
-    if not path.exists():
+    layout = RunLayout(args.out)
+    if not layout.exists(layout.queries_parquet):
         from pipelines import build_queries
 
-        build_queries.run(["--out", args.out])
-    return str(path)
+        build_queries.run(["--out", args.out, *(["--sample"] if args.sample else [])])
+    return layout.queries_parquet
 
 
 def resolve_pool(args: argparse.Namespace) -> list[str]:
-    """--pool, else the sample pool of the sample data manifest."""
+    """--pool; else --warc/--wat extracted into <out>/pool/ (build_pool.py); else (with --sample)
+    the demo's sample pool."""
     if args.pool:
         return args.pool
-    from pipelines.sample_data import load_manifest
+    if args.warc or args.wat:
+        from pipelines import build_pool
+
+        source = ["--warc", args.warc] if args.warc else ["--wat", args.wat]
+        out = f"{args.out.rstrip('/')}/pool"
+        return [build_pool.run([*source, "--out", out, "--runner", args.runner])["pairs_dir"]]
+    if not args.sample:
+        raise SystemExit("build_wit: name the candidate pool with --pool, --warc or --wat "
+                         "(or --sample for the demo's sample pool)")
+    from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()
     if "sample_pool" not in manifest:
@@ -97,7 +118,7 @@ def config_from_args(args: argparse.Namespace) -> CurationConfig:
     return CurationConfig(
         queries=resolve_queries(args),
         pool=tuple(resolve_pool(args)),
-        curation_dir=str(Path(args.out) / "curation"),
+        curation_dir=RunLayout(args.out).curation,
         t=args.t,
         seed=args.seed,
         num_parts=args.parts,
@@ -107,10 +128,12 @@ def config_from_args(args: argparse.Namespace) -> CurationConfig:
         text=TextConfig(min_chars=args.min_chars, max_chars=args.max_chars,
                         language=args.language or None, lid_threshold=args.lid_threshold),
         pool_format=PoolConfig(args.url_column, args.text_column, args.uid_column),
+        on_bad_file=args.on_bad_file,
     )
 
 
-def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None = None) -> dict:
+def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None = None,
+           beam_args: list[str] | None = None) -> dict:
     """Run the text-side stages (skipped when a complete, identical selection exists) and the
     before/after plot; return the summary written to ``stats/summary.json``."""
     started = time.time()
@@ -124,30 +147,33 @@ def select(config: CurationConfig, runner: str = "ray", beam_runner: str | None 
         else:
             from pipelines.curation_beam import run_beam
 
-            run_beam(config, beam_runner)
+            run_beam(config, beam_runner, beam_args)
+    layout = config.layout
     num_queries = len(load_queries(config.queries))
-    before = read_entry_counts(config.dir("entry_counts.parquet"), num_queries)
-    after = selected_entry_counts(config.dir("selected"), num_queries)
-    plot_entry_counts(before, after, config.t, config.dir("stats/entry_counts.png"))
-    stats = stage_stats(config)
-    stages = {s: json.loads(Path(config.dir(f"stats/{s}.json")).read_text()) for s in stats}
-    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages,
+    before = read_entry_counts(layout, num_queries)
+    after = selected_entry_counts(layout, config.num_parts, num_queries)
+    t = resolve_threshold(before, config.t)
+    plot_entry_counts(before, after, t, layout)
+    stages = {name: stats.body() for name, stats in stage_stats(config).items()}
+    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
                "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum())}
-    Path(config.dir("stats/summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
+    layout.write_json(layout.summary, summary)
     return summary
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Entry point: parse ``argv``, run selection, then (unless ``--until select``) the image stages."""
     configure_environment()
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown and args.runner != "beam":
+        build_parser().error(f"unrecognized arguments: {' '.join(unknown)} (runner flags go with --runner beam)")
     config = config_from_args(args)
-    summary = select(config, args.runner, args.beam_runner)
+    summary = select(config, args.runner, args.beam_runner, unknown)
     print(f"[build_wit] selected {summary['selected']} pairs covering {summary['entries_selected']} entries "
-          f"-> {config.dir('selected')}", flush=True)
+          f"-> {config.layout.selected_dir}", flush=True)
     if args.until != "select":
-        summary["images"] = _image_stages().run(args, config.curation_dir)
+        summary["images"] = _image_stages().run(args, config.curation_dir, until=args.until)
     return summary
 
 

@@ -272,7 +272,7 @@ def top_pairs(data: EvalImages, score: np.ndarray, idx: np.ndarray, where: list,
 
 def report(cfg: ReportConfig, log=print) -> dict:
     """Run the whole analysis (module doc); return the per-dataset results written to results.json."""
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     started, out = time.time(), Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,24 +13,26 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import Balancer, count_entries
-from curation.config import CurationConfig, write_entry_counts
+from curation.balance import count_entries
+from curation.config import CurationConfig, rows_read, write_entry_counts
 from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
-from curation.pool import PoolConfig, list_pool_files, read_pool_file
-from curation.selection import PART_COLUMN, assign_parts, write_missing_parts, write_part
+from curation.pool import PoolConfig, list_pool_files, read_counted
+from curation.run import RunLayout
+from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
 
 
 class ReadPoolDoFn(beam.DoFn):
-    """Reads one pool file and emits it in batches of ``batch_size`` rows."""
+    """Reads one pool file (counting its rows in the run's ``_read/`` tally) and emits it in
+    batches of ``batch_size`` rows."""
 
-    def __init__(self, pool_config: PoolConfig, batch_size: int):
-        self.pool_config, self.batch_size = pool_config, batch_size
+    def __init__(self, pool_config: PoolConfig, batch_size: int, layout: RunLayout, on_bad_file: str):
+        self.pool_config, self.batch_size, self.layout, self.on_bad_file = pool_config, batch_size, layout, on_bad_file
 
     def process(self, path: str):
-        table = read_pool_file(path, self.pool_config)
+        table = read_counted(path, self.pool_config, self.layout, self.on_bad_file)
         for start in range(0, max(table.num_rows, 1), self.batch_size):
             yield table.slice(start, self.batch_size)
 
@@ -58,8 +60,8 @@ class BalanceDoFn(beam.DoFn):
 
     def process(self, table: pa.Table, counts: np.ndarray):
         if self.stage is None:
-            self.stage = Balancer(counts, self.t, self.seed)
-        yield assign_parts(self.stage(table), self.num_parts)
+            self.stage = BalanceAndPart(counts, self.t, self.seed, self.num_parts)
+        yield self.stage(table)
 
 
 class SumCounts(beam.CombineFn):
@@ -98,11 +100,12 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
     selected/ and rejects/ part by part (the driver derives stats/ from the part markers)."""
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
-    reasons = config.reason_stages()
-    with beam.Pipeline(options=beam_pipeline_options(runner, extra_args)) as pipeline:
+    reasons, layout = config.reason_stages(), config.layout
+    options = beam_pipeline_options(runner, extra_args, parallelism=config.parallelism)
+    with beam.Pipeline(options=options) as pipeline:
         tables = (pipeline
                   | "Files" >> beam.Create(files)
-                  | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size))
+                  | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size, layout, config.on_bad_file))
                   | "Text" >> beam.ParDo(StageDoFn(TextFilter, config.text)))
         for key in config.dedup_keys:
             bucketize = _by_key(lambda t, k=key: key_buckets(t, k, config.dedup_buckets))
@@ -115,7 +118,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
         counts = (matched
                   | "Counts/Batch" >> beam.Map(lambda t: count_entries(t.column("query_ids"), num_queries))
                   | "Counts/Sum" >> beam.CombineGlobally(SumCounts(num_queries)))
-        _ = counts | "Counts/Write" >> beam.Map(write_entry_counts, config.dir("entry_counts.parquet"))
+        _ = counts | "Counts/Write" >> beam.Map(write_entry_counts, layout)
         parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
         _ = (matched
              | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.num_parts),
@@ -123,5 +126,5 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
              | "Output/Part" >> beam.FlatMap(parts)
              | "Output/Group" >> beam.GroupByKey()
              | "Output/Write" >> beam.MapTuple(
-                 lambda part, ts: write_part(pa.concat_tables(list(ts)), config.curation_dir, part, reasons)))
-    write_missing_parts(config.curation_dir, config.num_parts)
+                 lambda part, ts: write_part(pa.concat_tables(list(ts)), layout, part, reasons)))
+    fill_empty_parts(layout, config.num_parts, rows_read(config))

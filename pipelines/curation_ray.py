@@ -15,12 +15,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import Balancer, count_entries
-from curation.config import CurationConfig, write_entry_counts
+from curation.balance import count_entries
+from curation.config import CurationConfig, read_tallies, rows_read, write_entry_counts
 from curation.dedup import key_buckets, mark_duplicates
 from curation.match import MatchStage, load_queries
-from curation.pool import PoolConfig, list_pool_files, read_pool_file
-from curation.selection import PART_COLUMN, assign_parts, write_missing_parts, write_part
+from curation.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
+from curation.run import RunLayout
+from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.textfilter import TextConfig, TextFilter
 
 BUCKET = "_bucket"
@@ -30,25 +31,18 @@ class ReadAndFilterText:
     """Reads the pool files named in a batch's ``path`` column and applies the text stage in
     chunks of ``batch_size`` rows; the fastText model is loaded once per actor."""
 
-    def __init__(self, pool_config: PoolConfig, text_config: TextConfig, batch_size: int):
-        self.pool_config, self.batch_size = pool_config, batch_size
+    def __init__(self, pool_config: PoolConfig, text_config: TextConfig, batch_size: int, layout: RunLayout,
+                 on_bad_file: str):
+        self.pool_config, self.batch_size, self.layout, self.on_bad_file = pool_config, batch_size, layout, on_bad_file
         self.text_filter = TextFilter(text_config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tables = [read_pool_file(p, self.pool_config) for p in batch.column("path").to_pylist()]
+        tables = [read_counted(p, self.pool_config, self.layout, self.on_bad_file)
+                  for p in batch.column("path").to_pylist()]
         table = pa.concat_tables(tables, promote_options="permissive")
         chunks = [self.text_filter(table.slice(i, self.batch_size))
                   for i in range(0, max(table.num_rows, 1), self.batch_size)]
         return pa.concat_tables(chunks)
-
-
-def _balance_and_part(counts: np.ndarray, t: float, seed: int, num_parts: int):
-    """The balance stage plus each row's output part (p_e is O(#entries): cheap per batch)."""
-
-    def balance(batch: pa.Table) -> pa.Table:
-        return assign_parts(Balancer(counts, t, seed)(batch), num_parts)
-
-    return balance
 
 
 def _add_bucket(key: str, num_buckets: int):
@@ -80,12 +74,12 @@ def _count_entries(num_queries: int):
     return count
 
 
-def _write_part(curation_dir: str, reasons: dict[str, str]):
+def _write_part(layout: RunLayout, reasons: dict[str, str]):
     """Writes one output part (a ``_part`` group): selection, rejects, marker."""
 
     def write(group: pa.Table) -> pa.Table:
         index = int(group.column(PART_COLUMN)[0].as_py())
-        tally = write_part(group, curation_dir, index, reasons)
+        tally = write_part(group, layout, index, reasons)
         return pa.table({"part": [index], "rows": [tally.get("", 0)]})
 
     return write
@@ -93,7 +87,8 @@ def _write_part(curation_dir: str, reasons: dict[str, str]):
 
 def run_ray(config: CurationConfig) -> dict[str, float]:
     """Run every text-side stage on Ray Data: writes entry_counts.parquet, then selected/ and
-    rejects/ part by part (the driver derives stats/ from the part markers).
+    rejects/ part by part (the driver derives stats/ from the part markers and checks them
+    against the rows the reader counted).
 
     Actor stages (fastText, matcher) and task stages (shuffles) run in separate executions, split
     by ``materialize()``: an actor pool sized to the cluster beside a shuffle that needs CPUs for
@@ -108,9 +103,11 @@ def run_ray(config: CurationConfig) -> dict[str, float]:
 
     # 1. read + text stage (actors); rejected rows carry their reason from here on
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
-    kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size}
+    kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size,
+              "layout": config.layout, "on_bad_file": "skip" if config.on_bad_file == "skip" else "record"}
     ds = ds.map_batches(ReadAndFilterText, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
                         concurrency=min(workers, max(1, len(files)))).materialize()
+    raise_read_failures(read_tallies(config))  # a bad file stops the run here, naming it
     clock.lap("read_text")
     # 2. exact dedup (tasks): equal keys meet in one hash bucket
     for key in config.dedup_keys:
@@ -128,13 +125,15 @@ def run_ray(config: CurationConfig) -> dict[str, float]:
             .groupby("query_id", num_partitions=workers).sum("count").take_all())
     for row in sums:
         counts[row["query_id"]] = row["sum(count)"]
-    write_entry_counts(counts, config.dir("entry_counts.parquet"))
+    write_entry_counts(counts, config.layout)
     clock.lap("counts")
-    # 4. balance (tasks), then one writer per output part
-    ds = matched.map_batches(_balance_and_part(counts, config.t, config.seed, config.num_parts), **batched)
+    # 4. balance (actors: the entry tables are built once per worker), then one writer per part
+    balance_args = {"counts": counts, "t": config.t, "seed": config.seed, "num_parts": config.num_parts}
+    ds = matched.map_batches(BalanceAndPart, fn_constructor_kwargs=balance_args, concurrency=workers,
+                             **batched).materialize()  # actors, then the shuffle: separate executions
     ds.groupby(PART_COLUMN, num_partitions=config.num_parts).map_groups(
-        _write_part(config.curation_dir, config.reason_stages()), batch_format="pyarrow").take_all()
-    write_missing_parts(config.curation_dir, config.num_parts)
+        _write_part(config.layout, config.reason_stages()), batch_format="pyarrow").take_all()
+    fill_empty_parts(config.layout, config.num_parts, rows_read(config))
     clock.lap("balance_write")
     return clock.laps
 

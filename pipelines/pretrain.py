@@ -26,11 +26,13 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import shutil
+import tempfile
 import os
 from dataclasses import asdict, dataclass, fields
 
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.train import TOKENIZER_FILE, TrainConfig, train_loop_per_worker
+from pretrain.train import PRECISIONS, TOKENIZER_FILE, TrainConfig, train_loop_per_worker
 
 
 @dataclass
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None) -> dict:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.name == "betas":
             p.add_argument(flag, type=float, nargs=2)
+        elif f.name == "precision":
+            p.add_argument(flag, choices=PRECISIONS)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=kind)
@@ -120,10 +124,16 @@ def absolute_shard_pattern(pattern: str) -> str:
     return "::".join(parts)
 
 
-def build_job(flat: dict) -> PretrainJob:
-    """Flat config dict -> typed job (trains or loads the tokenizer)."""
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names an object store / remote filesystem (not a local path)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def build_job(flat: dict, staging: str | None = None) -> PretrainJob:
+    """Flat config dict -> typed job (trains or loads the tokenizer). With ``staging`` (a local
+    temp dir for a run whose ``--out`` is a URI) the run's files are written there first."""
     flat = dict(flat)
-    out_dir = Path(flat["out_dir"]).resolve()
+    out_dir = Path(staging or flat["out_dir"]).resolve()
     flat["out_dir"] = str(out_dir)
     flat["train_data"] = absolute_shard_pattern(flat["train_data"])
     job_fields = {k: flat.pop(k) for k in list(flat) if k in JOB_KEYS}
@@ -132,11 +142,14 @@ def build_job(flat: dict) -> PretrainJob:
     return PretrainJob(train=TrainConfig.from_dict(flat), **job_fields)
 
 
-def fit(job: PretrainJob) -> dict:
-    """Run the training; return {"metrics": last metrics, "checkpoint": path or None}."""
+def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_worker) -> dict:
+    """Run ``train_loop`` (``TrainConfig`` dict -> metrics; the training loop unless a caller,
+    e.g. a fault-injection test, wraps it); return {"metrics": last metrics, "checkpoint": path
+    or None}. Ray Train writes its checkpoints to ``storage`` (a URI: straight to the object
+    store) or to the run dir."""
     cfg = job.train
     if job.workers == 0:
-        metrics = train_loop_per_worker(asdict(cfg))
+        metrics = train_loop(asdict(cfg))
         ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step_*"))
         return {"metrics": metrics, "checkpoint": str(ckpts[-1]) if ckpts else None}
     init_ray()
@@ -144,29 +157,60 @@ def fit(job: PretrainJob) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=asdict(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name="checkpoints",
-            storage_path=cfg.out_dir,
+            storage_path=storage or cfg.out_dir,
             failure_config=FailureConfig(max_failures=job.max_failures),
         ),
     )
     result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    checkpoint = None
+    if result.checkpoint is not None:
+        checkpoint = result.checkpoint.path
+        if storage and is_remote(storage):  # Ray reports the path inside the bucket
+            checkpoint = f"{storage.split('://', 1)[0]}://{checkpoint}"
     return {"metrics": result.metrics, "checkpoint": checkpoint}
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Entry point: parse, prepare, train, write ``OUT/result.json``; return that dict."""
+def publish(staging: str, uri: str, summary: dict) -> dict:
+    """Copy a staged run (tokenizer, metrics, plots, --workers 0 checkpoints) to ``uri`` with
+    the checkpoint path rewritten to its place there; ``result.json`` is written last."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    for path in sorted(Path(staging).rglob("*")):
+        if path.is_file():
+            fs.put_file(str(path), f"{root}/{path.relative_to(staging).as_posix()}")
+    if summary.get("checkpoint", "").startswith(staging):
+        summary["checkpoint"] = uri.rstrip("/") + summary["checkpoint"][len(staging):]
+    summary["config"]["out_dir"] = uri
+    fs.pipe_file(f"{root}/result.json", json.dumps(summary, indent=2, default=str).encode())
+    return summary
+
+
+def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict:
+    """Entry point: parse, prepare, train (``train_loop``: see :func:`fit`), write
+    ``OUT/result.json``; return that dict."""
     configure_environment()
-    job = build_job(parse_args(argv))
-    outcome = fit(job)
-    summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},
-               "workers": job.workers}
-    (Path(job.train.out_dir) / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    flat = parse_args(argv)
+    out = str(flat["out_dir"])
+    staging = tempfile.mkdtemp(prefix="openwit-pretrain-") if is_remote(out) else None
+    try:
+        job = build_job(flat, staging)
+        outcome = fit(job, storage=out if staging else None, train_loop=train_loop)
+        summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},
+                   "workers": job.workers}
+        if staging:
+            summary = publish(staging, out, summary)
+        else:
+            (Path(job.train.out_dir) / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"[pretrain] done: step {outcome['metrics'].get('step')}, checkpoint {outcome['checkpoint']}")
     return summary
 

@@ -75,10 +75,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     return ray
 
 
-def beam_pipeline_options(runner: str | None = None, extra_args: list[str] | None = None):
+def beam_pipeline_options(runner: str | None = None, extra_args: list[str] | None = None,
+                          parallelism: int | None = None):
     """Beam ``PipelineOptions`` with an explicit runner (default: the DirectRunner on one
-    in-process worker, which works offline). Other runners (FlinkRunner, SparkRunner,
-    DataflowRunner) take their own flags through ``extra_args``."""
+    in-process worker, which works offline; ``parallelism`` > 1 gives it that many worker
+    processes). Other runners (FlinkRunner, SparkRunner, DataflowRunner) take their own flags
+    through ``extra_args``."""
     configure_environment()
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -86,5 +88,7 @@ def beam_pipeline_options(runner: str | None = None, extra_args: list[str] | Non
     if (runner or DEFAULT_BEAM_RUNNER) == "DirectRunner" and not any(
         a.startswith("--direct_num_workers") for a in args
     ):
-        args += ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+        workers = parallelism or 1
+        mode = "multi_processing" if workers > 1 else "in_memory"
+        args += [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"]
     return PipelineOptions(args)

@@ -23,9 +23,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import fsspec
 import torch
 import webdataset as wds
 from PIL import Image
+from webdataset.filters import pipelinefilter
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pretrain.tokenizer import CaptionTokenizer
 from pretrain.transform import ImageTransform
@@ -39,6 +42,11 @@ class TrainBatch:
     images: torch.Tensor  # (B, 3, S, S) normalised pixels
     texts: torch.Tensor  # (B, context_length) token ids
     counts: dict[str, int] = field(default_factory=dict)  # read / decoded / rejects since last batch
+
+    def pin_memory(self) -> "TrainBatch":
+        """The batch in page-locked memory (DataLoader's ``pin_memory`` calls this), so the copy
+        to the GPU can overlap compute (``.to(device, non_blocking=True)``)."""
+        return TrainBatch(self.images.pin_memory(), self.texts.pin_memory(), self.counts)
 
 
 class SampleDecoder:
@@ -142,6 +150,29 @@ def require_shards(shards: Iterator[dict]) -> Iterator[dict]:
         )
 
 
+def open_shards(data: Iterator[dict], handler=wds.reraise_exception) -> Iterator[dict]:
+    """Open each shard URL (a local path or any fsspec URI: ``s3://``, ``gs://``…) for streaming;
+    ``pipe:`` commands keep webdataset's own opener."""
+    for sample in data:
+        url = sample["url"]
+        try:
+            stream = wds.gopen(url) if url.startswith("pipe:") else fsspec.open(url, "rb").open()
+            yield {**sample, "stream": stream}
+        except Exception as exn:  # noqa: BLE001  (the handler decides: count and skip, or raise)
+            exn.args = exn.args + (url,)
+            if not handler(exn):
+                break
+
+
+def _shard_samples(src: Iterator[dict], handler=wds.reraise_exception) -> Iterator[dict]:
+    """Shard URLs -> WebDataset samples, the shards opened by :func:`open_shards`."""
+    files = tar_file_expander(open_shards(src, handler=handler), handler=handler)
+    return group_by_keys(files, handler=handler)
+
+
+shard_samples = pipelinefilter(_shard_samples)
+
+
 def make_train_pipeline(
     urls: str | list[str],
     tokenizer: CaptionTokenizer,
@@ -154,7 +185,7 @@ def make_train_pipeline(
     """The per-rank WebDataset pipeline yielding ``TrainBatch``es forever (see module doc).
 
     ``urls`` is a brace pattern (``'shards/{00000..00009}.tar'``, several joined by ``::``)
-    or a list of paths/URLs."""
+    or a list of paths/URIs (``s3://bucket/run/curation/shards/{00000..00009}.tar``)."""
     decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
     if resample:
         shards = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
@@ -162,7 +193,7 @@ def make_train_pipeline(
         shards = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, require_shards]
     pipeline = wds.DataPipeline(
         *shards,
-        wds.tarfile_to_samples(handler=decoder.on_tar_error),
+        shard_samples(handler=decoder.on_tar_error),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
         decoder,
         Batcher(decoder, tokenizer, batch_size),
@@ -170,12 +201,14 @@ def make_train_pipeline(
     return pipeline if resample else pipeline.repeat(nepochs=-1)
 
 
-def train_batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[TrainBatch]:
-    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process)."""
+def train_batches(pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool = False) -> Iterator[TrainBatch]:
+    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process); with
+    ``pin_memory`` (a CUDA run) the batches arrive in page-locked memory."""
     if num_workers == 0:
-        return iter(pipeline)
+        return (batch.pin_memory() for batch in pipeline) if pin_memory else iter(pipeline)
     loader = wds.WebLoader(
-        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4
+        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=True, prefetch_factor=4,
+        pin_memory=pin_memory,
     )
     return iter(loader)
 
@@ -186,7 +219,7 @@ def read_captions(urls: str | list[str], limit: int) -> list[str]:
     Raises ``ValueError`` naming the pattern if no caption is found."""
     captions: list[str] = []
     samples = wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue)
+        wds.SimpleShardList(urls), shard_samples(handler=wds.warn_and_continue)
     )
     for sample in samples:
         try:

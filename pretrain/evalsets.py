@@ -15,6 +15,7 @@ import gzip
 import io
 import random
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +155,113 @@ def write_captioned_shards(
                             "txt": caption, "cls": str(label)})
         paths.append(str(path))
     return paths
+
+
+# ---- in-domain evaluation on held-out pairs (curation/holdout.py: <out>/curation/heldout/) ----
+
+# Category folders that name no visual concept: their images are not classified.
+OPENCLIPART_EXCLUDED = ("unsorted", "special")
+# Class names for prompts: the folder name as a singular noun (as CLIP cleaned up its class
+# names); openclipart's artists tag an item with these words (e.g. "bat, mammal, animal").
+OPENCLIPART_CLASSNAMES = {
+    "animals": "animal", "buildings": "building", "buttons": "button", "containers": "container",
+    "decorations": "decoration", "logos": "logo", "plants": "plant", "shapes": "shape",
+    "signs_and_symbols": "sign or symbol", "tools": "tool",
+}
+
+
+@dataclass
+class LabelledPictures:
+    pictures: list  # PIL RGB images
+    labels: np.ndarray  # (N,) int64 class index
+    classnames: list[str]  # class index -> name used in prompts
+    name: str  # eval set name
+    skipped: dict[str, int]  # images read but not classified, by reason
+
+    def pil(self, i: int) -> Image.Image:
+        """Image ``i`` (PIL RGB)."""
+        return self.pictures[i]
+
+
+def shard_urls(source: str) -> str | list[str]:
+    """A directory of WebDataset shards (local or a URI) -> its ``*.tar`` files (sorted); anything
+    else (a brace pattern, a file) is returned as given. ``FileNotFoundError`` for an empty
+    directory."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source)
+    if any(c in source for c in "{*?") or not fs.isdir(root):
+        return source
+    tars = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".tar"))
+    if not tars:
+        raise FileNotFoundError(f"{source}: no .tar shards in this directory")
+    return [fs.unstrip_protocol(p) if "://" in source else p for p in tars]
+
+
+def read_shard_pairs(source: str, limit: int = 0) -> list[dict]:
+    """The decodable samples of WebDataset shards, in order: ``uid`` (from ``<key>.json``, else the
+    key), ``image`` (PIL RGB), ``caption``; at most ``limit`` (0 = all). Undecodable samples are
+    skipped."""
+    import json
+
+    import webdataset as wds
+
+    from pretrain.data import IMAGE_EXTENSIONS, shard_samples
+
+    pairs = []
+    for sample in wds.DataPipeline(wds.SimpleShardList(shard_urls(source)),
+                                   shard_samples(handler=wds.warn_and_continue)):
+        key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
+        if key is None or "txt" not in sample:
+            continue
+        try:
+            image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+            caption = sample["txt"].decode("utf-8")
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        pairs.append({"uid": meta.get("uid", sample["__key__"]), "image": image, "caption": caption})
+        if limit and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise ValueError(f"{source}: no decodable image-caption pairs")
+    return pairs
+
+
+def openclipart_category(path: str) -> str | None:
+    """``openclipart/<category>/...`` (a sample-pool path) -> ``<category>``, else None."""
+    parts = path.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "openclipart" else None
+
+
+def load_openclipart_heldout(source: str, pool: str, min_per_class: int = 5) -> LabelledPictures:
+    """Zero-shot set from held-out shards: each image whose uid the sample pool (``pool``:
+    parquet with ``uid``, ``path``) files under ``openclipart/<category>/`` is labelled with its
+    category (Debian openclipart's folders), named by :data:`OPENCLIPART_CLASSNAMES` (else the
+    folder name, ``_`` as a space). Not classified, and counted in ``skipped``: other sources, the categories of
+    :data:`OPENCLIPART_EXCLUDED`, and categories with fewer than ``min_per_class`` images."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pool, columns=["uid", "path"])
+    category_of = {u: openclipart_category(p) for u, p in zip(table["uid"].to_pylist(), table["path"].to_pylist())}
+    pairs = read_shard_pairs(source)
+    skipped = {"not_openclipart": 0, "excluded_category": 0, "small_class": 0}
+    labelled = []
+    for pair in pairs:
+        category = category_of.get(pair["uid"])
+        if category is None:
+            skipped["not_openclipart"] += 1
+        elif category in OPENCLIPART_EXCLUDED:
+            skipped["excluded_category"] += 1
+        else:
+            labelled.append((category, pair["image"]))
+    sizes = Counter(c for c, _ in labelled)
+    classes = sorted(c for c, n in sizes.items() if n >= min_per_class)
+    skipped["small_class"] = sum(n for c, n in sizes.items() if n < min_per_class)
+    if len(classes) < 2:
+        raise ValueError(f"{source}: fewer than 2 openclipart categories with >= {min_per_class} images")
+    index = {c: i for i, c in enumerate(classes)}
+    kept = [(index[c], im) for c, im in labelled if c in index]
+    return LabelledPictures([im for _, im in kept], np.array([i for i, _ in kept], dtype=np.int64),
+                            [OPENCLIPART_CLASSNAMES.get(c, c.replace("_", " ")) for c in classes], "openclipart",
+                            skipped)

@@ -209,11 +209,16 @@ class CLIP(nn.Module):
 
         Because the tower is causal, a state never depends on later positions, so the
         columns after the longest caption of the batch (padding only) are not computed: the
-        result is the same as running all ``context_length`` positions."""
+        result is the same as running all ``context_length`` positions. The trim needs the
+        longest length on the host, so it is done only on CPU tensors outside ``torch.compile``:
+        on an accelerator (or in a compiled graph) every position is computed, and a training
+        step never waits on a device->host copy."""
         if text.shape[1] > self.context_length:
             raise ValueError(f"text has {text.shape[1]} tokens > context {self.context_length}")
         eot = (text != PAD_TOKEN_ID).sum(dim=1).clamp(min=1) - 1  # (B,) EOT positions
-        n = int(eot.max()) + 1
+        n = text.shape[1]
+        if text.device.type == "cpu" and not torch.compiler.is_compiling():
+            n = int(eot.max()) + 1  # a host read of host memory: no sync, skips padding columns
         x = self.token_embedding(text[:, :n]) + self.positional_embedding[:n]  # (B, n, C)
         x = self.ln_final(self.transformer(x))
         x = x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection  # (B, D)

@@ -108,6 +108,11 @@ class CaptionTokenizer:
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
+    def token_counts(self, captions: list[str]) -> list[int]:
+        """BPE tokens per caption, without SOT/EOT and before truncation to the context."""
+        encodings = self.tokenizer.encode_batch([clean_caption(c) for c in captions], add_special_tokens=False)
+        return [len(enc.ids) for enc in encodings]
+
     def decode(self, ids: torch.Tensor) -> str:
         """Caption text of one row of ids (specials dropped)."""
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()

@@ -34,6 +34,7 @@ from pretrain.tokenizer import CaptionTokenizer
 CHECKPOINT_FILE = "checkpoint.pt"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
+PRECISIONS = ("auto", "fp32", "bf16")  # the implemented --precision values
 COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
               "partial_batch")
 
@@ -53,7 +54,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (CLIP paper)
     eps: float = 1e-6  # AdamW epsilon (CLIP paper)
     grad_clip_norm: float = 0.0  # clip the global grad norm to this (0 = off)
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 (PRECISIONS)
     grad_checkpointing: bool = False  # recompute transformer blocks in backward
     compile: bool = False  # torch.compile the model
     local_loss: bool = True  # ClipLoss: local rows vs all columns (with gathered grads)
@@ -65,6 +66,10 @@ class TrainConfig:
     resume_from: str = ""  # checkpoint directory to start from ('' = fresh, or Ray's checkpoint)
     use_gpu: bool = False  # train on CUDA (one GPU per worker)
     progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not implemented; use one of {', '.join(PRECISIONS)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -119,7 +124,11 @@ def _in_ray_train() -> bool:
 
 
 def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: TrainConfig) -> Path:
-    """Write a checkpoint directory atomically (temp dir, then rename) and return it."""
+    """Write a checkpoint directory and return it. The files are written and fsynced in a temp
+    dir beside ``path``, which is then renamed into place; an existing ``path`` is first renamed
+    aside (``.old-<name>``) and removed only after the new one is in place, so a crash at any
+    point leaves a complete checkpoint under ``path`` or, between the two renames, under its
+    ``.old-`` name, which :func:`load_checkpoint` falls back to."""
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     state = {
@@ -131,17 +140,46 @@ def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: Tr
         "model_config": asdict(model.cfg),
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "tokenizer_json"},
     }
-    torch.save(state, tmp / CHECKPOINT_FILE)
-    (tmp / TOKENIZER_FILE).write_text(cfg.tokenizer_json)
+    try:
+        torch.save(state, tmp / CHECKPOINT_FILE)
+        (tmp / TOKENIZER_FILE).write_text(cfg.tokenizer_json)
+        for file in (tmp / CHECKPOINT_FILE, tmp / TOKENIZER_FILE, tmp):
+            _fsync(file)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = _aside(path)
     if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+        if old.exists():  # left by a crash after its replacement was in place: stale
+            shutil.rmtree(old)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
+def _aside(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaces until the new one is in place."""
+    return path.with_name(f".old-{path.name}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entry to disk (a rename is durable once its dir is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Read ``checkpoint.pt`` of a checkpoint directory (weights_only: no pickled code runs)."""
+    """Read ``checkpoint.pt`` of a checkpoint directory (weights_only: no pickled code runs).
+    If ``path`` is missing because a save was interrupted between its two renames, the
+    checkpoint it was replacing (``.old-<name>``) is read."""
     file = Path(path) / CHECKPOINT_FILE
+    if not file.is_file() and not Path(path).exists() and (_aside(Path(path)) / CHECKPOINT_FILE).is_file():
+        file = _aside(Path(path)) / CHECKPOINT_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no checkpoint file in checkpoint directory {path}")
     return torch.load(file, map_location="cpu", weights_only=True)
@@ -152,7 +190,8 @@ def load_model(path: str | Path) -> tuple[CLIP, CaptionTokenizer, dict]:
     state = load_checkpoint(path)
     model = create_model(CLIPConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    tokenizer = CaptionTokenizer.from_file(Path(path) / TOKENIZER_FILE, model.context_length)
+    folder = Path(path) if Path(path).exists() else _aside(Path(path))
+    tokenizer = CaptionTokenizer.from_file(folder / TOKENIZER_FILE, model.context_length)
     return model.eval(), tokenizer, state
 
 
@@ -278,7 +317,7 @@ def train_loop_per_worker(config: dict) -> dict:
     # 3. data: an endless stream of equal-shape batches for this rank
     pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
                                    seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer)
-    batches = train_batches(pipeline, cfg.data_workers)
+    batches = train_batches(pipeline, cfg.data_workers, pin_memory=env.device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
     steps_per_epoch = cfg.steps_per_epoch or cfg.steps
     log = MetricsLog(cfg.out_dir, enabled=env.rank == 0)
@@ -308,15 +347,18 @@ def train_loop_per_worker(config: dict) -> dict:
         samples_since += cfg.batch_size * env.world_size
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        # 5. metrics every log_every steps (same steps on every rank: the count reduce is collective)
+        # 5. metrics every log_every steps (same steps on every rank: the count reduce is collective);
+        # only here is a value read back to the host, so other steps never wait on the device
         if step % cfg.log_every == 0 or step == cfg.steps or step % steps_per_epoch == 0:
+            mean_loss = _mean_loss(loss, env)  # waits for the device: the timing below is honest
             now = time.perf_counter()
-            metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "loss": _mean_loss(loss, env),
+            metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "loss": mean_loss,
                        "lr": lr, "logit_scale": float(raw_model.logit_scale.detach().exp()),
                        "samples_per_s": samples_since / (now - t_last), "data": _reduce_counts(counts, env)}
             t_last, samples_since = now, 0
             log.write(metrics)
+            if progress is not None:
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}")
         # 6. checkpoint at each epoch end and at the last step
         if step % steps_per_epoch == 0 or step == cfg.steps:
             _report(cfg, env, raw_model, optimizer, step, metrics)

@@ -31,7 +31,18 @@ FASHION_MNIST_TEMPLATES = (
 # CLIP's MNIST prompt (notebooks/Prompt_Engineering_for_ImageNet.ipynb / data/prompts.md).
 MNIST_TEMPLATES = ('a photo of the number: "{}".',)
 
-TEMPLATES = {"fashion-mnist": FASHION_MNIST_TEMPLATES, "mnist": MNIST_TEMPLATES, "digits": MNIST_TEMPLATES}
+# Prompts for clipart categories, in the spirit of CLIP's ImageNet templates; none is a caption
+# of the training data (those are the artists' titles and keywords).
+OPENCLIPART_TEMPLATES = (
+    "a clipart of {}.",
+    "an illustration of {}.",
+    "a drawing of {}.",
+    "a picture of {}.",
+    "clip art: {}.",
+    "{}",
+)
+TEMPLATES = {"fashion-mnist": FASHION_MNIST_TEMPLATES, "mnist": MNIST_TEMPLATES, "digits": MNIST_TEMPLATES,
+             "openclipart": OPENCLIPART_TEMPLATES}
 
 
 def ensemble_classifier(template_features: torch.Tensor) -> torch.Tensor:
@@ -55,29 +66,35 @@ def classify(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Te
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> dict:
-    """top1, top``k`` accuracy, mean per-class recall (over classes present), n."""
+    """top1, top``k`` accuracy, mean per-class recall (over classes present), n, and ``chance``:
+    each metric's expected value for a classifier that guesses uniformly among the C classes
+    (1/C, k/C, 1/C)."""
     n, num_classes = logits.shape
     k = min(k, num_classes)
     topk = logits.topk(k, dim=1).indices  # (N, k)
     hit1 = topk[:, 0] == labels
     hitk = (topk == labels[:, None]).any(dim=1)
     recalls = [hit1[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
+    chance = {"top1": 1 / num_classes, f"top{k}": k / num_classes, "mean_per_class_recall": 1 / num_classes}
     return {"top1": hit1.float().mean().item(), f"top{k}": hitk.float().mean().item(),
-            "mean_per_class_recall": float(np.mean(recalls)), "n": int(n)}
+            "mean_per_class_recall": float(np.mean(recalls)), "chance": chance, "n": int(n)}
 
 
 def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """Pair ``i`` of (N, D) image and text features is the positive; image->text and
-    text->image recall@k (the positive ranks among the top k)."""
+    """Pair ``i`` of (N, D) image and text features is the positive; recall@k of image->text
+    (``i2t``) and text->image (``t2i``): the share of queries whose positive ranks among the top
+    k of the N candidates (ties count against it), and ``chance`` = k/N, the recall@k of a
+    random ranking."""
     sims = F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T  # (N, N)
     n = sims.shape[0]
     truth = torch.arange(n)
-    out: dict = {"n": int(n)}
-    for direction, s in (("image_to_text", sims), ("text_to_image", sims.T)):
-        # rank of the positive = number of candidates scoring strictly higher
-        rank = (s > s[truth, truth][:, None]).sum(dim=1)
-        for k in ks:
-            out[f"{direction}_R@{k}"] = (rank < k).float().mean().item()
+    out: dict = {}
+    for direction, s in (("i2t", sims), ("t2i", sims.T)):
+        # rank of the positive = number of candidates scoring at least as high, itself excluded
+        rank = (s >= s[truth, truth][:, None]).sum(dim=1) - 1
+        out[direction] = {f"R@{k}": (rank < k).float().mean().item() for k in ks}
+    out["chance"] = {f"R@{k}": min(k, n) / n for k in ks}
+    out["n"] = int(n)
     return out
 
 

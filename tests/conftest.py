@@ -1,6 +1,16 @@
-"""Shared fixtures: the real sample data and one local Ray runtime for the whole session."""
+"""Shared fixtures: the real sample data, one local Ray runtime for the whole session, and an S3
+API server (moto's standalone server) on 127.0.0.1 for object-store runs."""
 
 from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -9,10 +19,29 @@ from pipelines.runtime import configure_environment
 configure_environment()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3 endpoint is fixed before anything starts (Ray workers and img2dataset's processes
+# inherit the environment): boto3, s3fs and pyarrow all find it through these standard variables,
+# exactly as they would find a real object store. The server itself starts on first use.
+S3_PORT = _free_port()
+S3_ENV = {
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "openwit-test",
+    "AWS_SECRET_ACCESS_KEY": "openwit-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+os.environ.update(S3_ENV)
+
+
 @pytest.fixture(scope="session")
 def sample() -> dict[str, str]:
     """Paths of the real sample files (`make sample-data` fetches them; `make test` runs it)."""
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     return load_manifest()
 
@@ -26,3 +55,36 @@ def ray_session():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> str:
+    """moto's standalone S3 server on 127.0.0.1 (the endpoint of ``S3_ENV``); stopped at the end."""
+    server = Path(sys.executable).with_name("moto_server")
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(S3_PORT)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(S3_ENV["AWS_ENDPOINT_URL"], timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    yield S3_ENV["AWS_ENDPOINT_URL"]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket on the test S3 server: ``s3://<name>``."""
+    import boto3
+
+    name = f"openwit-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -31,7 +31,7 @@ def test_sample_files_are_the_real_registry_files(sample):
 
 
 def test_load_manifest_names_the_missing_step(tmp_path):
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     with pytest.raises(FileNotFoundError, match="make sample-data"):
         load_manifest(tmp_path)

@@ -54,10 +54,13 @@ def test_readers_and_column_layouts(tmp_path):
     _write(tmp_path / "datacomp.jsonl", b'{"uid": "abc", "url": "http://c/1", "text": "a bird"}\n'
                                         b'{"uid": "abd", "url": null, "text": "no url"}\n')
     _write(tmp_path / "plain.csv", b"url,text\nhttp://d/1,\"quoted, with comma\"\nhttp://d/2,\n")
+    _write(tmp_path / "empty.jsonl", b"")  # an empty JSONL file is 0 rows; an empty CSV has no header
     _write(tmp_path / "empty.csv", b"")
     files = list_pool_files([str(tmp_path)])
-    assert [f.rsplit("/", 1)[1] for f in files] == ["datacomp.jsonl", "empty.csv", "i2d.parquet", "laion.tsv.gz",
-                                                    "plain.csv"]
+    assert [f.rsplit("/", 1)[1] for f in files] == ["datacomp.jsonl", "empty.csv", "empty.jsonl", "i2d.parquet",
+                                                    "laion.tsv.gz", "plain.csv"]
+    with pytest.raises(PoolFormatError, match=r"empty\.csv: empty file \(0 bytes\)"):
+        read_pool_file(files.pop(1))
     tables = {f.rsplit("/", 1)[1]: read_pool_file(f) for f in files}
     assert tables["i2d.parquet"].column_names == ["uid", "url", "text", "width", REASON]
     assert tables["laion.tsv.gz"].column(REASON).to_pylist() == ["", "invalid_utf8"]
@@ -65,7 +68,7 @@ def test_readers_and_column_layouts(tmp_path):
     assert tables["datacomp.jsonl"].column(REASON).to_pylist() == ["", "null_url"]
     assert tables["plain.csv"].column("text").to_pylist() == ["quoted, with comma", None]
     assert tables["plain.csv"].column(REASON).to_pylist() == ["", "null_text"]
-    assert tables["empty.csv"].num_rows == 0
+    assert tables["empty.jsonl"].num_rows == 0
     uid = tables["i2d.parquet"].column("uid")[0].as_py()
     assert uid == read_pool_file(files[2]).column("uid")[0].as_py() and len(uid) == 32  # stable hash
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.serve_images import ImageRequestHandler, serving
+from pipelines.demo.serve_images import ImageRequestHandler, serving
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
 

@@ -20,8 +20,10 @@ def main() -> None:
     configure_environment()
     import pyarrow.dataset as ds
 
+    from curation import images
+    from curation.run import RunLayout
     from pipelines import wit_images
-    from pipelines.serve_images import serving
+    from pipelines.demo.serve_images import serving
     from tests.images.conftest import METADATA_URL, SiteHandler, write_selection, write_site
     from tests.images.test_images_pipeline import image_args
 
@@ -32,9 +34,10 @@ def main() -> None:
             urls = [f"{base}/img/00.png", f"{base}/redirect/metadata", METADATA_URL, "http://10.11.12.13/a.png"]
             curation = root / "curation"
             selected = write_selection(curation, urls, parts=1)
-            config = wit_images.config_from_args(image_args())
-            allowed = wit_images.guard_stage(curation, wit_images.read_selected(curation), config.guard)
-            downloaded = wit_images.download_stage(curation, allowed, config)
+            config = wit_images.config_from_args(image_args("--distributor", "multiprocessing"))
+            layout = RunLayout.of_curation(str(curation))
+            allowed = images.guard_stage(layout, images.read_selected(layout), config.guard)
+            downloaded = images.download_stage(layout, allowed, config)
         out = {"uids": dict(zip(urls, selected.column("uid").to_pylist())),
                "downloaded": downloaded.column("uid").to_pylist()}
         for stage in ("urlguard", "download"):

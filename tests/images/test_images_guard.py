@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -78,6 +79,28 @@ def test_table_split_accounts_for_every_row():
     assert dict(zip(rejected.column("uid").to_pylist(), rejected.column("reason").to_pylist())) == {
         "b": "private_address", "c": "bad_scheme"}
     assert len(kept) + len(rejected) == len(table)
+
+
+def test_hosts_resolve_in_parallel_once_each_and_time_out():
+    """The pre-download check resolves distinct hosts concurrently (a barrier that needs four
+    resolutions at once would break if they ran one by one), each host once, and a host slower
+    than resolve_timeout_s is a counted resolve_timeout reject."""
+    barrier, calls, release = threading.Barrier(4, timeout=10), [], threading.Event()
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        if host == "slow.example":
+            release.wait(10)
+            return ["93.184.216.34"]
+        barrier.wait()
+        return ["93.184.216.34"]
+
+    urls = [f"http://h{i}.example/{j}.jpg" for i in range(4) for j in range(5)] + ["http://slow.example/a.jpg"]
+    guard = UrlGuard(UrlGuardConfig(resolve_timeout_s=0.5, resolve_threads=8), resolver=resolver)
+    kept, rejected = guard(pa.table({"uid": [str(i) for i in range(len(urls))], "url": urls}))
+    release.set()
+    assert len(kept) == 20 and rejected.column("reason").to_pylist() == ["resolve_timeout"]
+    assert sorted(calls) == sorted([f"h{i}.example" for i in range(4)] + ["slow.example"])
 
 
 def test_parse_allow_networks():

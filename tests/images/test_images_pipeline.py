@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from pipelines import wit_images
-from pipelines.serve_images import serving
+from pipelines.demo.serve_images import serving
 from tests.images.conftest import write_selection
 
 STAGES = ("urlguard", "download", "imagecheck", "imagededup", "shards")
@@ -78,6 +78,11 @@ def test_end_to_end(tmp_path, site, sample, ray_session, monkeypatch):
         assert stats[a]["out"] == stats[b]["in"]
     for s in STAGES:
         assert stats[s]["in"] == stats[s]["out"] + sum(stats[s]["rejected"].values())
+    by_node = stats["download"]["by_node"]  # downloads ran as Ray tasks, each shard's node recorded
+    assert sum(by_node.values()) == stats["download"]["out"] and "unknown" not in by_node
+    assert set(by_node) <= {n["NodeID"] for n in ray_session.nodes()}
+    checked_by_node = stats["imagecheck"]["by_node"]
+    assert sum(checked_by_node.values()) == stats["imagecheck"]["in"] and "unknown" not in checked_by_node
     index = ds.dataset(sorted(str(p) for p in (curation / "shards").glob("*.parquet")), format="parquet").to_table()
     placed = index.column("uid").to_pylist() + [u for s in STAGES[:-1] for u in rejects(curation, s)]
     assert sorted(placed) == sorted(selected.column("uid").to_pylist())

@@ -99,3 +99,25 @@ def test_overfits_a_64_pair_batch(tokenizer):
     with torch.no_grad():
         image, text, _ = model(images, texts)
     assert ((image @ text.T).argmax(dim=1) == torch.arange(64)).float().mean() > 0.95
+
+
+def _captions(lengths) -> torch.Tensor:
+    texts = torch.zeros(len(lengths), 77, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        texts[row, 0], texts[row, 1 : n + 1], texts[row, n + 1] = 1, 100 + row, 2
+    return texts
+
+
+def test_text_tower_reads_nothing_back_from_a_device():
+    # on the meta device any device->host read (int(), .item()) raises: the GPU path has none
+    model = create_model("tiny").to("meta")
+    assert model.encode_text(_captions([3, 9]).to("meta")).shape == (2, 64)
+
+
+def test_text_tower_compiles_to_one_graph_with_the_same_features():
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    texts = _captions([3, 9, 20])
+    compiled = torch.compile(model.encode_text, backend="eager", fullgraph=True)  # a graph break raises
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(texts), model.encode_text(texts), rtol=1e-5, atol=1e-5)

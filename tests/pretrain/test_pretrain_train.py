@@ -5,8 +5,6 @@ recovery of a killed worker through FailureConfig."""
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,55 +78,84 @@ def test_job_two_workers_on_torchtrainer(ray_session, tiny_shards, tmp_path):
     assert resolve_checkpoint(str(out)) == ckpt
 
 
-@pytest.mark.ray
-def test_killed_worker_restarts_from_checkpoint(ray_session, tiny_shards, tokenizer, tmp_path):
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def _crash_rank1_once_checkpoint_committed():
+    """A training loop for ``pretrain_job.run(train_loop=...)``, defined in a closure so that
+    cloudpickle ships it by value (this test module is not importable in Ray workers)."""
 
-    # defined here so cloudpickle ships it by value (the test module is not importable in workers)
-    def _crash_rank1_after_first_checkpoint(config: dict):
-        """Rank 1 dies (os._exit) a few seconds after the first checkpoint is reported, on the first
-        attempt only; the restarted group resumes from that checkpoint."""
+    def loop(config: dict):
+        """The training loop, except that on the first attempt rank 1 dies (``os._exit``) as soon as
+        Ray Train has committed the first checkpoint; the restarted group resumes from it.
+
+        "Committed" is observed, not waited for: Ray Train's controller registers a reported
+        checkpoint (all ranks polled) and then writes its checkpoint manager's snapshot in the run's
+        storage dir; rank 1 polls that file until it names a checkpoint (60 s limit)."""
+        import json
+        import os
+        import time
+        from pathlib import Path
+
         import ray.train
 
         import pretrain.train as train
 
         rank = ray.train.get_context().get_world_rank()
-        crashed = Path(config["out_dir"], "crashed")
+        out = Path(config["out_dir"])
+        crashed = out / "crashed"
         if not crashed.exists():
             report = train._report
 
             def report_then_die(*args, **kwargs):
                 report(*args, **kwargs)
-                if rank == 1:
-                    # die during the next step; a report only commits once Ray Train's
-                    # controller has polled every rank (every 2 s), so give it that time
-                    time.sleep(4)
-                    crashed.touch()
-                    os._exit(1)
+                if rank != 1:
+                    return
+                snapshot = out / "checkpoints" / "checkpoint_manager_snapshot.json"
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                            break
+                    except (OSError, ValueError):  # not written yet, or caught mid-write
+                        pass
+                    time.sleep(0.05)
+                else:
+                    raise TimeoutError(f"{snapshot}: no committed checkpoint after 60 s")
+                crashed.touch()
+                os._exit(1)
 
             train._report = report_then_die
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 step = train.load_checkpoint(d)["step"]
-            Path(config["out_dir"], f"resumed-rank{rank}-step{step}").touch()
+            (out / f"resumed-rank{rank}-step{step}").touch()
         return train.train_loop_per_worker(config)
 
-    trainer = TorchTrainer(
-        _crash_rank1_after_first_checkpoint,
-        train_loop_config=_config(tiny_shards, tokenizer, tmp_path, steps=4, steps_per_epoch=2),
-        scaling_config=ScalingConfig(num_workers=2),
-        run_config=RunConfig(name="checkpoints", storage_path=str(tmp_path),
-                             failure_config=FailureConfig(max_failures=1)),
-    )
-    result = trainer.fit()
-    assert result.metrics["step"] == 4
-    assert (tmp_path / "crashed").exists()
-    assert (tmp_path / "resumed-rank0-step2").exists() and (tmp_path / "resumed-rank1-step2").exists()
-    assert load_checkpoint(result.checkpoint.path)["step"] == 4
-    steps = [m["step"] for m in _metrics(tmp_path)]
-    assert steps[:2] == [1, 2] and steps[-2:] == [3, 4] and len(steps) == 4
+    return loop
+
+
+def _job_argv(shards, out, max_failures: int) -> list[str]:
+    return ["--train-data", shards, "--model", "tiny", "--steps", "4", "--steps-per-epoch", "2",
+            "--batch-size", "16", "--workers", "2", "--out", str(out), "--log-every", "1",
+            "--warmup-steps", "1", "--vocab-size", "400", "--data-workers", "0", "--no-progress",
+            "--max-failures", str(max_failures)]
+
+
+@pytest.mark.ray
+def test_killed_worker_restarts_from_checkpoint_per_max_failures(ray_session, tiny_shards, tmp_path):
+    # through the job entry point: --max-failures 1 -> FailureConfig(max_failures=1): one restart
+    out = tmp_path / "run"
+    summary = pretrain_job.run(_job_argv(tiny_shards, out, 1), train_loop=_crash_rank1_once_checkpoint_committed())
+    assert summary["metrics"]["step"] == 4
+    assert (out / "crashed").exists()
+    assert (out / "resumed-rank0-step2").exists() and (out / "resumed-rank1-step2").exists()
+    assert load_checkpoint(summary["checkpoint"])["step"] == 4
+    steps = [m["step"] for m in _metrics(out)]
+    assert steps[:2] == [1, 2] and steps[-2:] == [3, 4]
+    # --max-failures 0: the same death ends the job
+    out0 = tmp_path / "run0"
+    with pytest.raises(Exception, match="(?i)fail|died|error"):
+        pretrain_job.run(_job_argv(tiny_shards, out0, 0), train_loop=_crash_rank1_once_checkpoint_committed())
+    assert (out0 / "crashed").exists() and not list(out0.glob("resumed-*"))
 
 
 def test_job_config_file_then_flags(tmp_path):
@@ -144,3 +171,62 @@ def test_job_config_file_then_flags(tmp_path):
     assert cfg.betas == (0.9, 0.95)
     with pytest.raises(SystemExit):
         pretrain_job.parse_args(["--steps", "3"])  # no --train-data / --out
+
+
+def test_precision_accepts_only_implemented_values(tiny_shards, tokenizer, tmp_path):
+    # fp16 used to be accepted and silently train in fp32
+    with pytest.raises(ValueError, match="fp16.*auto, fp32, bf16"):
+        TrainConfig.from_dict(_config(tiny_shards, tokenizer, tmp_path, precision="fp16"))
+    with pytest.raises(SystemExit):
+        pretrain_job.parse_args(["--train-data", "x.tar", "--out", "o", "--precision", "fp16"])
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("precision: fp16\n")  # a config file bypasses argparse's choices
+    flat = pretrain_job.parse_args(["--config", str(config), "--train-data", tiny_shards, "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="fp16"):
+        pretrain_job.build_job({**flat, "tokenizer": str(_saved_tokenizer(tokenizer, tmp_path))})
+    assert TrainConfig.from_dict(_config(tiny_shards, tokenizer, tmp_path, precision="bf16")).precision == "bf16"
+
+
+def _saved_tokenizer(tokenizer, folder) -> Path:
+    path = Path(folder) / "given-tokenizer.json"
+    tokenizer.save(path)
+    return path
+
+
+def test_checkpoint_save_is_atomic(tiny_shards, tokenizer, tmp_path, monkeypatch):
+    from pretrain import train as train_module
+    from pretrain.factory import create_model
+
+    cfg = TrainConfig.from_dict(_config(tiny_shards, tokenizer, tmp_path))
+    model = create_model("tiny")
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "step_00000002"
+    train_module.save_checkpoint(path, model, optimizer, 2, cfg)
+    # 1. a crash while writing the new files leaves the old checkpoint in place, no temp dir
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        train_module.save_checkpoint(path, model, optimizer, 3, cfg)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # 2. a crash between moving the old one aside and moving the new one in: the old one is read
+    real_rename, calls = train_module.os.rename, []
+
+    def rename_then_crash(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(train_module.os, "rename", rename_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.save_checkpoint(path, model, optimizer, 3, cfg)
+    monkeypatch.setattr(train_module.os, "rename", real_rename)
+    assert not path.exists()
+    assert load_checkpoint(path)["step"] == 2
+    assert load_model(path)[2]["step"] == 2
+    # 3. the next save completes and removes the .old- copy
+    train_module.save_checkpoint(path, model, optimizer, 4, cfg)
+    assert load_checkpoint(path)["step"] == 4
+    assert not (tmp_path / ".old-step_00000002").exists()

@@ -40,7 +40,7 @@ def summarize(queries_dir: Path, stats: dict) -> dict:
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pipelines.build_queries import run
-    from pipelines.sample_data import load_manifest
+    from pipelines.demo.sample_data import load_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         stats = run(["--out", tmp, *sample_build_args(load_manifest())])

@@ -169,6 +169,7 @@ def test_uri_inputs_and_outputs(sample, tmp_path):
     assert stats["sources"] == local["sources"] and stats["sources"]["title"] == 3
     assert fs.cat("/run/queries/metadata.json") == (tmp_path / "queries" / "metadata.json").read_bytes()
     assert sorted(fs.ls("/run/queries", detail=False)) == [
+        "/run/queries/_counts",  # the corpus counts + their marker (a rerun skips counting)
         "/run/queries/metadata.json",
         "/run/queries/queries.parquet",
         "/run/queries/stats.json",
@@ -198,3 +199,35 @@ def test_select_bigrams_thresholds_and_cap():
     capped, dropped, _ = select_bigrams(scored, QueryListConfig(min_bigram_count=3, pmi_threshold=8, max_bigrams=2))
     assert capped["query"].to_pylist() == ["c d", "i j"]  # highest PMI, ties by query
     assert dropped["over_max_bigrams"] == 1 and dropped["below_pmi_threshold"] == 1
+
+
+def test_counting_is_kept_per_set_of_counted_input_files(tmp_path, sample):
+    """The corpus counts are stored with a marker naming every counted input file: a rerun over
+    the same files does not count again (the engine is not called), a changed file counts again."""
+    import json as _json
+
+    from queries.build import QueryListConfig
+    from queries.counting import count_locally
+    from queries.recipe import QuerySources, build_query_list
+
+    text = tmp_path / "corpus.txt"
+    paragraphs = [v["extract"] for v in _json.load(open(sample["wiki_summaries_en"])).values()][:300]
+    text.write_text("\n".join(paragraphs))
+    sources = QuerySources((), (str(text),), None, None, (), None)
+    calls = []
+
+    def count(job):
+        calls.append([s.path for s in job.sources])
+        return count_locally(job, progress=False).sort_by("ngram")
+
+    config = QueryListConfig(min_count=5, min_bigram_count=3, pmi_threshold=4)
+    first = build_query_list(sources, config, count, str(tmp_path / "run"))
+    before = (tmp_path / "run" / "queries" / "queries.parquet").read_bytes()
+    again = build_query_list(sources, config, count, str(tmp_path / "run"))
+    assert len(calls) == 1 and again["rows"] == first["rows"]  # counted once
+    assert (tmp_path / "run" / "queries" / "queries.parquet").read_bytes() == before
+    marker = next(p for p in (tmp_path / "run" / "queries" / "_counts").iterdir() if not p.suffix)
+    assert _json.loads(marker.read_text())["inputs"][0]["file"] == str(text)
+    text.write_text("\n".join(paragraphs[:200]))  # the input changed: counted again
+    build_query_list(sources, config, count, str(tmp_path / "run"))
+    assert len(calls) == 2

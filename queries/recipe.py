@@ -1,14 +1,19 @@
-"""The query-list build, stage by stage: count the corpus on an engine, select each source,
-merge, write. ``pipelines/build_queries.py`` parses the CLI and calls :func:`build_query_list`.
+"""The query-list recipe: count the corpus (on an engine handed in), select each source,
+merge, write. ``pipelines/build_queries.py`` parses the CLI, picks the engine and calls
+:func:`build_query_list`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from queries.build import (
     SOURCES,
@@ -20,7 +25,8 @@ from queries.build import (
     write_query_list,
 )
 from queries.corpus import DocumentSource
-from queries.counting import CountingJob, count_locally
+from queries.files import atomic_write, file_identity, is_input_file, join, open_input
+from queries.counting import CountingJob
 from queries.ngrams import bigram_pmi, split_counts
 from queries.text import is_matchable
 from queries.titles import read_title_list, select_titles, titles_from_pageviews
@@ -28,41 +34,19 @@ from queries.wordnet import read_wordnet
 
 log = logging.getLogger("build_queries")
 
+Count = Callable[[CountingJob], pa.Table]  # an engine: counting job -> (ngram, count) table
+
 
 @dataclass(frozen=True)
-class EngineOptions:
-    """How to run the counting job."""
+class QuerySources:
+    """Where each source comes from (None / empty: that source is left out)."""
 
-    runner: str = "beam"  # "beam", "ray" or "local" (in-process reference)
-    beam_runner: str | None = None  # Beam runner name (None: offline DirectRunner)
-    beam_args: tuple[str, ...] = ()  # extra Beam pipeline flags (Flink/Spark/Dataflow options)
-    beam_temp_dir: str | None = None  # where Beam workers write the counts (shared URI on a cluster)
-    ray_address: str | None = None  # Ray cluster (None: $RAY_ADDRESS or a local Ray)
-    batch_size: int = 256  # documents per counting batch
-    progress: bool = True  # progress bars / logs on long stages
-
-
-def count_corpus(sources, config: QueryListConfig, engine: EngineOptions) -> pa.Table:
-    """Count unigrams and bigrams of the dumps and text corpora on the chosen engine."""
-    docs = tuple(DocumentSource(p, "wiki_dump") for p in sources.wiki_dumps) + tuple(
-        DocumentSource(p, "text") for p in sources.texts
-    )
-    # Unigram entries from a counts file need only the corpus counts that PMI uses.
-    min_unigram = config.min_bigram_count if sources.unigram_counts else min(config.min_count, config.min_bigram_count)
-    job = CountingJob(docs, config.lowercase, min_unigram, config.min_bigram_count, engine.batch_size)
-    if engine.runner == "ray":
-        from pipelines.queries_ray import count_with_ray
-        from pipelines.runtime import init_ray
-
-        init_ray(engine.ray_address)
-        return count_with_ray(job)
-    if engine.runner == "beam":
-        from pipelines.queries_beam import count_with_beam
-
-        return count_with_beam(job, engine.beam_runner, list(engine.beam_args), engine.beam_temp_dir)
-    if engine.runner == "local":
-        return count_locally(job, progress=engine.progress).sort_by("ngram")
-    raise ValueError(f"unknown runner {engine.runner!r} (beam, ray or local)")
+    wiki_dumps: tuple[str, ...]  # pages-articles XML dumps, counted for unigrams and bigrams
+    texts: tuple[str, ...]  # plain-text corpora counted alongside the dumps
+    unigram_counts: str | None  # a `word;count` file: the unigram entries come from it if given
+    titles: str | None  # a plain title list (JSON keys / list, or one per line)
+    pageviews: tuple[str, ...]  # pageview dump files (expanded globs)
+    wordnet: str | None  # directory with WordNet's data.{noun,verb,adj,adv}
 
 
 def _select_titles(sources, config: QueryListConfig, stats: dict) -> pa.Table | None:
@@ -103,11 +87,41 @@ def _with_nulls(table: pa.Table) -> pa.Table:
     return table.select(["query", "count", "pmi", "views"])
 
 
-def _corpus_entries(sources, config, engine, stats) -> dict[str, pa.Table]:
+def counting_job(sources: QuerySources, config: QueryListConfig, batch_size: int) -> CountingJob:
+    """What an engine counts: the dumps and text corpora, with the thresholds the sources need
+    (unigram entries from a counts file need only the corpus counts that PMI uses)."""
+    docs = tuple(DocumentSource(p, "wiki_dump") for p in sources.wiki_dumps) + tuple(
+        DocumentSource(p, "text") for p in sources.texts
+    )
+    min_unigram = config.min_bigram_count if sources.unigram_counts else min(config.min_count, config.min_bigram_count)
+    return CountingJob(docs, config.lowercase, min_unigram, config.min_bigram_count, batch_size)
+
+
+def counted(count: Count, job: CountingJob, out: str) -> pa.Table:
+    """``count(job)``, kept in ``<out>/queries/_counts/<key>.parquet`` with a marker naming every
+    counted input file (name, size, mtime/ETag) and the thresholds: a rerun over the same inputs
+    (after a later step failed, or to change a selection threshold) skips the counting, and a
+    changed or added input file counts again."""
+    identity = {"inputs": [file_identity(s.path) for s in job.sources], "lowercase": job.lowercase,
+                "min_unigram": job.min_unigram, "min_bigram": job.min_bigram}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    table_uri, marker_uri = join(out, "queries", "_counts", f"{key}.parquet"), join(out, "queries", "_counts", key)
+    if is_input_file(marker_uri) and is_input_file(table_uri):
+        log.info("counts of these %d input files found in %s: not counting again", len(job.sources), table_uri)
+        with open_input(table_uri) as f:
+            return pq.read_table(f)
+    table = count(job)
+    atomic_write(table_uri, lambda f: pq.write_table(table, f, compression="zstd"))
+    body = json.dumps(identity, indent=2, sort_keys=True).encode()
+    atomic_write(marker_uri, lambda f: f.write(body))  # the marker last
+    return table
+
+
+def _corpus_entries(sources, config, count: Count, batch_size: int, stats, out: str) -> dict[str, pa.Table]:
     entries: dict[str, pa.Table] = {}
     if sources.wiki_dumps or sources.texts:
         t0 = time.time()
-        unigrams, bigrams, totals = split_counts(count_corpus(sources, config, engine))
+        unigrams, bigrams, totals = split_counts(counted(count, counting_job(sources, config, batch_size), out))
         log.info("counted %d documents, %d tokens in %.1f s", totals["documents"], totals["tokens"], time.time() - t0)
         stats["corpus"] = {**totals, "frequent_unigrams": unigrams.num_rows, "candidate_bigrams": bigrams.num_rows}
         scored = bigram_pmi(unigrams, bigrams, totals["tokens"])
@@ -123,10 +137,13 @@ def _corpus_entries(sources, config, engine, stats) -> dict[str, pa.Table]:
     return entries
 
 
-def build_query_list(sources, config: QueryListConfig, engine: EngineOptions, out: str) -> dict:
-    """Build and write the query list under ``<out>/queries``; returns the stats written."""
-    stats: dict = {"dropped": {}, "runner": engine.runner}
-    entries = _corpus_entries(sources, config, engine, stats)
+def build_query_list(sources: QuerySources, config: QueryListConfig, count: Count, out: str,
+                     runner: str = "local", batch_size: int = 256) -> dict:
+    """Build and write the query list under ``<out>/queries`` (a path or URI); ``count`` is
+    the engine, a callable that counts a :class:`~queries.counting.CountingJob` into the count
+    table (``runner`` names it in the stats). Returns the stats written."""
+    stats: dict = {"dropped": {}, "runner": runner}
+    entries = _corpus_entries(sources, config, count, batch_size, stats, out)
     titles = _select_titles(sources, config, stats)
     if titles is not None:
         entries["title"] = _with_nulls(titles)

@@ -17,7 +17,7 @@ must be idempotent: skip work whose output already exists (write to a temp name,
 
 Images go to ``<data>/images/{openclipart,emoji}/``; ``<data>/images/pool.parquet`` lists them as
 (uid, url, text, source, path) with urls ``http://127.0.0.1:18765/<path>``, the address
-``pipelines/serve_images.py`` serves that tree on. Manifest keys: ``sample_images_dir``,
+``pipelines/demo/serve_images.py`` serves that tree on. Manifest keys: ``sample_images_dir``,
 ``sample_pool``.
 """
 
@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 Builder = Callable[[Path, dict[str, str]], dict[str, str]]
 
-SAMPLE_BASE_URL = "http://127.0.0.1:18765"  # pipelines.serve_images.DEFAULT_HOST/DEFAULT_PORT
+SAMPLE_BASE_URL = "http://127.0.0.1:18765"  # pipelines.demo.serve_images.DEFAULT_HOST/DEFAULT_PORT
 COLLECTION_TITLE_MIN = 20  # a title on more images than this names a collection, not the image
 EMOJI_FONT_SIZE = 109  # Noto Color Emoji's only bitmap strike
 _RDF = {"dc": "http://purl.org/dc/elements/1.1/", "cc": "http://web.resource.org/cc/",
@@ -153,10 +153,19 @@ def build_sample_images(root: Path, manifest: dict[str, str]) -> dict[str, str]:
     return entries
 
 
-BUILDERS: list[Builder] = [build_sample_images]
-from pipelines.planted_copies import build_planted_copies  # noqa: E402  (demo: eval copies in the pool)
+def _build_sample_crawl(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    from pipelines.demo.sample_crawl import build_sample_crawl  # the sample images as a crawled site
 
-BUILDERS.append(build_planted_copies)
+    return build_sample_crawl(root, manifest)
+
+
+def _build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    from pipelines.demo.planted_copies import build_planted_copies  # eval copies for the contamination demo
+
+    return build_planted_copies(root, manifest)
+
+
+BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl, _build_planted_copies]
 
 
 def build_all(root: Path, manifest: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,280 @@
+"""The run layout: every output of a run named in one place, and all of its I/O.
+
+A run directory is a local path or an fsspec URI (``s3://bucket/run``, ``gs://…``,
+``memory://…``); :class:`RunLayout` resolves its filesystem once and every stage, text and image,
+reads and writes through it, so a worker on any node writes straight to the run's storage::
+
+    <out>/queries/queries.parquet, metadata.json, stats.json
+    <out>/curation/_config.json                       selection fingerprint (+ the config)
+    <out>/curation/_read/<file-hash>.json             rows read per pool file (counted by the reader)
+    <out>/curation/selected/part-NNNNN.parquet        the selection
+    <out>/curation/selected/_done/part-NNNNN          completion marker + reason tally of a part
+    <out>/curation/entry_counts.parquet               c_e per entry
+    <out>/curation/rejects/<stage>/<part>.parquet     dropped rows: uid, reason (+ stage columns)
+    <out>/curation/stats/<stage>.json                 {stage, in, out, rejected: {reason: n}}
+    <out>/curation/stats/summary.json, entry_counts.png
+    <out>/curation/images_fingerprint.json            what the image stages' results depend on
+    <out>/curation/download/<pass>/NNNNN.tar|.parquet img2dataset output (pass0, retry)
+    <out>/curation/checked/<pass>_NNNNN.parquet       checked, resized images + hashes
+    <out>/curation/decontaminate/eval_index.parquet   eval ids + pHash codes (--decontaminate)
+    <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
+    <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
+    <out>/curation/report.html, report/*.png
+
+Writes are atomic (:func:`queries.files.atomic_write`: temp + rename locally, one PUT on object
+stores) and completion markers are written last. Listings skip temp names and dot files, so an
+interrupted write never disturbs a rerun; :meth:`RunLayout.clean_temp` removes them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from fsspec.core import url_to_fs
+
+from queries.files import atomic_write, is_temp_name
+
+PARQUET_WRITE = {"compression": "zstd", "write_statistics": True, "store_schema": True}
+
+
+def part_name(index: int) -> str:
+    """``part-00042`` for index 42 (the one place a selection part name is formatted)."""
+    return f"part-{index:05d}"
+
+
+SPLITS = ("shards", "heldout")  # training shards / held-out pairs (curation/holdout.py)
+
+
+def shard_name(shard_id: int) -> str:
+    """``00042`` for shard 42 (the one place a final shard name is formatted)."""
+    return f"{shard_id:05d}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Names and I/O of one run directory (``root`` = the ``--out`` path or URI)."""
+
+    root: str  # run directory: local path or fsspec URI
+
+    @classmethod
+    def of_curation(cls, curation_dir: str) -> RunLayout:
+        """The layout whose ``curation`` dir is ``curation_dir`` (``<out>/curation``)."""
+        return cls(posixpath.dirname(str(curation_dir).rstrip("/")) or ".")
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", str(self.root).rstrip("/") or "/")
+
+    # -- names -------------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        """``root/part/…``."""
+        return posixpath.join(self.root, *parts)
+
+    @property
+    def curation(self) -> str:
+        return self.join("curation")
+
+    def cur(self, *parts: str) -> str:
+        """``<out>/curation/part/…``."""
+        return posixpath.join(self.curation, *parts)
+
+    @property
+    def queries_parquet(self) -> str:
+        return self.join("queries", "queries.parquet")
+
+    @property
+    def config_stamp(self) -> str:
+        return self.cur("_config.json")
+
+    @property
+    def read_tally_dir(self) -> str:
+        return self.cur("_read")
+
+    def read_tally(self, pool_file: str) -> str:
+        """Where the reader records how many rows it read from ``pool_file``."""
+        return self.cur("_read", f"{xxhash.xxh3_64_hexdigest(pool_file.encode())}.json")
+
+    @property
+    def selected_dir(self) -> str:
+        return self.cur("selected")
+
+    def part(self, index: int) -> str:
+        return self.cur("selected", f"{part_name(index)}.parquet")
+
+    def marker(self, index: int) -> str:
+        return self.cur("selected", "_done", part_name(index))
+
+    def rejects_dir(self, stage: str) -> str:
+        return self.cur("rejects", stage)
+
+    def reject_part(self, stage: str, name: str) -> str:
+        return self.cur("rejects", stage, f"{name}.parquet")
+
+    @property
+    def stats_dir(self) -> str:
+        return self.cur("stats")
+
+    def stats(self, stage: str) -> str:
+        return self.cur("stats", f"{stage}.json")
+
+    @property
+    def summary(self) -> str:
+        return self.cur("stats", "summary.json")
+
+    @property
+    def entry_counts(self) -> str:
+        return self.cur("entry_counts.parquet")
+
+    @property
+    def entry_counts_plot(self) -> str:
+        return self.cur("stats", "entry_counts.png")
+
+    @property
+    def images_fingerprint(self) -> str:
+        return self.cur("images_fingerprint.json")
+
+    @property
+    def download_dir(self) -> str:
+        return self.cur("download")
+
+    def download_pass(self, name: str) -> str:
+        """img2dataset's output folder of one pass (``pass0``, ``retry``)."""
+        return self.cur("download", name)
+
+    @property
+    def eval_index(self) -> str:
+        """The eval images' pHash codes that ``--decontaminate`` removes from training."""
+        return self.cur("decontaminate", "eval_index.parquet")
+
+    @property
+    def checked_dir(self) -> str:
+        return self.cur("checked")
+
+    def checked_part(self, name: str) -> str:
+        return self.cur("checked", f"{name}.parquet")
+
+    @property
+    def shards_dir(self) -> str:
+        return self.cur("shards")
+
+    def split_dir(self, split: str = "shards") -> str:
+        """``shards/`` (training) or ``heldout/`` (held-out pairs, evaluation only)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown shard split {split!r}: one of {SPLITS}")
+        return self.cur(split)
+
+    def shard_tar(self, shard_id: int, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/{shard_name(shard_id)}.tar"
+
+    def shard_index(self, shard_id: int, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/{shard_name(shard_id)}.parquet"
+
+    def shard_stats_of(self, split: str = "shards") -> str:
+        return f"{self.split_dir(split)}/stats.json"
+
+    @property
+    def shard_stats(self) -> str:
+        return self.shard_stats_of("shards")
+
+    @property
+    def report_html(self) -> str:
+        return self.cur("report.html")
+
+    def report_asset(self, name: str) -> str:
+        return self.cur("report", name)
+
+    # -- I/O -----------------------------------------------------------------------------------
+    @property
+    def fs(self):
+        """The fsspec filesystem of the run (fsspec caches instances: cheap to call)."""
+        return url_to_fs(self.root)[0]
+
+    def path(self, uri: str) -> str:
+        """``uri`` as a path of :attr:`fs` (no protocol)."""
+        return url_to_fs(uri)[1]
+
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self.path(uri))
+
+    def size(self, uri: str) -> int:
+        return int(self.fs.size(self.path(uri)))
+
+    def open(self, uri: str, mode: str = "rb"):
+        """Open a file of the run for reading (writes go through the atomic writers)."""
+        return self.fs.open(self.path(uri), mode)
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self.fs.cat_file(self.path(uri))
+
+    def read_json(self, uri: str):
+        return json.loads(self.read_bytes(uri))
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write ``data`` atomically (temp + rename locally, one PUT on object stores)."""
+        atomic_write(uri, lambda f: f.write(data))
+
+    def write_json(self, uri: str, body) -> None:
+        self.write_bytes(uri, (json.dumps(body, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+    def write_parquet(self, table: pa.Table, uri: str) -> None:
+        """Write ``table`` atomically with fixed writer settings (deterministic bytes)."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, **PARQUET_WRITE)
+        self.write_bytes(uri, buffer.getvalue())
+
+    def read_parquet(self, uri: str, columns: list[str] | None = None) -> pa.Table:
+        """One parquet file of the run; a damaged file raises ValueError naming it."""
+        try:
+            return pq.read_table(self.path(uri), columns=columns, filesystem=self.fs)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ValueError(f"{uri}: unreadable parquet ({err})") from err
+
+    def parquet_rows(self, uri: str) -> int:
+        """Rows of a parquet file from its footer; a damaged file raises ValueError naming it."""
+        try:
+            with self.open(uri) as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as err:
+            raise ValueError(f"{uri}: truncated or corrupt parquet file ({err})") from err
+
+    def read_parquets(self, uris: list[str], columns: list[str]) -> pa.Table:
+        """Several parquet files concatenated in order (an empty table of strings if none)."""
+        tables = [self.read_parquet(u, columns) for u in uris]
+        if not tables:
+            return pa.table({c: pa.array([], pa.string()) for c in columns})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def list(self, directory: str, suffix: str = "") -> list[str]:
+        """Files directly in ``directory`` ending with ``suffix``, sorted, as URIs of the run;
+        temp names and dot files are never listed. A missing directory lists nothing."""
+        fs, base = self.fs, self.path(directory)
+        if not fs.isdir(base):
+            return []
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False)]
+        keep = sorted(n for n in names if n.endswith(suffix) and not n.startswith(".") and not is_temp_name(n))
+        return [posixpath.join(directory, n) for n in keep if fs.isfile(posixpath.join(base, n))]
+
+    def remove(self, uri: str) -> None:
+        """Remove one file if it exists."""
+        if self.exists(uri):
+            self.fs.rm(self.path(uri))
+
+    def remove_tree(self, directory: str) -> None:
+        """Remove a directory and everything in it, if it exists."""
+        if self.fs.exists(self.path(directory)):
+            self.fs.rm(self.path(directory), recursive=True)
+
+    def clean_temp(self, directory: str) -> int:
+        """Remove our temp files left in ``directory`` by interrupted writes; returns how many."""
+        fs, base = self.fs, self.path(directory)
+        if not fs.isdir(base):
+            return 0
+        stale = [p for p in fs.ls(base, detail=False) if is_temp_name(p) and fs.isfile(p)]
+        for p in stale:
+            fs.rm(p)
+        return len(stale)

@@ -1,0 +1,102 @@
+"""DAG ``wit_pretrain``: CLIP pretraining on new WIT shards, then zero-shot evaluation.
+
+Scheduled on the Asset ``openwit_wit_shards`` (emitted by ``wit_curation``'s shards gate; the
+event names the run dir) and runnable by hand (then ``params.out`` names the run dir):
+
+    pretrain (Ray job: pipelines/pretrain.py on <out>/curation/shards/*.tar → <out>/pretrain/<run_name>)
+    → evaluate (Ray job: pipelines/evaluate.py per eval set → <run>/eval/<set>.json)
+    [→ contamination (Ray job: pipelines/contamination_report.py), only when that file exists]
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from pipelines.dags.openwit_common import PROJECT_ROOT, SHARDS_ASSET, common_params, python_command, run_dir_of
+from pipelines.dags.ray_operator import RayJobOperator
+
+EVAL_SETS = ("fashion-mnist", "mnist", "digits")
+CONTAMINATION_SCRIPT = PROJECT_ROOT / "pipelines" / "contamination_report.py"
+
+
+def shard_pattern(run_dir: str) -> str:
+    """``<run_dir>/curation/shards/{00000..NNNNN}.tar`` over the shards present (error if none)."""
+    import fsspec
+
+    shards = f"{run_dir.rstrip('/')}/curation/shards"
+    fs, path = fsspec.core.url_to_fs(shards)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.tar"))
+    if not names:
+        raise FileNotFoundError(f"no shards in {shards}: run wit_curation first")
+    return f"{shards}/{{{names[0][:-4]}..{names[-1][:-4]}}}.tar"
+
+
+def pretrain_dir(context: dict) -> str:
+    return f"{run_dir_of(context).rstrip('/')}/pretrain/{context['params']['run_name']}"
+
+
+def pretrain_command(context: dict) -> str:
+    """``python pipelines/pretrain.py`` on this run's shards with the run's params."""
+    p = context["params"]
+    args = ["--train-data", shard_pattern(run_dir_of(context)), "--out", pretrain_dir(context),
+            "--model", p["model"], "--steps", p["steps"], "--batch-size", p["batch_size"],
+            "--workers", p["workers"], "--seed", p["seed"], *p["pretrain_options"]]
+    return python_command("pipelines/pretrain.py", args)
+
+
+def evaluate_command(context: dict) -> str:
+    """One ``python pipelines/evaluate.py`` per eval set, joined with ``&&`` (one Ray job)."""
+    p, run = context["params"], pretrain_dir(context)
+    return " && ".join(
+        python_command("pipelines/evaluate.py", ["--checkpoint", run, "--dataset", name,
+                                                 "--limit", p["eval_limit"], "--out", f"{run}/eval/{name}.json"])
+        for name in p["eval_sets"])
+
+
+def contamination_command(context: dict) -> str:
+    """The contamination report (CLIP §5) of the run's eval sets against its training shards,
+    written to ``<out>/reports/contamination/`` (DESIGN's run layout)."""
+    p = context["params"]
+    run_dir = run_dir_of(context).rstrip("/")
+    args = ["--train-data", shard_pattern(run_dir), "--checkpoint", pretrain_dir(context),
+            "--dataset", *p["eval_sets"], "--out", f"{run_dir}/reports/contamination",
+            *(["--eval-limit", p["eval_limit"]] if p["eval_limit"] else [])]
+    return python_command("pipelines/contamination_report.py", args)
+
+
+def pretrain_params() -> dict:
+    """The DAG's params: defaults are pretrain.py's and evaluate.py's CLI defaults."""
+    return {
+        **common_params(),
+        "run_name": Param("wit", type="string", pattern="^[A-Za-z0-9._-]+$", description="<out>/pretrain/<run_name>"),
+        "model": Param("tiny", type="string", description="architecture in pretrain/model_configs/"),
+        "steps": Param(100, type="integer", minimum=1, description="optimizer steps"),
+        "batch_size": Param(32, type="integer", minimum=1, description="pairs per worker per step"),
+        "workers": Param(1, type="integer", minimum=0, description="Ray Train workers"),
+        "seed": Param(0, type="integer", minimum=0),
+        "pretrain_options": Param([], type="array", items={"type": "string"},
+                                  description="extra pretrain.py flags, e.g. [\"--use-gpu\"]"),
+        "eval_sets": Param(["fashion-mnist"], type="array", items={"enum": list(EVAL_SETS)}, minItems=1,
+                           description="zero-shot eval sets"),
+        "eval_limit": Param(0, type="integer", minimum=0, description="first N eval images (0 = all)"),
+    }
+
+
+with DAG(
+    dag_id="wit_pretrain",
+    description="CLIP pretraining on new WIT shards (Ray Train job), then zero-shot evaluation",
+    schedule=[SHARDS_ASSET],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=pretrain_params(),
+    tags=["openwit"],
+    doc_md=__doc__,
+) as dag:
+    pretrain = RayJobOperator(task_id="pretrain", entrypoint=pretrain_command, run_dir=run_dir_of)
+    evaluate = RayJobOperator(task_id="evaluate", entrypoint=evaluate_command, run_dir=run_dir_of)
+    pretrain >> evaluate
+    if CONTAMINATION_SCRIPT.exists():
+        evaluate >> RayJobOperator(task_id="contamination", entrypoint=contamination_command, run_dir=run_dir_of)
