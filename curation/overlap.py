@@ -39,7 +39,7 @@ class SearchConfig:
     flat_max_rows: int = 200_000  # exact IndexFlatIP up to this many gallery rows, IVF past it
     chunk_rows: int = 131_072  # gallery rows per exact-search chunk (bounds memory)
     query_batch: int = 4096  # eval rows per search call
-    ivf_lists: int = 0  # IVF lists (0: 4*sqrt(rows))
+    ivf_lists: int = 0  # IVF lists (0: sqrt(rows); bench_overlap.py: 4*sqrt made k-means cost more than flat)
     ivf_probe: int = 16  # IVF lists visited per query
     threads: int = 0  # faiss OpenMP threads (0: faiss's default)
 
@@ -90,12 +90,12 @@ class RunningBest:
 
 def nearest_ivf(queries: np.ndarray, gallery: np.ndarray, config: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
     """Approximate nearest neighbour by inner product with ``IndexIVFFlat`` (k-means on a sample
-    of at most 64 rows per list; ``ivf_probe`` lists visited)."""
+    of at most 40 rows per list, faiss's minimum without a warning; ``ivf_probe`` lists visited)."""
     n, d = gallery.shape
-    nlist = config.ivf_lists or max(1, int(4 * np.sqrt(n)))
+    nlist = config.ivf_lists or max(1, int(np.sqrt(n)))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
+    sample = np.random.default_rng(0).choice(n, size=min(n, 40 * nlist), replace=False)
     index.train(np.ascontiguousarray(gallery[np.sort(sample)], np.float32))
     for s in range(0, n, config.chunk_rows):
         index.add(np.ascontiguousarray(gallery[s:s + config.chunk_rows], np.float32))
