@@ -2,7 +2,9 @@
 
 Stages (the registry's :data:`curation.stage.IMAGE_STAGES`; each accounts for every row in
 ``stats/<stage>.json`` + ``rejects/<stage>/``): ``urlguard`` → ``download`` (img2dataset + a
-retry pass) → ``imagecheck`` (decode, bomb guard, resize, hashes) → ``imagededup`` → ``shards``.
+retry pass) → ``imagecheck`` (decode, bomb guard, resize, hashes) → ``imagededup`` →
+``decontaminate`` (only with an eval index: training images whose pHash is within a Hamming
+distance of an eval image's, reason ``eval_duplicate`` + the matched ``eval_id``) → ``shards``.
 Everything is read and written through the run's :class:`~curation.run.RunLayout`, so the run
 dir may be an object store. The engine is handed in: ``map_check_tasks(tasks, check_config)``
 runs :class:`CheckDownloadShards` over one task row per download shard (Ray Data in
@@ -35,6 +37,15 @@ from curation.urlguard import UrlGuard, UrlGuardConfig
 
 
 @dataclass(frozen=True)
+class DecontaminateConfig:
+    """Eval decontamination (``build_wit.py --decontaminate DATASET...``): the eval images'
+    pHash codes are written to ``layout.eval_index`` (``eval_id``, ``phash``) by the caller."""
+
+    datasets: tuple[str, ...] = ()  # eval sets named on the command line; () = the stage is off
+    max_distance: int = 8  # pHash Hamming distance at or below which a training image is an eval copy
+
+
+@dataclass(frozen=True)
 class ImageStagesConfig:
     """Everything the image stages need."""
 
@@ -43,6 +54,7 @@ class ImageStagesConfig:
     check: ImageCheckConfig = field(default_factory=ImageCheckConfig)  # decode/bomb/resize
     dedup: ImageDedupConfig = field(default_factory=ImageDedupConfig)  # exact + pHash dedup
     shards: ShardConfig = field(default_factory=ShardConfig)  # final shard size
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)  # eval copies out
     report: bool = True  # write report.html + PNGs at the end
 
 
@@ -73,7 +85,7 @@ def fingerprint(selected: pa.Table, config: ImageStagesConfig) -> dict:
             "guard": asdict(config.guard), "check": asdict(config.check),
             "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
             "checked_parts": 2,  # v2: checked parts carry the captions and metadata
-            "shards": asdict(config.shards), "retry_pass": config.download.retry_pass,
+            "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate), "retry_pass": config.download.retry_pass,
             "disallowed_header_directives": list(config.download.disallowed_header_directives),
             "respect": asdict(config.download.respect)}
     return _jsonable(body)
@@ -220,6 +232,63 @@ def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig, m
     return result
 
 
+class DecontaminateTasks:
+    """The decontamination's task body (picklable), one task per checked part: its rows that
+    survived the dedup are searched against the eval index's pHash codes (exact Hamming, faiss
+    ``IndexBinaryFlat``); rows within ``max_distance`` of an eval image become rejects
+    ``eval_duplicate`` with ``eval_id``, ``score`` (1 - distance/64), ``part``, ``row``."""
+
+    def __init__(self, layout: RunLayout, config: DecontaminateConfig):
+        self.layout, self.config = layout, config
+
+    def __call__(self, item: tuple[int, str]) -> dict:
+        import pyarrow.dataset as ds
+
+        from curation.overlap import EVAL_DUPLICATE, PHASH_BITS, nearest_binary
+
+        index, uri = item
+        layout = self.layout
+        table = layout.read_parquet(uri, ["uid", "phash"])
+        live = np.ones(len(table), bool)
+        files = [layout.path(f) for f in layout.list(layout.rejects_dir("imagededup"), ".parquet")]
+        if files:
+            live[ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
+                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()] = False
+        rows = np.flatnonzero(live)
+        evals = layout.read_parquet(layout.eval_index)
+        codes = np.frombuffer(b"".join(table.column("phash").take(pa.array(rows, pa.int64())).to_pylist()), np.uint8)
+        eval_codes = np.frombuffer(b"".join(evals.column("phash").to_pylist()), np.uint8).reshape(-1, PHASH_BITS // 8)
+        score, nearest = nearest_binary(codes.reshape(-1, PHASH_BITS // 8), eval_codes)
+        hit = np.flatnonzero(score >= 1 - self.config.max_distance / PHASH_BITS)
+        rejected = pa.table({
+            "uid": table.column("uid").take(pa.array(rows[hit], pa.int64())),
+            "reason": pa.array([EVAL_DUPLICATE] * len(hit), pa.string()),
+            "eval_id": evals.column("eval_id").take(pa.array(nearest[hit], pa.int64())),
+            "score": pa.array(score[hit], pa.float32()),
+            "part": pa.array(np.full(len(hit), index, np.int32)), "row": pa.array(rows[hit].astype(np.int32))})
+        write_rejects(layout, "decontaminate", rejected, part=f"p{index:06d}")
+        return {"in": int(len(rows)), "rejected": int(len(hit))}
+
+
+def decontaminate_stage(layout: RunLayout, parts: list[str], config: DecontaminateConfig, map_tasks: MapTasks,
+                        dedup_out: int) -> int:
+    """Stage ``decontaminate`` as a task per checked part (:class:`DecontaminateTasks`) over the
+    dedup's survivors, against ``layout.eval_index``; returns the rows it keeps. ``in`` is what
+    the tasks count as live (checked against the dedup's ``dedup_out``)."""
+    if not layout.exists(layout.eval_index):
+        raise FileNotFoundError(f"{layout.eval_index}: decontamination needs the eval index (eval_id, phash)")
+    layout.remove_tree(layout.rejects_dir("decontaminate"))  # a rerun redoes the whole stage
+    counts = map_tasks(DecontaminateTasks(layout, config), list(enumerate(parts)))
+    rows_in, rejected = sum(c["in"] for c in counts), sum(c["rejected"] for c in counts)
+    if rows_in != dedup_out:
+        raise RuntimeError(f"decontaminate: the dedup kept {dedup_out} rows but its rejects leave {rows_in}")
+    evals = layout.parquet_rows(layout.eval_index)
+    StageStats("decontaminate", rows_in, rows_in - rejected, {"eval_duplicate": rejected} if rejected else {},
+               {"datasets": list(config.datasets), "eval_images": evals, "max_distance": config.max_distance,
+                "detector": "phash"}).write(layout)
+    return rows_in - rejected
+
+
 class ShardTasks:
     """The shard stage's task bodies (picklable): ``mark`` (a task per checked part: which of
     its rows survived the dedup and which of those are held out, written to
@@ -238,11 +307,12 @@ class ShardTasks:
         index, uri = item
         layout = self.layout
         uids = layout.read_parquet(uri, ["uid"]).column("uid")
-        files = [layout.path(f) for f in layout.list(layout.rejects_dir("imagededup"), ".parquet")]
+        files = [layout.path(f) for stage in ("imagededup", "decontaminate")
+                 for f in layout.list(layout.rejects_dir(stage), ".parquet")]
         dropped = np.zeros(len(uids), bool)
         if files:
             rows = ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
-                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()
+                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()  # (part, row) of both
             dropped[rows] = True
         kept = np.flatnonzero(~dropped)
         held = heldout_mask(uids.take(pa.array(kept)), self.config.holdout_fraction) if len(kept) else np.zeros(0, bool)
@@ -274,7 +344,8 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
     marks = map_tasks(tasks.mark, list(enumerate(parts)))
     rows_in = sum(m["kept"] for m in marks)
     if dedup_out is not None and rows_in != dedup_out:
-        raise RuntimeError(f"shards: the dedup kept {dedup_out} rows but its rejects leave {rows_in}: rows were lost")
+        raise RuntimeError(f"shards: the dedup (and decontamination) kept {dedup_out} rows but their rejects "
+                           f"leave {rows_in}: rows were lost")
     stats, by_node = {}, {}
     for split in ("shards", "heldout"):
         counts = [m["heldout"] if split == "heldout" else m["kept"] - m["heldout"] for m in marks]
@@ -316,7 +387,10 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
     parts = check_stage(layout, downloaded, selected, config, map_check_tasks)
     del selected, allowed, downloaded  # from here on the driver holds file names and counts
     dedup = dedup_stage(layout, parts, config.dedup, map_tasks)
-    shard_stage(layout, parts, config.shards, map_tasks, dedup_out=dedup["in"] - sum(dedup["rejected"].values()))
+    kept = dedup["in"] - sum(dedup["rejected"].values())
+    if config.decontaminate.datasets:
+        kept = decontaminate_stage(layout, parts, config.decontaminate, map_tasks, dedup_out=kept)
+    shard_stage(layout, parts, config.shards, map_tasks, dedup_out=kept)
     if config.report:
         from curation.report import write_report
 

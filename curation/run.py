@@ -16,6 +16,7 @@ reads and writes through it, so a worker on any node writes straight to the run'
     <out>/curation/images_fingerprint.json            what the image stages' results depend on
     <out>/curation/download/<pass>/NNNNN.tar|.parquet img2dataset output (pass0, retry)
     <out>/curation/checked/<pass>_NNNNN.parquet       checked, resized images + hashes
+    <out>/curation/decontaminate/eval_index.parquet   eval ids + pHash codes (--decontaminate)
     <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
     <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
     <out>/curation/report.html, report/*.png
@@ -144,6 +145,11 @@ class RunLayout:
     def download_pass(self, name: str) -> str:
         """img2dataset's output folder of one pass (``pass0``, ``retry``)."""
         return self.cur("download", name)
+
+    @property
+    def eval_index(self) -> str:
+        """The eval images' pHash codes that ``--decontaminate`` removes from training."""
+        return self.cur("decontaminate", "eval_index.parquet")
 
     @property
     def checked_dir(self) -> str:

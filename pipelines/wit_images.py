@@ -32,6 +32,7 @@ from curation.robots import RespectConfig
 from curation.run import RunLayout
 from curation.shards import ShardConfig
 from curation.urlguard import UrlGuardConfig, parse_allow_networks
+from pipelines import decontaminate
 from pipelines.runtime import configure_environment, init_ray
 
 LOOPBACK = "127.0.0.1"
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"serve DIR on {LOOPBACK}:--serve-port during the download (sample pool)")
     g.add_argument("--serve-port", type=int, default=SERVE_PORT)
     g.add_argument("--no-report", action="store_true", help="do not write report.html")
+    decontaminate.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
@@ -93,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> ImageStagesConfig:
                                max_pixels=args.max_pixels),
         dedup=ImageDedupConfig(threshold=args.dedup_threshold, buckets=args.dedup_buckets),
         shards=ShardConfig(shard_size=args.shard_size, holdout_fraction=args.holdout_fraction),
+        decontaminate=decontaminate.config_from_args(args),
         report=not args.no_report,
     )
 
@@ -135,6 +138,8 @@ def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict
     config = config_from_args(args)
     if config.download.distributor == "ray":
         init_ray()  # the downloads become Ray tasks on the cluster's nodes
+    if config.decontaminate.datasets and until != "download":
+        decontaminate.write_eval_index(layout, config.decontaminate)
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
     return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until, map_tasks=ray_map_tasks)
 

@@ -56,9 +56,14 @@ def evaluate_command(context: dict) -> str:
 
 
 def contamination_command(context: dict) -> str:
-    """The contamination report over this run's shards and checkpoint."""
-    return python_command("pipelines/contamination_report.py",
-                          ["--run-dir", run_dir_of(context), "--checkpoint", pretrain_dir(context)])
+    """The contamination report (CLIP §5) of the run's eval sets against its training shards,
+    written to ``<out>/reports/contamination/`` (DESIGN's run layout)."""
+    p = context["params"]
+    run_dir = run_dir_of(context).rstrip("/")
+    args = ["--train-data", shard_pattern(run_dir), "--checkpoint", pretrain_dir(context),
+            "--dataset", *p["eval_sets"], "--out", f"{run_dir}/reports/contamination",
+            *(["--eval-limit", p["eval_limit"]] if p["eval_limit"] else [])]
+    return python_command("pipelines/contamination_report.py", args)
 
 
 def pretrain_params() -> dict:

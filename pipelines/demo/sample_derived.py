@@ -159,7 +159,13 @@ def _build_sample_crawl(root: Path, manifest: dict[str, str]) -> dict[str, str]:
     return build_sample_crawl(root, manifest)
 
 
-BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl]
+def _build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    from pipelines.demo.planted_copies import build_planted_copies  # eval copies for the contamination demo
+
+    return build_planted_copies(root, manifest)
+
+
+BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl, _build_planted_copies]
 
 
 def build_all(root: Path, manifest: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,171 @@
+"""Writes the contamination report: ``results.json`` (the interface keys), ``details.json``,
+``report.md`` (a table like CLIP's Table/Figure 17), ``report.html`` and its PNGs (overlap % per
+dataset, All - Clean with the Overlap interval, precision/recall per dataset with the chosen
+threshold, a grid of the top matched eval/train pairs with their scores).
+
+Input is plain data: per-dataset result dicts, curves, and the top pairs as PIL images.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+RESULT_KEYS = ("n_all", "n_overlap", "overlap_pct", "acc_all", "acc_clean", "acc_overlap",
+               "delta_all_minus_clean", "p_value", "ci_overlap", "threshold", "precision", "recall")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}" if pct else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def markdown_table(results: dict[str, dict], adjusted: dict[str, float | None]) -> str:
+    """The paper-style table: one row per dataset."""
+    lines = ["| dataset | overlap % | n overlap / all | acc All | acc Clean | acc Overlap | All − Clean (pp) "
+             "| Overlap 99.5% CI | p (one-sided) | p Bonferroni | threshold | P / R (planted) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ci = r["ci_overlap"]
+        ci_text = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "n/a"
+        lines.append(
+            f"| {name} | {_fmt(r['overlap_pct'])} | {r['n_overlap']} / {r['n_all']} | {_fmt(r['acc_all'], True)} "
+            f"| {_fmt(r['acc_clean'], True)} | {_fmt(r['acc_overlap'], True)} | {_fmt(r['delta_all_minus_clean'], True)} "
+            f"| {ci_text} | {_fmt(r['p_value'])} | {_fmt(adjusted.get(name))} | {r['threshold']:.3f} "
+            f"| {r['precision']:.2f} / {r['recall']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_overlap(results: dict[str, dict], path: Path) -> None:
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
+    ax.bar(names, [results[n]["overlap_pct"] or 0 for n in names], color="tab:blue")
+    ax.set_ylabel("overlap % of eval set")
+    ax.set_title("Detected overlap per dataset")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_delta(results: dict[str, dict], path: Path) -> None:
+    """All − Clean per dataset (points) and Overlap − Clean's 99.5% interval (bars)."""
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
+    for x, n in enumerate(names):
+        r = results[n]
+        if r["delta_all_minus_clean"] is not None:
+            ax.plot(x, 100 * r["delta_all_minus_clean"], "o", color="tab:red")
+        if r["ci_overlap"] and r["acc_clean"] is not None:
+            lo, hi = (100 * (c - r["acc_clean"]) for c in r["ci_overlap"])
+            ax.vlines(x, lo, hi, color="grey", alpha=0.6)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("accuracy difference (pp)")
+    ax.set_title("All − Clean (dots); Overlap − Clean 99.5% CI (bars)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_pr(curve: dict, chosen: dict, name: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(curve["threshold"], curve["precision"], label="precision")
+    ax.plot(curve["threshold"], curve["recall"], label="recall")
+    ax.axvline(chosen["threshold"], color="black", ls="--", label=f"chosen {chosen['threshold']:.3f}")
+    ax.set_xlabel("similarity threshold")
+    ax.set_title(f"{name}: planted copies")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_pairs(pairs: list[dict], path: Path, title: str) -> None:
+    """Grid of (eval image | nearest training image) with the score; ``pairs``: dicts with
+    ``eval_image``, ``train_image`` (PIL), ``score``, ``eval_id``, ``train_key``."""
+    rows = max(1, len(pairs))
+    fig, axes = plt.subplots(rows, 2, figsize=(4, 2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, p in enumerate(pairs):
+        axes[row, 0].imshow(np.asarray(p["eval_image"].convert("RGB")))
+        axes[row, 0].set_title(f"eval {p['eval_id']}", fontsize=7)
+        if p.get("train_image") is not None:
+            axes[row, 1].imshow(np.asarray(p["train_image"].convert("RGB")))
+        axes[row, 1].set_title(f"train {p['train_key']}  s={p['score']:.3f}", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: dict[str, dict], adjusted: dict[str, float | None],
+                 curves: dict[str, tuple[dict, dict]], pairs: dict[str, list[dict]], meta: dict) -> dict:
+    """Write every report file into ``out``; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {n: {k: r[k] for k in RESULT_KEYS} for n, r in results.items()}
+    _atomic_text(out / "results.json", json.dumps(clean, indent=2) + "\n")
+    _atomic_text(out / "details.json", json.dumps({"p_bonferroni": adjusted, **meta}, indent=2, default=str) + "\n")
+    pngs = {"overlap": "overlap_pct.png", "delta": "all_minus_clean.png"}
+    plot_overlap(results, out / pngs["overlap"])
+    plot_delta(results, out / pngs["delta"])
+    for name, (curve, chosen) in curves.items():
+        pngs[f"pr_{name}"] = f"pr_{_safe(name)}.png"
+        plot_pr(curve, chosen, name, out / pngs[f"pr_{name}"])
+    for name, top in pairs.items():
+        pngs[f"pairs_{name}"] = f"pairs_{_safe(name)}.png"
+        plot_pairs(top, out / pngs[f"pairs_{name}"], f"{name}: top matches (threshold {results[name]['threshold']:.3f})")
+    table = markdown_table(results, adjusted)
+    md = (f"# Eval-overlap (contamination) report\n\nDetector: **{meta['detector']}**; training data: "
+          f"`{meta['train_data']}` ({meta['train_images']} images); checkpoint: `{meta['checkpoint']}`.\n"
+          "Threshold per dataset: highest recall on planted copies with precision ≥ "
+          f"{meta['min_precision']}. Overlap = nearest training image scores ≥ threshold.\n\n{table}\n"
+          + "".join(f"![{k}]({v})\n" for k, v in pngs.items()))
+    _atomic_text(out / "report.md", md)
+    _atomic_text(out / "report.html", _html(table_html(results, adjusted), meta, pngs))
+    return {"results": str(out / "results.json"), "report_md": str(out / "report.md"),
+            "report_html": str(out / "report.html"), "pngs": [str(out / p) for p in pngs.values()]}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def table_html(results: dict[str, dict], adjusted: dict) -> str:
+    head = ("dataset", "overlap %", "n overlap", "n all", "acc All %", "acc Clean %", "acc Overlap %",
+            "All − Clean pp", "Overlap CI %", "p", "p Bonferroni", "threshold", "precision", "recall")
+    rows = []
+    for n, r in results.items():
+        ci = f"[{100 * r['ci_overlap'][0]:.1f}, {100 * r['ci_overlap'][1]:.1f}]" if r["ci_overlap"] else "n/a"
+        cells = (n, _fmt(r["overlap_pct"]), r["n_overlap"], r["n_all"], _fmt(r["acc_all"], True),
+                 _fmt(r["acc_clean"], True), _fmt(r["acc_overlap"], True), _fmt(r["delta_all_minus_clean"], True),
+                 ci, _fmt(r["p_value"]), _fmt(adjusted.get(n)), f"{r['threshold']:.3f}",
+                 f"{r['precision']:.2f}", f"{r['recall']:.2f}")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _html(table: str, meta: dict, pngs: dict[str, str]) -> str:
+    images = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(k)}"></figure>' for k, p in pngs.items())
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Contamination report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 6px}"
+            "table{border-collapse:collapse}figure{display:inline-block;margin:8px}</style></head><body>"
+            f"<h1>Eval-overlap (contamination) report</h1><p>Detector: <b>{html.escape(str(meta['detector']))}</b>; "
+            f"training images: {meta['train_images']}; checkpoint: {html.escape(str(meta['checkpoint']))}; "
+            f"threshold: highest recall at precision ≥ {meta['min_precision']} on planted copies.</p>"
+            f"{table}{images}</body></html>\n")

@@ -1,0 +1,316 @@
+"""Eval-overlap (contamination) report, CLIP §5: which eval images have near-duplicates in the
+training shards, and does the model do better on them?
+
+    python pipelines/contamination_report.py --train-data 'runs/demo/curation/shards/{00000..00000}.tar' \\
+        --checkpoint runs/demo/pretrain/tiny --dataset fashion-mnist --out runs/demo/reports/contamination \\
+        [--detector learned|phash] [--detector-weights PATH] [--detector-epochs N]
+
+Steps: (1) the duplicate detector: pHash, or the learned copy detector (``pretrain.copydetect``),
+loaded from ``--detector-weights`` or trained here on the training images (plus a sample of each
+eval set's images: instance discrimination only, no eval/train pairing) and saved as
+``OUT/copy_detector.pt``; (2) training-image embeddings, streamed from the shards and cached per
+shard in ``OUT/cache/``; (3) per dataset, the nearest training image of every eval image
+(``curation.overlap.nearest``); (4) the threshold: planted copies of ``--planted`` eval images
+are added to the gallery, precision/recall per threshold, highest recall at precision >=
+``--min-precision``; (5) zero-shot correctness per image (``pretrain.zeroshot``); (6) the
+Overlap/Clean/All statistics, Bonferroni across datasets; (7) ``results.json``, ``report.md``,
+``report.html`` + PNGs (``curation.overlap_report``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from curation.overlap import (
+    SearchConfig,
+    bonferroni,
+    choose_threshold,
+    nearest,
+    nearest_binary,
+    phash_codes,
+    precision_recall,
+    split_statistics,
+)
+from curation.overlap_report import write_report
+from pipelines.runtime import configure_environment
+from pretrain.evalsources import EvalImages, load_eval_source
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Everything one contamination report needs."""
+
+    train_data: str  # WebDataset shards (brace pattern or glob) of the training set
+    checkpoint: str  # CLIP checkpoint dir or pretrain run dir (zero-shot accuracy)
+    datasets: tuple[str, ...]  # eval sets: built-in names, class_name/*.jpg folders, or .tar shards
+    out: str  # report directory
+    detector: str = "learned"  # learned | phash
+    detector_weights: str = ""  # reuse these copy-detector weights ('' = train and save one)
+    detector_epochs: int = 8  # training passes when training a detector
+    detector_seconds: float = 600.0  # training time limit (0 = none)
+    detector_train_images: int = 4000  # training images used to train the detector (at most)
+    detector_eval_images: int = 1000  # images per eval set added to the detector's training
+    planted: int = 200  # eval images per dataset given a planted copy for calibration
+    min_precision: float = 0.95  # threshold: highest recall with at least this precision
+    eval_limit: int = 0  # first N images of each eval set (0 = all)
+    top_pairs: int = 12  # matched pairs shown per dataset
+    seed: int = 0  # seed of planting and detector training
+
+
+def parse_args(argv: list[str] | None) -> ReportConfig:
+    """Command line -> :class:`ReportConfig`."""
+    d = ReportConfig("", "", (), "")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--train-data", required=True, help="training shards: brace pattern or glob")
+    p.add_argument("--checkpoint", required=True, help="CLIP checkpoint dir or pretrain run dir")
+    p.add_argument("--dataset", nargs="+", required=True, help="eval sets: name, folder or .tar shards")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--detector", choices=("learned", "phash"), default=d.detector)
+    p.add_argument("--detector-weights", default="", help="trained copy-detector weights to reuse")
+    p.add_argument("--detector-epochs", type=int, default=d.detector_epochs)
+    p.add_argument("--detector-seconds", type=float, default=d.detector_seconds)
+    p.add_argument("--detector-train-images", type=int, default=d.detector_train_images)
+    p.add_argument("--detector-eval-images", type=int, default=d.detector_eval_images)
+    p.add_argument("--planted", type=int, default=d.planted)
+    p.add_argument("--min-precision", type=float, default=d.min_precision)
+    p.add_argument("--eval-limit", type=int, default=d.eval_limit)
+    p.add_argument("--top-pairs", type=int, default=d.top_pairs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args(argv)
+    return ReportConfig(a.train_data, a.checkpoint, tuple(a.dataset), a.out, a.detector, a.detector_weights,
+                        a.detector_epochs, a.detector_seconds, a.detector_train_images, a.detector_eval_images,
+                        a.planted, a.min_precision, a.eval_limit, a.top_pairs, a.seed)
+
+
+def shard_paths(pattern: str) -> list[str]:
+    """Shard files of a brace pattern (``::`` joins several) or a glob; an error naming a missing one."""
+    import glob
+
+    import webdataset as wds
+
+    if any(c in pattern for c in "*?["):
+        paths = sorted(glob.glob(pattern))
+    else:
+        paths = list(wds.SimpleShardList(pattern).urls)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if not paths or missing:
+        raise FileNotFoundError(f"{pattern}: no shards" if not paths else f"{missing[0]}: shard not found")
+    return paths
+
+
+def shard_images(path: str) -> tuple[list[str], list[Image.Image], int]:
+    """(keys, RGB images, undecodable count) of one WebDataset shard."""
+    import webdataset as wds
+
+    keys, images, bad = [], [], 0
+    for sample in wds.DataPipeline(wds.SimpleShardList(path), wds.tarfile_to_samples()):
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        try:
+            image = Image.open(io.BytesIO(sample[key])).convert("RGB") if key else None
+        except OSError:
+            image = None
+        if image is None:
+            bad += 1
+            continue
+        keys.append(sample["__key__"])
+        images.append(image)
+    return keys, images, bad
+
+
+class Detector:
+    """One interface over both backends: ``embed(images)`` -> float rows (learned) or
+    uint8 codes (pHash); ``nearest(queries, gallery)`` -> (similarity, index)."""
+
+    def __init__(self, kind: str, model=None):
+        self.kind, self.model = kind, model
+        self.key = "phash" if model is None else "learned-" + _weights_digest(model)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        if self.model is None:
+            return phash_codes(images)
+        from pretrain.copydetect import embed_images
+
+        return embed_images(self.model, images)
+
+    def nearest(self, queries: np.ndarray, gallery) -> tuple[np.ndarray, np.ndarray]:
+        if self.model is None:
+            gallery = np.concatenate(list(gallery)) if not isinstance(gallery, np.ndarray) else gallery
+            return nearest_binary(queries, gallery)
+        return nearest(queries, gallery, SearchConfig())
+
+
+def _weights_digest(model) -> str:
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages], log) -> tuple[Detector, dict]:
+    """The detector of ``cfg``: pHash, given weights, or a newly trained one (saved in ``out``)."""
+    if cfg.detector == "phash":
+        return Detector("phash"), {"detector": "phash"}
+    from pretrain.copydetect import (
+        CopyDetectorConfig,
+        load_copy_detector,
+        save_copy_detector,
+        to_rgb_array,
+        train_copy_detector,
+    )
+
+    if cfg.detector_weights:
+        return Detector("learned", load_copy_detector(cfg.detector_weights)), {"detector": "learned",
+                                                                               "weights": cfg.detector_weights}
+    images: list[np.ndarray] = []
+    for path in shards:
+        images += [to_rgb_array(im) for im in shard_images(path)[1]]
+        if len(images) >= cfg.detector_train_images:
+            break
+    images = images[: cfg.detector_train_images]
+    n_train = len(images)
+    for data in evals:
+        pick = np.random.default_rng(cfg.seed).permutation(len(data.labels))[: cfg.detector_eval_images]
+        images += [to_rgb_array(data.pil(int(i))) for i in pick]
+    dcfg = CopyDetectorConfig(epochs=cfg.detector_epochs, max_seconds=cfg.detector_seconds, seed=cfg.seed)
+    model, summary = train_copy_detector(images, dcfg, log=log)
+    weights = Path(cfg.out) / "copy_detector.pt"
+    save_copy_detector(model, weights, summary)
+    return Detector("learned", model), {"detector": "learned", "weights": str(weights), "trained": summary,
+                                       "train_images": n_train, "eval_images": len(images) - n_train}
+
+
+def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tuple[list[np.ndarray], list[tuple[str, str]], int]:
+    """Per-shard embeddings (cached in ``cache/<detector key>/``), and (shard, key) of each row."""
+    folder = cache / detector.key
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks, where, bad = [], [], 0
+    for path in shards:
+        name = f"{Path(path).stem}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}.npz"
+        file = folder / name
+        if not file.exists():
+            keys, images, n_bad = shard_images(path)
+            tmp = folder / (name + ".part.npz")
+            np.savez(tmp, emb=detector.embed(images), keys=np.asarray(keys, dtype=str), bad=n_bad)
+            os.replace(tmp, file)
+        z = np.load(file)
+        chunks.append(z["emb"])
+        where += [(path, str(k)) for k in z["keys"]]
+        bad += int(z["bad"])
+    return chunks, where, bad
+
+
+def calibrate(detector: Detector, data: EvalImages, eval_emb: np.ndarray, train_best: np.ndarray,
+              cfg: ReportConfig) -> tuple[dict, dict]:
+    """Plant copies (``pretrain.copydetect.make_copy``) of ``planted`` eval images; positives =
+    those images, negatives = as many other eval images; nearest over training ∪ copies.
+    Returns (curve, chosen threshold)."""
+    from pretrain.copydetect import make_copy, to_rgb_array
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    n = min(cfg.planted, len(data.labels) // 2)
+    order = rng.permutation(len(data.labels))
+    pos, neg = order[:n], order[n:2 * n]
+    copies = [Image.fromarray(make_copy(to_rgb_array(data.pil(int(i))), rng)) for i in pos]
+    copy_emb = detector.embed(copies)
+    queries = eval_emb[np.concatenate([pos, neg])]
+    c_score, c_idx = detector.nearest(queries, copy_emb)
+    score = np.maximum(c_score, train_best[np.concatenate([pos, neg])])
+    own = (c_idx[:n] == np.arange(n)) & (c_score[:n] >= train_best[pos])
+    curve = precision_recall(score[:n], own, score[n:])
+    return curve, choose_threshold(curve, cfg.min_precision)
+
+
+def zero_shot_correct(checkpoint: str, data: EvalImages) -> np.ndarray:
+    """Per-image top-1 correctness of the CLIP checkpoint (prompt-ensembled zero-shot)."""
+    import torch
+
+    from pipelines.evaluate import resolve_checkpoint
+    from pretrain.train import load_model
+    from pretrain.transform import ImageTransform
+    from pretrain.zeroshot import build_classifier, classify, encode_images
+
+    model, tokenizer, _ = load_model(resolve_checkpoint(checkpoint))
+    with torch.no_grad():
+        classifier = build_classifier(model, tokenizer, data.classnames, data.templates)
+        feats = encode_images(model, data.images, ImageTransform(model.visual.image_size, train=False))
+        return (classify(feats, classifier).argmax(1).numpy() == data.labels)
+
+
+def top_pairs(data: EvalImages, score: np.ndarray, idx: np.ndarray, where: list, k: int) -> list[dict]:
+    """The ``k`` best-scoring (eval, train) pairs, with the train images read back from their shards."""
+    best = np.argsort(-score)[:k]
+    wanted: dict[str, set] = {}
+    for i in best:
+        if idx[i] >= 0:
+            wanted.setdefault(where[idx[i]][0], set()).add(where[idx[i]][1])
+    found = {}
+    for shard, keys in wanted.items():
+        shard_keys, images, _ = shard_images(shard)
+        found.update({(shard, key): im for key, im in zip(shard_keys, images) if key in keys})
+    return [{"eval_image": data.pil(int(i)), "eval_id": data.image_ids()[int(i)], "score": float(score[i]),
+             "train_key": where[idx[i]][1] if idx[i] >= 0 else "-",
+             "train_image": found.get(tuple(where[idx[i]])) if idx[i] >= 0 else None} for i in best]
+
+
+def report(cfg: ReportConfig, log=print) -> dict:
+    """Run the whole analysis (module doc); return the per-dataset results written to results.json."""
+    from pipelines.demo.sample_data import load_manifest
+
+    started, out = time.time(), Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = shard_paths(cfg.train_data)
+    needs_manifest = any(d in ("fashion-mnist", "mnist", "digits") for d in cfg.datasets)
+    evals = [load_eval_source(d, load_manifest() if needs_manifest else None, cfg.eval_limit) for d in cfg.datasets]
+    detector, detector_meta = build_detector(cfg, shards, evals, log)
+    chunks, where, bad = train_embeddings(detector, shards, out / "cache")
+    log(f"[contamination] {len(where)} training images embedded ({bad} undecodable) with {detector.key}")
+    results, curves, pairs, p_values = {}, {}, {}, {}
+    for data in evals:
+        eval_emb = detector.embed(data.images)
+        score, idx = detector.nearest(eval_emb, iter(chunks))
+        curve, chosen = calibrate(detector, data, eval_emb, score, cfg)
+        stats = split_statistics(zero_shot_correct(cfg.checkpoint, data), score >= chosen["threshold"])
+        results[data.name] = {**stats, **{k: chosen[k] for k in ("threshold", "precision", "recall")}}
+        curves[data.name] = (curve, chosen)
+        pairs[data.name] = top_pairs(data, score, idx, where, cfg.top_pairs)
+        p_values[data.name] = stats["p_value"]
+        log(f"[contamination] {data.name}: overlap {stats['n_overlap']}/{stats['n_all']} at threshold "
+            f"{chosen['threshold']:.3f} (P {chosen['precision']:.2f} R {chosen['recall']:.2f})")
+    meta = {"detector": detector.key, **detector_meta, "train_data": cfg.train_data, "train_images": len(where),
+            "train_undecodable": bad, "checkpoint": cfg.checkpoint, "min_precision": cfg.min_precision,
+            "config": asdict(cfg), "seconds": round(time.time() - started, 1),
+            "threshold_met": {n: c[1]["met"] for n, c in curves.items()}}
+    files = write_report(out, results, bonferroni(p_values), curves, pairs, meta)
+    log(f"[contamination] report: {files['report_html']} (results: {files['results']})")
+    return results
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Entry point: parse, run the report, print where it is."""
+    configure_environment()
+    cfg = parse_args(argv)
+    results = report(cfg, log=lambda m: print(m, flush=True))
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    run()

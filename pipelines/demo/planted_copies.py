@@ -1,0 +1,54 @@
+"""Demo only: augmented copies of Fashion-MNIST *test* images planted in the sample image pool, so
+the demo's contamination report has known overlap to find (CLIP §5's question, with an answer).
+
+:func:`build_planted_copies` (a ``pipelines.demo.sample_derived`` builder) writes ``PLANTED`` copies:
+each a test image upscaled 4x then cropped, resized, brightened/darkened and JPEG re-encoded
+(``pretrain.copydetect.make_copy``), saved as ``<data>/images/planted/fmnist-<test index>.png`` and
+listed in ``<data>/images/planted.parquet`` (uid, url, text, source, path) with a caption from
+``pretrain.evalsets.FASHION_MNIST_CAPTIONS`` plus the item number (captions must differ, or text
+dedup would drop them), served like the rest on ``SAMPLE_BASE_URL``. Manifest key:
+``sample_planted_pool``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PLANTED = 40  # copies planted in the demo pool
+SEED = 10  # which test images (and how they are altered)
+
+
+def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    """Write the planted copies and their pool parquet (skipped when the parquet exists)."""
+    import cv2
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import xxhash
+
+    from pipelines.demo.sample_derived import SAMPLE_BASE_URL
+    from pretrain.copydetect import make_copy
+    from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
+
+    pool = root / "images" / "planted.parquet"
+    if pool.exists():
+        return {"sample_planted_pool": str(pool)}
+    data = load_fashion_mnist(manifest["fashion_mnist_dir"], "test")
+    rng = np.random.default_rng(SEED)
+    folder = root / "images" / "planted"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k, i in enumerate(sorted(rng.choice(len(data.labels), PLANTED, replace=False).tolist())):
+        big = cv2.resize(np.repeat(data.images[i][:, :, None], 3, axis=2), (112, 112), interpolation=cv2.INTER_CUBIC)
+        path = f"planted/fmnist-{i:05d}.png"
+        cv2.imwrite(str(root / "images" / path), make_copy(big, rng))
+        name = data.classnames[int(data.labels[i])]
+        text = f"{FASHION_MNIST_CAPTIONS[k % len(FASHION_MNIST_CAPTIONS)].format(name)} from the fashion catalogue, item {i}"
+        url = f"{SAMPLE_BASE_URL}/{path}"
+        rows.append({"uid": xxhash.xxh3_128_hexdigest(url.encode()), "url": url, "text": text,
+                     "source": "planted_fashion_mnist", "path": path})
+    pq.write_table(pa.Table.from_pylist(rows), str(pool) + ".part", )
+    os.replace(str(pool) + ".part", pool)
+    print(f"[sample-data] {len(rows)} planted Fashion-MNIST test copies -> {folder}", flush=True)
+    return {"sample_planted_pool": str(pool)}

@@ -1,0 +1,272 @@
+"""A learned copy detector (CLIP App. C, sized for CPU): which images are augmented copies of each other.
+
+Model (:class:`CopyDetector`): a small ConvNet at ``image_size`` px (64 by default) with **weight
+norm instead of batch norm** (batch statistics would leak duplicates inside a batch), **GELU**, and
+**anti-aliased downsampling** (a fixed 3x3 binomial blur before every stride-2 step, Zhang 2019);
+global average pool, a weight-normed projection, L2-normalised output. Each input is standardised
+per image (mean 0, std 1 over its pixels), which makes the detector blind to global brightness.
+
+Training (:func:`train_copy_detector`): CLIP's InfoNCE at a **fixed temperature of 0.07** matching
+each image with an augmented view of itself against every other image of the batch (both
+directions). Views (:func:`augment`, OpenCV + Pillow + NumPy, no torchvision): random crop/zoom
+with aspect distortion, down-and-up scaling with a random interpolation, small rotation, JPEG
+re-encoding, HSV jitter, text and image overlays and blur (SSCD's additions).
+
+Checkpoints: ``torch.save({"config": asdict(cfg), "model": state_dict, ...})``, loaded with
+``torch.load(weights_only=True)`` (:func:`load_copy_detector`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
+_WORDS = ("sale", "new", "photo", "2024", "wow", "lol", "copyright", "HD", "free", "best", "#1")
+
+
+@dataclass(frozen=True)
+class CopyDetectorConfig:
+    """Architecture and training settings of the copy detector."""
+
+    image_size: int = 64  # model input side, pixels
+    width: int = 16  # channels of the stem (doubled by each of the 3 following convs)
+    embed_dim: int = 128  # output embedding size
+    temperature: float = 0.07  # fixed InfoNCE temperature (CLIP App. C)
+    batch_size: int = 64  # images per step (2 views each)
+    lr: float = 2e-3  # AdamW peak learning rate (cosine decay)
+    epochs: int = 4  # passes over the training images
+    max_seconds: float = 0.0  # stop training after this long (0 = no limit)
+    seed: int = 0  # seed of the model init and the augmentations
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased stride-2 downsampling: a fixed depthwise [1,2,1]x[1,2,1]/16 blur, stride 2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, stride=2, groups=self.channels)
+
+
+def _conv(cin: int, cout: int) -> nn.Module:
+    return weight_norm(nn.Conv2d(cin, cout, 3, padding=1))
+
+
+class CopyDetector(nn.Module):
+    """(B, 3, S, S) float images in [0, 1] -> (B, embed_dim) L2-normalised embeddings."""
+
+    def __init__(self, cfg: CopyDetectorConfig):
+        super().__init__()
+        w = cfg.width
+        layers: list[nn.Module] = [_conv(3, w), nn.GELU(), BlurPool(w)]  # S -> S/2
+        for cin, cout in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)):
+            layers += [_conv(cin, cout), nn.GELU()] + ([BlurPool(cout)] if cout < 8 * w else [])
+        self.features = nn.Sequential(*layers)  # (B, 8w, S/8, S/8)
+        self.proj = weight_norm(nn.Linear(8 * w, cfg.embed_dim))
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+        h = self.features((x - mean) / std).mean(dim=(2, 3))  # (B, 8w)
+        return F.normalize(self.proj(h), dim=-1)
+
+
+def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB of a PIL image or a grey/RGB/RGBA array (alpha composited on white)."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, rgba)
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image, dtype=np.uint8)
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array[:, :, :3]
+
+
+def _crop(img: np.ndarray, rng: np.random.Generator, min_area: float) -> np.ndarray:
+    """Random crop covering ``min_area``..1 of the image with aspect ratio 3/4..4/3."""
+    h, w = img.shape[:2]
+    area = rng.uniform(min_area, 1.0) * h * w
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch, cw = min(h, max(1, int(round(np.sqrt(area / aspect))))), min(w, max(1, int(round(np.sqrt(area * aspect)))))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return img[y:y + ch, x:x + cw]
+
+
+def _hsv_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-10, 10)) % 180
+    hsv[..., 1] *= rng.uniform(0.7, 1.3)
+    hsv[..., 2] *= rng.uniform(0.6, 1.4)
+    return cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _text_overlay(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    pil = Image.fromarray(img)
+    size = max(8, int(min(pil.size) * rng.uniform(0.1, 0.25)))
+    font = ImageFont.load_default(size=size)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    xy = (int(rng.uniform(0, 0.6) * pil.width), int(rng.uniform(0, 0.8) * pil.height))
+    ImageDraw.Draw(pil).text(xy, str(rng.choice(_WORDS)), fill=colour, font=font)
+    return np.asarray(pil)
+
+
+def _image_overlay(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Paste a small (10-25% side) copy of ``other`` somewhere on ``img`` (an emoji-like sticker)."""
+    h, w = img.shape[:2]
+    side = max(2, int(min(h, w) * rng.uniform(0.1, 0.25)))
+    patch = cv2.resize(other, (side, side), interpolation=cv2.INTER_AREA)
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    out = img.copy()
+    out[y:y + side, x:x + side] = patch
+    return out
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, size: int, other: np.ndarray | None = None,
+            strength: float = 1.0) -> np.ndarray:
+    """One augmented ``size`` x ``size`` RGB view of ``img`` (HxWx3 uint8); ``other`` feeds the
+    image overlay. ``strength`` (0..1] scales how often each transform is applied."""
+    p = lambda q: rng.random() < q * strength  # noqa: E731
+    out = _crop(img, rng, 0.4) if p(0.8) else img
+    if p(0.5):  # down-and-up scaling, random interpolation each way
+        f = rng.uniform(0.25, 0.9)
+        small = (max(4, int(out.shape[1] * f)), max(4, int(out.shape[0] * f)))
+        out = cv2.resize(out, small, interpolation=int(rng.choice(INTERPOLATIONS)))
+    out = cv2.resize(out, (size, size), interpolation=int(rng.choice(INTERPOLATIONS)))
+    if p(0.3):
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-10, 10), 1.0)
+        out = cv2.warpAffine(out, m, (size, size), borderMode=cv2.BORDER_REPLICATE)
+    if p(0.6):
+        out = _hsv_jitter(out, rng)
+    if p(0.2):
+        out = _text_overlay(out, rng)
+    if other is not None and p(0.15):
+        out = _image_overlay(out, other, rng)
+    if p(0.2):
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.2))
+    if p(0.5):
+        out = _jpeg(out, int(rng.integers(20, 95)))
+    return out
+
+
+def make_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A planted near-copy of RGB ``img``: crop keeping 70-95% of each side, resize to a random
+    side of 0.5-3x the original's (random interpolation), brightness x0.75-1.25, JPEG q 40-90."""
+    h, w = img.shape[:2]
+    ch, cw = max(2, int(h * rng.uniform(0.7, 0.95))), max(2, int(w * rng.uniform(0.7, 0.95)))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    side = max(16, int(max(h, w) * rng.uniform(0.5, 3.0)))
+    out = cv2.resize(img[y:y + ch, x:x + cw], (side, max(2, side * ch // cw)),
+                     interpolation=int(rng.choice(INTERPOLATIONS)))
+    out = np.clip(out.astype(np.float32) * rng.uniform(0.75, 1.25), 0, 255).astype(np.uint8)
+    return _jpeg(out, int(rng.integers(40, 90)))
+
+
+def to_tensor(arrays: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(B, 3, size, size) float in [0, 1] from RGB uint8 arrays (resized with INTER_AREA)."""
+    batch = np.stack([a if a.shape[:2] == (size, size) else cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+                      for a in arrays])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE between paired L2-normalised rows of ``a`` and ``b`` at a fixed temperature."""
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def train_copy_detector(images: Sequence[np.ndarray], cfg: CopyDetectorConfig,
+                        log: Callable[[str], None] | None = None) -> tuple[CopyDetector, dict]:
+    """Train a :class:`CopyDetector` from scratch on RGB uint8 ``images`` (each at any size;
+    pre-shrunk to 2x ``image_size`` once). Returns the model (eval mode) and a summary
+    (steps, epochs, seconds, last loss, images)."""
+    if len(images) < 2:
+        raise ValueError(f"the copy detector needs at least 2 training images, got {len(images)}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    base = [cv2.resize(im, (2 * cfg.image_size, 2 * cfg.image_size), interpolation=cv2.INTER_AREA) for im in images]
+    model = CopyDetector(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    bs = min(cfg.batch_size, len(base))
+    steps_per_epoch = max(1, len(base) // bs)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(total, 1), pct_start=0.1)
+    started, step, loss = time.time(), 0, torch.tensor(float("nan"))
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(base))
+        for s in range(steps_per_epoch):
+            idx = order[s * bs:(s + 1) * bs]
+            others = rng.permutation(idx)
+            v1 = to_tensor([augment(base[i], rng, cfg.image_size, base[o]) for i, o in zip(idx, others)], cfg.image_size)
+            v2 = to_tensor([augment(base[i], rng, cfg.image_size, base[o]) for i, o in zip(idx, others[::-1])],
+                           cfg.image_size)
+            loss = info_nce(model(v1), model(v2), cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if log and step % 10 == 0:
+                log(f"[copydetect] epoch {epoch} step {step}/{total} loss {loss.item():.3f}")
+            if cfg.max_seconds and time.time() - started > cfg.max_seconds:
+                break
+        if cfg.max_seconds and time.time() - started > cfg.max_seconds:
+            break
+    model.eval()
+    return model, {"steps": step, "epochs_planned": cfg.epochs, "seconds": round(time.time() - started, 2),
+                   "loss": float(loss.item()), "images": len(base)}
+
+
+@torch.no_grad()
+def embed_images(model: CopyDetector, images: Sequence[np.ndarray | Image.Image], batch_size: int = 256) -> np.ndarray:
+    """(N, embed_dim) float32 L2-normalised embeddings of RGB arrays / PIL images."""
+    model.eval()
+    size = model.cfg.image_size
+    out = [np.zeros((0, model.cfg.embed_dim), np.float32)]
+    for start in range(0, len(images), batch_size):
+        batch = [to_rgb_array(im) for im in images[start:start + batch_size]]
+        out.append(model(to_tensor(batch, size)).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def save_copy_detector(model: CopyDetector, path: str | Path, summary: dict | None = None) -> None:
+    """Write the detector (config + state dict + training summary) to ``path`` (temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"config": asdict(model.cfg), "model": model.state_dict(), "summary": summary or {}}, tmp)
+    tmp.replace(path)
+
+
+def load_copy_detector(path: str | Path) -> CopyDetector:
+    """A detector saved by :func:`save_copy_detector` (``weights_only=True``), in eval mode."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no copy-detector weights there") from None
+    model = CopyDetector(CopyDetectorConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
