@@ -86,6 +86,7 @@ def child(layout: str, curation: str, port: int) -> None:
         shutil.rmtree(temp, ignore_errors=True)
     stages = summary["stages"]
     print("RESULT " + json.dumps({"seconds": seconds, "in": stages["urlguard"]["in"],
+                                  "counts": {s: [stages[s]["out"], stages[s].get("rejected")] for s in stages},
                                   "by_node": {s: stages[s].get("by_node") for s in ("download", "imagecheck", "shards")}}))
 
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         one = run_layout("1x2", args.rows, Path(root))
         two = run_layout("2x1", args.rows, Path(root))
     if one["shards"] != two["shards"]:
-        raise SystemExit("[bench_cluster_images] the two layouts wrote different shards")
+        raise SystemExit("[bench_cluster_images] the two layouts wrote different shards: stage counts "
+                         f"{json.dumps(one['counts'])} vs {json.dumps(two['counts'])}")
     for name, r in (("one node, 2 CPUs", one), ("two nodes, 1 CPU each", two)):
         print(f"[bench_cluster_images] {name}: {r['in'] / r['seconds']:.1f} images/s ({r['in']} rows, "
               f"{r['seconds']:.1f} s); rows per node: {json.dumps(r['by_node'])}")
