@@ -90,10 +90,13 @@ def child(layout: str, curation: str, port: int) -> None:
                                   "by_node": {s: stages[s].get("by_node") for s in ("download", "imagecheck", "shards")}}))
 
 
-def run_layout(layout: str, rows: int, root: Path) -> dict:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def run_layout(layout: str, rows: int, root: Path, port: int) -> dict:
     curation = root / layout / "curation"
     write_selection(curation, rows, port)
     proc = subprocess.run([sys.executable, __file__, "--child", layout, str(curation), str(port)],
@@ -115,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=2000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as root:
-        one = run_layout("1x2", args.rows, Path(root))
-        two = run_layout("2x1", args.rows, Path(root))
+        port = free_port()  # one port: the URLs (and so the shards' metadata) are the same
+        one = run_layout("1x2", args.rows, Path(root), port)
+        two = run_layout("2x1", args.rows, Path(root), port)
     if one["shards"] != two["shards"]:
         raise SystemExit("[bench_cluster_images] the two layouts wrote different shards: stage counts "
                          f"{json.dumps(one['counts'])} vs {json.dumps(two['counts'])}")

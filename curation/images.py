@@ -32,7 +32,8 @@ from curation.image_fetch import node_name
 from curation.imagededup import ImageDedupConfig, MapTasks, deduplicate_distributed, in_process
 from curation.run import RunLayout
 from curation.shards import ShardConfig, finish_shards, plan_shards, write_shard
-from curation.stage import IMAGE_STAGES, StageStats, read_stats, reject_counts, stage_done, write_rejects
+from curation.stage import (IMAGE_STAGES, StageStats, merge_counts, read_stats, reject_counts, stage_done,
+                            write_rejects)
 from curation.urlguard import UrlGuard, UrlGuardConfig
 
 
@@ -61,10 +62,15 @@ class ImageStagesConfig:
 MapCheckTasks = Callable[[pa.Table, ImageCheckConfig], None]
 
 
+def selected_parts(layout: RunLayout) -> list[str]:
+    """The selection's part files (``selected/part-*.parquet``), in order."""
+    return [f for f in layout.list(layout.selected_dir, ".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
+
+
 def read_selected(layout: RunLayout) -> pa.Table:
     """The selection (``selected/part-*.parquet``), sorted by uid; a clear error when missing
     or when a part is unreadable (the error names it)."""
-    files = [f for f in layout.list(layout.selected_dir, ".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
+    files = selected_parts(layout)
     if not files:
         raise FileNotFoundError(f"{layout.selected_dir}: no part-*.parquet (run the curation stages first)")
     table = pa.concat_tables([layout.read_parquet(f) for f in files], promote_options="permissive")
@@ -112,15 +118,41 @@ def check_fingerprint(layout: RunLayout, selected: pa.Table, config: ImageStages
     layout.write_json(layout.images_fingerprint, current)
 
 
-def guard_stage(layout: RunLayout, selected: pa.Table, config: UrlGuardConfig) -> pa.Table:
-    """Stage ``urlguard``: the selected rows whose URL the SSRF guard allows."""
-    if stage_done(layout, "urlguard"):
-        refused = layout.read_parquets(layout.list(layout.rejects_dir("urlguard"), ".parquet"), ["uid"])
-        return selected.filter(pc.invert(pc.is_in(selected.column("uid"), value_set=refused.column("uid"))))
-    kept, rejected = UrlGuard(config)(selected.select(["uid", "url"]))
-    write_rejects(layout, "urlguard", rejected)
-    StageStats("urlguard", len(selected), len(kept), reject_counts(rejected)).write(layout)
-    return selected.filter(pc.is_in(selected.column("uid"), value_set=kept.column("uid")))
+class GuardTasks:
+    """The URL guard's task body (picklable), one task per selection part: the part's URLs
+    through :class:`~curation.urlguard.UrlGuard` (its DNS pre-check a thread pool in the task,
+    a per-host cache, ``resolve_timeout_s``), the refused rows written as that part's rejects.
+    Returns counts and the node."""
+
+    def __init__(self, layout: RunLayout, config: UrlGuardConfig):
+        self.layout, self.config = layout, config
+
+    def __call__(self, item: tuple[int, str]) -> dict:
+        index, uri = item
+        table = self.layout.read_parquet(uri, ["uid", "url"])
+        kept, rejected = UrlGuard(self.config)(table)
+        write_rejects(self.layout, "urlguard", rejected, part=f"part-{index:05d}")
+        return {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected), "node": node_name()}
+
+
+def guard_stage(layout: RunLayout, selected: pa.Table, config: UrlGuardConfig,
+                map_tasks: MapTasks = in_process) -> pa.Table:
+    """Stage ``urlguard`` as a task per selection part (:class:`GuardTasks`): the selected rows
+    whose URL the SSRF guard allows. ``in`` is what the tasks read (checked against the
+    selection the driver read)."""
+    if not stage_done(layout, "urlguard"):
+        layout.remove_tree(layout.rejects_dir("urlguard"))  # an interrupted try's parts
+        counts = map_tasks(GuardTasks(layout, config), list(enumerate(selected_parts(layout))))
+        rows_in = sum(c["in"] for c in counts)
+        if rows_in != len(selected):
+            raise RuntimeError(f"urlguard: the tasks read {rows_in} rows, the selection holds {len(selected)}")
+        by_node: dict[str, int] = {}
+        for c in counts:
+            by_node[c["node"]] = by_node.get(c["node"], 0) + c["in"]
+        StageStats("urlguard", rows_in, sum(c["out"] for c in counts), merge_counts([c["rejected"] for c in counts]),
+                   {"by_node": by_node}).write(layout)
+    refused = layout.read_parquets(layout.list(layout.rejects_dir("urlguard"), ".parquet"), ["uid"])
+    return selected.filter(pc.invert(pc.is_in(selected.column("uid"), value_set=refused.column("uid"))))
 
 
 def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConfig) -> pa.Table:
@@ -379,7 +411,7 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
         return summary(layout, skipped=True)
     started = time.time()
-    allowed = guard_stage(layout, selected, config.guard)
+    allowed = guard_stage(layout, selected, config.guard, map_tasks)
     with serving or contextlib.nullcontext():
         downloaded = download_stage(layout, allowed, config)
     if until == "download":

@@ -69,6 +69,7 @@ def test_two_node_cluster_spreads_downloads_and_survives_lost_nodes_and_workers(
     assert set(by_node) == set(spread["nodes"]), by_node  # both nodes downloaded
     assert sum(by_node.values()) == spread["stages"]["download"]["out"]
     assert sum(spread["stages"]["imagecheck"]["by_node"].values()) == spread["stages"]["imagecheck"]["in"]
+    assert sum(spread["stages"]["urlguard"]["by_node"].values()) == spread["stages"]["urlguard"]["in"]
     shards_by_node = spread["stages"]["shards"]["by_node"]  # the shard tasks spread too (dedup: tasks too)
     assert set(shards_by_node) == set(spread["nodes"]) and sum(shards_by_node.values()) == spread["stages"]["shards"]["out"]
     assert _shards(f"{s3_bucket}/spread") == reference
