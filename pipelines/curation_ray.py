@@ -114,6 +114,15 @@ def _write_part(layout: RunLayout, reasons: dict[str, str]):
     return write
 
 
+def _raise_recorded_read_failures(config: CurationConfig) -> None:
+    """Raise for a pool file the reader recorded as bad, if the tallies are all there."""
+    try:
+        tallies = read_tallies(config)
+    except RuntimeError:
+        return
+    raise_read_failures(tallies)
+
+
 def _build_match_stage(queries: str) -> MatchStage:
     """The matcher, built once per run by one task (it runs while the text stage does)."""
     return MatchStage(queries)
@@ -180,8 +189,10 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
             _mark_duplicates(key), batch_format="pyarrow")
     try:
         matched = ds.map_batches(_apply, fn_args=([match_stage],), **batched).materialize()
-    finally:
-        raise_read_failures(read_tallies(config))  # a bad file stops the run, naming it
+    except Exception:
+        _raise_recorded_read_failures(config)  # a bad pool file is the cause worth naming
+        raise
+    raise_read_failures(read_tallies(config))  # a bad file stops the run here, naming it
     del match_stage
     clock.lap("read_text_dedup_match")
     # 2. the global per-entry counts c_e: sparse counts per block (tasks), summed here
