@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
         cpus = os.cpu_count()
         walls: dict[str, float] = {}
         phases: dict[str, dict] = {}
+        loads: dict[str, list[float]] = {}
         for name in engines:
+            loads[name] = [round(x, 2) for x in os.getloadavg()]
             prepare_run(configs[name])
             if name == "beam":
                 from pipelines.curation_beam import run_beam
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                     for name, sel in selections.items()}
         result = {
             "pool_rows": rows, "distinct_texts": distinct, "queries": queries, "cpus": cpus,
-            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "load_average_before": loads, "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "identical_selection": all(sel == first and len(sel) == configs[engines[0]].num_parts
                                        for sel in selections.values()),
             "selected_rows": selected,

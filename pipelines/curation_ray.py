@@ -97,7 +97,7 @@ def _apply(batch: pa.Table, shared: list) -> pa.Table:
     if stage is None:
         import ray
 
-        while len(_SHARED) >= 4:  # keep a few recent ones (one run uses two)
+        while len(_SHARED) >= 2:  # keep the last two (one run uses two: matcher, balancer)
             _SHARED.pop(next(iter(_SHARED)))
         stage = _SHARED[key] = ray.get(ref)
     return stage(batch)
