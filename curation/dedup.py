@@ -16,13 +16,13 @@ import pyarrow.compute as pc
 import xxhash
 
 from curation.stage import KEPT, REASON, live_mask, with_reasons
+from curation.xxh3 import xxh3_64_column
 
 
 def key_buckets(table: pa.Table, key: str, num_buckets: int) -> np.ndarray:
-    """Bucket of each row: ``xxh3_64(key value) % num_buckets`` (int64)."""
-    values = table.column(key).to_pylist()
-    hashes = np.fromiter((xxhash.xxh3_64_intdigest((v or "").encode()) for v in values),
-                         dtype=np.uint64, count=len(values))
+    """Bucket of each row: ``xxh3_64(key value) % num_buckets`` (int64; a null key hashes as "").
+    Hashed by the compiled kernel of :mod:`curation.xxh3` over the Arrow buffers."""
+    hashes = xxh3_64_column(table.column(key), nulls="empty")
     return (hashes % np.uint64(num_buckets)).astype(np.int64)
 
 

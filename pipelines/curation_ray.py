@@ -1,15 +1,18 @@
 """Ray Data adapter of the text-side curation stages (``curation.config`` lists them).
 
-Stages are ``map_batches`` calls with ``batch_format="pyarrow"``: callable classes where a worker
-holds state (fastText model, matcher, balancing probabilities), functions otherwise. Rows rejected
-by a stage travel on with their reason, so the plan has only the barriers the algorithm needs:
-the dedup shuffles (``groupby(bucket).map_groups``), the global entry counts
-(``groupby("query_id").sum("count")``) and the output shuffle by part, whose writer splits each
-part into the selection and the rejects. The core functions are the ones the Beam adapter calls.
+Stages are ``map_batches`` calls with ``batch_format="pyarrow"``, all tasks: the fastText model
+is loaded once per worker process, the matcher and the balancing tables are built once per run
+and shared read-only through the object store (numpy arrays, read zero-copy), which lets every
+stage run in the same executions as the shuffles (two executions per run). Rows rejected by a stage travel on with their reason, so the plan has
+only the barriers the algorithm needs: the dedup shuffles (``groupby(bucket).map_groups``), the
+global entry counts (sparse per-block counts summed on the driver) and the output shuffle by part,
+whose writer splits each part into the selection and the rejects. The core functions are the ones
+the Beam adapter calls.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -27,22 +30,29 @@ from curation.textfilter import TextConfig, TextFilter
 BUCKET = "_bucket"
 
 
-class ReadAndFilterText:
-    """Reads the pool files named in a batch's ``path`` column and applies the text stage in
-    chunks of ``batch_size`` rows; the fastText model is loaded once per actor."""
+@functools.lru_cache(maxsize=2)
+def _text_filter(config: TextConfig) -> TextFilter:
+    """The text stage of ``config``, built once per worker process (the fastText model loaded
+    once; Ray reuses its worker processes across tasks)."""
+    return TextFilter(config)
 
-    def __init__(self, pool_config: PoolConfig, text_config: TextConfig, batch_size: int, layout: RunLayout,
-                 on_bad_file: str):
-        self.pool_config, self.batch_size, self.layout, self.on_bad_file = pool_config, batch_size, layout, on_bad_file
-        self.text_filter = TextFilter(text_config)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        tables = [read_counted(p, self.pool_config, self.layout, self.on_bad_file)
-                  for p in batch.column("path").to_pylist()]
+def _read_and_filter(pool_config: PoolConfig, text_config: TextConfig, batch_size: int, layout: RunLayout,
+                     on_bad_file: str, bucket_key: str | None, num_buckets: int):
+    """Reads the pool files named in a batch's ``path`` column, applies the text stage in chunks
+    of ``batch_size`` rows and adds the first dedup key's bucket (``bucket_key``, if any)."""
+
+    def read(batch: pa.Table) -> pa.Table:
+        text_filter = _text_filter(text_config)
+        tables = [read_counted(p, pool_config, layout, on_bad_file) for p in batch.column("path").to_pylist()]
         table = pa.concat_tables(tables, promote_options="permissive")
-        chunks = [self.text_filter(table.slice(i, self.batch_size))
-                  for i in range(0, max(table.num_rows, 1), self.batch_size)]
-        return pa.concat_tables(chunks)
+        table = pa.concat_tables([text_filter(table.slice(i, batch_size))
+                                  for i in range(0, max(table.num_rows, 1), batch_size)])
+        if bucket_key is not None:  # the first dedup's bucket, while the rows are here
+            table = table.append_column(BUCKET, pa.array(key_buckets(table, bucket_key, num_buckets)))
+        return table
+
+    return read
 
 
 def _add_bucket(key: str, num_buckets: int):
@@ -74,6 +84,25 @@ def _count_entries(num_queries: int):
     return count
 
 
+_SHARED: dict[str, object] = {}  # per worker process: the last shared stage objects, by object id
+
+
+def _apply(batch: pa.Table, shared: list) -> pa.Table:
+    """Run a stage object shared through the object store (``shared``: ``[ObjectRef]``): fetched
+    once per worker process from the node's object store (its numpy tables read zero-copy),
+    never rebuilt."""
+    ref = shared[0]
+    key = ref.hex()
+    stage = _SHARED.get(key)
+    if stage is None:
+        import ray
+
+        while len(_SHARED) >= 2:  # keep the last two (one run uses two: matcher, balancer)
+            _SHARED.pop(next(iter(_SHARED)))
+        stage = _SHARED[key] = ray.get(ref)
+    return stage(batch)
+
+
 def _write_part(layout: RunLayout, reasons: dict[str, str]):
     """Writes one output part (a ``_part`` group): selection, rejects, marker."""
 
@@ -85,54 +114,100 @@ def _write_part(layout: RunLayout, reasons: dict[str, str]):
     return write
 
 
-def run_ray(config: CurationConfig) -> dict[str, float]:
+def _raise_recorded_read_failures(config: CurationConfig) -> None:
+    """Raise for a pool file the reader recorded as bad, if the tallies are all there."""
+    try:
+        tallies = read_tallies(config)
+    except RuntimeError:
+        return
+    raise_read_failures(tallies)
+
+
+def _build_match_stage(queries: str) -> MatchStage:
+    """The matcher, built once per run by one task (it runs while the text stage does)."""
+    return MatchStage(queries)
+
+
+def _block_counts(block: pa.Table, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse entry counts of one block: (entry ids, counts)."""
+    counts = count_entries(block.column("query_ids"), num_queries)
+    ids = np.flatnonzero(counts)
+    return ids, counts[ids]
+
+
+def run_ray(config: CurationConfig, shuffle_strategy: str | None = "sort_shuffle_pull_based") -> dict[str, float]:
     """Run every text-side stage on Ray Data: writes entry_counts.parquet, then selected/ and
     rejects/ part by part (the driver derives stats/ from the part markers and checks them
     against the rows the reader counted).
 
-    Actor stages (fastText, matcher) and task stages (shuffles) run in separate executions, split
-    by ``materialize()``: an actor pool sized to the cluster beside a shuffle that needs CPUs for
-    its tasks would wait forever for each other. Returns the wall seconds of each phase."""
-    import ray
+    Two executions, split by the one barrier the algorithm has (the global entry counts):
+    (1) read + text stage + both dedup shuffles + match; (2) balance + output part, then the
+    shuffle by part into one writer per part. Every stage runs as tasks, so a shuffle never waits
+    on an actor pool holding the CPUs: the fastText model is loaded once per worker process
+    (cached), the matcher is built once per run by one task started before (1) (it builds while
+    the text stage runs) and the balancing tables once on the driver; both are shared read-only
+    through the object store (numpy arrays, read zero-copy). The counts c_e in between are
+    sparse per-block counts (one plain task per materialised block) summed on the driver.
 
+    ``shuffle_strategy``: Ray Data's shuffle for this run (``DataContext.shuffle_strategy``;
+    None keeps the context's). The default, the pull-based sort shuffle, runs as plain tasks;
+    Ray's hash shuffles start aggregator actors for every shuffle, seconds of fixed cost each
+    on a small cluster (bench/bench_engines.py). Returns the wall seconds of each phase."""
+    import ray
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    context = DataContext.get_current()
+    previous = context.shuffle_strategy
+    if shuffle_strategy is not None:
+        context.shuffle_strategy = ShuffleStrategy(shuffle_strategy)
+    try:
+        return _run(ray, config)
+    finally:
+        context.shuffle_strategy = previous
+
+
+def _run(ray, config: CurationConfig) -> dict[str, float]:
+    """:func:`run_ray`'s plan."""
     clock = _PhaseClock()
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
-    workers = config.parallelism or max(1, int(ray.available_resources().get("CPU", 1)))
     batched = {"batch_size": config.batch_size, "batch_format": "pyarrow"}
+    keys = list(config.dedup_keys)
+    match_stage = ray.remote(_build_match_stage).remote(config.queries)
 
-    # 1. read + text stage (actors); rejected rows carry their reason from here on
+    # 1. read + text stage, dedup (equal keys meet in one hash bucket), match; rejected rows
+    #    carry their reason from the text stage on
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
-    kwargs = {"pool_config": config.pool_format, "text_config": config.text, "batch_size": config.batch_size,
-              "layout": config.layout, "on_bad_file": "skip" if config.on_bad_file == "skip" else "record"}
-    ds = ds.map_batches(ReadAndFilterText, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
-                        concurrency=min(workers, max(1, len(files)))).materialize()
-    raise_read_failures(read_tallies(config))  # a bad file stops the run here, naming it
-    clock.lap("read_text")
-    # 2. exact dedup (tasks): equal keys meet in one hash bucket
-    for key in config.dedup_keys:
-        ds = ds.map_batches(_add_bucket(key, config.dedup_buckets), **batched)
+    on_bad_file = "skip" if config.on_bad_file == "skip" else "record"
+    ds = ds.map_batches(_read_and_filter(config.pool_format, config.text, config.batch_size, config.layout,
+                                         on_bad_file, keys[0] if keys else None, config.dedup_buckets),
+                        batch_size=1, batch_format="pyarrow")
+    for i, key in enumerate(keys):
+        if i:
+            ds = ds.map_batches(_add_bucket(key, config.dedup_buckets), **batched)
         ds = ds.groupby(BUCKET, num_partitions=config.dedup_buckets).map_groups(
             _mark_duplicates(key), batch_format="pyarrow")
-    ds = ds.materialize()
-    clock.lap("dedup")
-    # 3. match (actors), then the global per-entry counts c_e (tasks)
-    matched = ds.map_batches(MatchStage, fn_constructor_kwargs={"queries_path": config.queries},
-                             concurrency=workers, **batched).materialize()
-    clock.lap("match")
+    try:
+        matched = ds.map_batches(_apply, fn_args=([match_stage],), **batched).materialize()
+    except Exception:
+        _raise_recorded_read_failures(config)  # a bad pool file is the cause worth naming
+        raise
+    raise_read_failures(read_tallies(config))  # a bad file stops the run here, naming it
+    del match_stage
+    clock.lap("read_text_dedup_match")
+    # 2. the global per-entry counts c_e: sparse counts per block (tasks), summed here
     counts = np.zeros(num_queries, dtype=np.int64)
-    sums = (matched.map_batches(_count_entries(num_queries), **batched)
-            .groupby("query_id", num_partitions=workers).sum("count").take_all())
-    for row in sums:
-        counts[row["query_id"]] = row["sum(count)"]
+    count_block = ray.remote(_block_counts)
+    for ids, block_counts in ray.get([count_block.remote(ref, num_queries) for ref in matched.to_arrow_refs()]):
+        counts[ids] += block_counts
     write_entry_counts(counts, config.layout)
     clock.lap("counts")
-    # 4. balance (actors: the entry tables are built once per worker), then one writer per part
-    balance_args = {"counts": counts, "t": config.t, "seed": config.seed, "num_parts": config.num_parts}
-    ds = matched.map_batches(BalanceAndPart, fn_constructor_kwargs=balance_args, concurrency=workers,
-                             **batched).materialize()  # actors, then the shuffle: separate executions
-    ds.groupby(PART_COLUMN, num_partitions=config.num_parts).map_groups(
-        _write_part(config.layout, config.reason_stages()), batch_format="pyarrow").take_all()
+    # 3. balance + part (tasks over the shared tables), then one writer per part
+    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, config.num_parts))
+    (matched.map_batches(_apply, fn_args=([balance],), **batched)
+     .groupby(PART_COLUMN, num_partitions=config.num_parts)
+     .map_groups(_write_part(config.layout, config.reason_stages()), batch_format="pyarrow").take_all())
+    del balance
     fill_empty_parts(config.layout, config.num_parts, rows_read(config))
     clock.lap("balance_write")
     return clock.laps
