@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -101,13 +102,17 @@ def run(argv: list[str] | None = None) -> int:
     # the venv first on PATH: the head's workers and the job's `python` are the venv's
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     gcs_port, dash_port = free_port(), free_port()
+    # this head's own temp dir: `ray start` records "the current cluster" in its temp dir, and
+    # a driver started with address="auto" would find (and hang on) another head sharing it
+    os.makedirs(ray_tmpdir(), exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix="h", dir=ray_tmpdir())
     address = f"http://127.0.0.1:{dash_port}"
     start = [
         ray, "start", "--head", f"--num-cpus={args.num_cpus}", f"--port={gcs_port}",
         "--node-ip-address=127.0.0.1", "--include-dashboard=true",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
         f"--dashboard-agent-listen-port={free_port()}",  # the default 52365 may be another head's
-        f"--temp-dir={ray_tmpdir()}", "--disable-usage-stats", "--block",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block",
     ]  # fmt: skip
     print("+", " ".join(start), flush=True)
     # --block in its own session: stopping it stops exactly this head (`ray stop` would stop
@@ -119,6 +124,7 @@ def run(argv: list[str] | None = None) -> int:
         return submit_and_follow(address, command, args.working_dir, env_vars)
     finally:
         _stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop_head(head: subprocess.Popen, timeout_s: float = 30.0) -> None:
