@@ -70,9 +70,8 @@ def deduplicate(table: pa.Table, config: ImageDedupConfig) -> tuple[pa.Table, pa
             duplicate_of[i], reasons[i] = j, "exact_duplicate"
     if config.threshold >= 0:
         survivors = np.flatnonzero(duplicate_of < 0)
-        phash = table.column("phash").combine_chunks()
-        codes = np.frombuffer(phash.buffers()[1], np.uint8)[phash.offset * 8:(phash.offset + n) * 8]
-        limits, neighbours = near_duplicate_pairs(codes.reshape(n, 8)[survivors], config.threshold)
+        codes = fixed_bytes(table.column("phash"), 8)
+        limits, neighbours = near_duplicate_pairs(np.ascontiguousarray(codes[survivors]), config.threshold)
         rows = np.repeat(np.arange(len(survivors)), np.diff(limits))
         has_earlier = np.unique(rows[neighbours < rows])  # rows with a smaller-uid neighbour
         kept = np.ones(len(survivors), bool)  # rows without one are kept outright
@@ -120,13 +119,20 @@ def in_process(fn: Callable, items: list) -> list:
     return [fn(item) for item in items]
 
 
+def fixed_bytes(column: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
+    """A ``binary(width)`` column (pHash: 8, pixel hash: 16) as an ``(n, width)`` uint8 view of
+    its Arrow buffer, no per-row Python."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.binary(width))
+    n = len(column)
+    if not n:
+        return np.zeros((0, width), np.uint8)
+    return np.frombuffer(column.buffers()[1], np.uint8)[column.offset * width:(column.offset + n) * width].reshape(n, width)
+
+
 def phash_codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The 8-byte pHashes as uint64 (big-endian; any fixed order keeps Hamming distances)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.binary(8))
-    n = len(column)
-    raw = np.frombuffer(column.buffers()[1], np.uint8)[column.offset * 8:(column.offset + n) * 8] if n else np.zeros(0, np.uint8)
-    return raw.view(">u8").astype(np.uint64)
+    return np.ascontiguousarray(fixed_bytes(column, 8)).view(">u8").ravel().astype(np.uint64)
 
 
 def band_layout(threshold: int) -> list[tuple[int, int]]:
@@ -199,9 +205,7 @@ class DedupTasks:
         n = len(table)
         table = table.append_column("part", pa.array(np.full(n, index, np.int32))).append_column(
             "row", pa.array(np.arange(n, dtype=np.int32)))
-        pixel = table.column("pixel_hash").combine_chunks() if n else None
-        first8 = (np.frombuffer(pixel.buffers()[1], np.uint8).reshape(-1, 16)[pixel.offset:pixel.offset + n, :8]
-                  .copy().view(">u8").ravel().astype(np.uint64)) if n else np.zeros(0, np.uint64)
+        first8 = fixed_bytes(table.column("pixel_hash"), 16)[:, :8].copy().view(">u8").ravel().astype(np.uint64)
         bucket = _bucket_of(first8, self.buckets)
         for b in range(self.buckets):
             mine = table.filter(pa.array(bucket == b))

@@ -202,16 +202,20 @@ def check_tasks(layout: RunLayout, downloaded: pa.Table, selected: pa.Table) -> 
         selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
     if "query_ids" not in selected.column_names:
         selected = selected.append_column("query_ids", pa.nulls(len(selected), pa.list_(pa.int32())))
+    # img2dataset records rows in completion order; its keys follow the input order
+    ordered = downloaded.sort_by([("shard", "ascending"), ("key", "ascending")])
+    meta = selected.take(pc.index_in(ordered.column("uid"), value_set=selected.column("uid")))
+    shards = ordered.column("shard").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]]) if len(shards) else np.zeros(0, np.int64)
     rows = []
-    for shard in sorted(set(downloaded.column("shard").to_pylist())):
-        # img2dataset records rows in completion order; its keys follow the input order
-        mine = downloaded.filter(pc.equal(downloaded.column("shard"), shard)).sort_by("key")
-        meta = selected.take(pc.index_in(mine.column("uid"), value_set=selected.column("uid")))
+    for start, stop in zip(starts, [*starts[1:], len(shards)]):
+        shard = str(shards[start])
         pass_name, stem = shard.rsplit("/", 2)[-2], shard.rsplit("/", 1)[-1].removesuffix(".tar")
         name = f"{pass_name}_{stem}"  # pass0_00000, retry_00000
-        rows.append({"tar": shard, "uids": mine.column("uid").to_pylist(), "keys": mine.column("key").to_pylist(),
+        piece, piece_meta = ordered.slice(start, stop - start), meta.slice(start, stop - start)
+        rows.append({"tar": shard, "uids": piece.column("uid").to_pylist(), "keys": piece.column("key").to_pylist(),
                      "name": name, "out": layout.checked_part(name),
-                     **{c: meta.column(c).to_pylist() for c in META_COLUMNS}})
+                     **{c: piece_meta.column(c).to_pylist() for c in META_COLUMNS}})
     return pa.Table.from_pylist(rows) if rows else pa.table({"out": pa.array([], pa.string())})
 
 
@@ -264,6 +268,19 @@ def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig, m
     return result
 
 
+def dropped_rows(layout: RunLayout, stages: tuple[str, ...], index: int, n: int) -> np.ndarray:
+    """Mask of checked part ``index``'s ``n`` rows that ``stages`` rejected (their rejects carry
+    ``part`` and ``row``)."""
+    import pyarrow.dataset as ds
+
+    dropped = np.zeros(n, bool)
+    files = [layout.path(f) for stage in stages for f in layout.list(layout.rejects_dir(stage), ".parquet")]
+    if files:
+        dropped[ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
+            columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()] = True
+    return dropped
+
+
 class DecontaminateTasks:
     """The decontamination's task body (picklable), one task per checked part: its rows that
     survived the dedup are searched against the eval index's pHash codes (exact Hamming, faiss
@@ -274,23 +291,17 @@ class DecontaminateTasks:
         self.layout, self.config = layout, config
 
     def __call__(self, item: tuple[int, str]) -> dict:
-        import pyarrow.dataset as ds
-
+        from curation.imagededup import fixed_bytes
         from curation.overlap import EVAL_DUPLICATE, PHASH_BITS, nearest_binary
 
         index, uri = item
         layout = self.layout
         table = layout.read_parquet(uri, ["uid", "phash"])
-        live = np.ones(len(table), bool)
-        files = [layout.path(f) for f in layout.list(layout.rejects_dir("imagededup"), ".parquet")]
-        if files:
-            live[ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
-                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()] = False
-        rows = np.flatnonzero(live)
+        rows = np.flatnonzero(~dropped_rows(layout, ("imagededup",), index, len(table)))
         evals = layout.read_parquet(layout.eval_index)
-        codes = np.frombuffer(b"".join(table.column("phash").take(pa.array(rows, pa.int64())).to_pylist()), np.uint8)
-        eval_codes = np.frombuffer(b"".join(evals.column("phash").to_pylist()), np.uint8).reshape(-1, PHASH_BITS // 8)
-        score, nearest = nearest_binary(codes.reshape(-1, PHASH_BITS // 8), eval_codes)
+        codes = np.ascontiguousarray(fixed_bytes(table.column("phash"), PHASH_BITS // 8)[rows])
+        eval_codes = fixed_bytes(evals.column("phash"), PHASH_BITS // 8)
+        score, nearest = nearest_binary(codes, eval_codes)
         hit = np.flatnonzero(score >= 1 - self.config.max_distance / PHASH_BITS)
         rejected = pa.table({
             "uid": table.column("uid").take(pa.array(rows[hit], pa.int64())),
@@ -334,18 +345,10 @@ class ShardTasks:
         return self.layout.cur("shardplan", f"p{index:06d}.parquet")
 
     def mark(self, item: tuple[int, str]) -> dict:
-        import pyarrow.dataset as ds
-
         index, uri = item
         layout = self.layout
         uids = layout.read_parquet(uri, ["uid"]).column("uid")
-        files = [layout.path(f) for stage in ("imagededup", "decontaminate")
-                 for f in layout.list(layout.rejects_dir(stage), ".parquet")]
-        dropped = np.zeros(len(uids), bool)
-        if files:
-            rows = ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
-                columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()  # (part, row) of both
-            dropped[rows] = True
+        dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(uids))
         kept = np.flatnonzero(~dropped)
         held = heldout_mask(uids.take(pa.array(kept)), self.config.holdout_fraction) if len(kept) else np.zeros(0, bool)
         layout.write_parquet(pa.table({"row": pa.array(kept, pa.int64()), "heldout": pa.array(held)}), self._plan(index))
