@@ -33,7 +33,9 @@ sample-data: venv
 # a throw-away Ray head on 127.0.0.1 (started and stopped by pipelines.demo.submit_local), the sample
 # images served on 127.0.0.1:18765, 15% of the final pairs held out (curation/heldout/, by uid
 # hash); then a short tiny-CLIP pretraining on the shards and its evaluation: retrieval on the
-# held-out pairs, zero-shot on the held-out clipart's categories, Fashion-MNIST as transfer.
+# held-out pairs, zero-shot on the held-out clipart's categories, Fashion-MNIST as transfer; and the
+# eval-overlap report (CLIP §5): which Fashion-MNIST test images have copies in the shards (the
+# sample pool carries 40 planted ones) with the shipped copy detector.
 DEMO_ABS := $(abspath $(DEMO_OUT))
 DEMO_STEPS ?= 600
 DEMO_RUN := $(DEMO_OUT)/pretrain/tiny
@@ -50,10 +52,14 @@ demo: venv sample-data
 	    --out $(DEMO_RUN)/eval/openclipart-zeroshot.json
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_RUN) --dataset fashion-mnist \
 	    --out $(DEMO_RUN)/eval/fashion-mnist-transfer.json
+	$(PY) pipelines/contamination_report.py --train-data '$(DEMO_ABS)/curation/shards/*.tar' --checkpoint $(DEMO_RUN) \
+	    --dataset fashion-mnist --detector learned --detector-weights pretrain/assets/copy_detector.pt \
+	    --out $(DEMO_OUT)/reports/contamination
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/ (held out: curation/heldout/)   report: $(DEMO_OUT)/curation/report.html"
 	@echo "balance:  $(DEMO_OUT)/curation/stats/entry_counts.png (t scaled to the pool: stats/summary.json)"
 	@echo "pretrain: $(DEMO_RUN)/  (metrics.jsonl, loss.png, checkpoints/, eval/*.json)"
+	@echo "overlap:  $(DEMO_OUT)/reports/contamination/report.html  (results.json; planted Fashion-MNIST copies found)"
 
 
 # The same chain from a crawl: the sample images as web pages, crawled by wget into a WARC during

@@ -1,7 +1,9 @@
 """The image half of a run: selection → guard → download → check → dedup → WebDataset shards.
 
 Stages (the registry's :data:`curation.stage.IMAGE_STAGES`; each accounts for every row in
-``stats/<stage>.json`` + ``rejects/<stage>/``): ``urlguard`` → ``download`` (img2dataset + a
+``stats/<stage>.json`` + ``rejects/<stage>/``): ``evaltext`` (only with ``--decontaminate``:
+selected rows whose URL or normalised caption is an eval image's, reasons ``eval_url`` /
+``eval_caption``, never downloaded) → ``urlguard`` → ``download`` (img2dataset + a
 retry pass) → ``imagecheck`` (decode, bomb guard, resize, hashes) → ``imagededup`` →
 ``decontaminate`` (only with an eval index: training images whose pHash is within a Hamming
 distance of an eval image's, reason ``eval_duplicate`` + the matched ``eval_id``) → ``shards``.
@@ -118,41 +120,105 @@ def check_fingerprint(layout: RunLayout, selected: pa.Table, config: ImageStages
     layout.write_json(layout.images_fingerprint, current)
 
 
+class EvalTextTasks:
+    """The pre-download decontamination's task body (picklable), one task per selection part:
+    rows whose URL is an eval image's URL (reason ``eval_url``) or whose caption has the same
+    :func:`~curation.textfilter.caption_key` as an eval caption (``eval_caption``) become that
+    part's rejects, with the matched ``eval_id``. Only eval sets that carry URLs or captions
+    (WebDataset ``url`` in ``json``, ``txt``) contribute; the others are matched after download
+    by image (``decontaminate``)."""
+
+    def __init__(self, layout: RunLayout):
+        self.layout = layout
+
+    def __call__(self, item: tuple[int, str]) -> dict:
+        from curation.textfilter import caption_key
+
+        index, uri = item
+        layout = self.layout
+        table = layout.read_parquet(uri, ["uid", "url", "text"])
+        evals = layout.read_parquet(layout.eval_text_index)
+        reason = np.full(len(table), "", object)
+        eval_id = np.full(len(table), "", object)
+        for name, mine, theirs in (("eval_caption", caption_key(table.column("text")), evals.column("caption_key")),
+                                   ("eval_url", table.column("url"), evals.column("url"))):  # url wins: last
+            known = pc.and_(pc.is_valid(theirs), pc.not_equal(pc.fill_null(theirs, ""), ""))
+            at = pc.index_in(mine, value_set=theirs.filter(known))
+            hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
+            reason[hit] = name
+            eval_id[hit] = evals.column("eval_id").filter(known).take(at.filter(pc.is_valid(at))).to_numpy(
+                zero_copy_only=False)
+        hit = np.flatnonzero(reason != "")
+        rejected = pa.table({"uid": table.column("uid").take(pa.array(hit, pa.int64())),
+                             "reason": pa.array(reason[hit].tolist(), pa.string()),
+                             "eval_id": pa.array(eval_id[hit].tolist(), pa.string())})
+        write_rejects(layout, "evaltext", rejected, part=f"part-{index:05d}")
+        return {"in": len(table), "out": len(table) - len(hit), "rejected": reject_counts(rejected)}
+
+
+def evaltext_stage(layout: RunLayout, selected: pa.Table, map_tasks: MapTasks = in_process) -> pa.Table:
+    """Stage ``evaltext`` (with ``--decontaminate``) as a task per selection part
+    (:class:`EvalTextTasks`): the selected rows no eval URL or caption matches. ``in`` is what
+    the tasks read (checked against the selection the driver read)."""
+    if not layout.exists(layout.eval_text_index):
+        raise FileNotFoundError(f"{layout.eval_text_index}: decontamination needs the eval URLs/captions index")
+    if not stage_done(layout, "evaltext"):
+        layout.remove_tree(layout.rejects_dir("evaltext"))
+        counts = map_tasks(EvalTextTasks(layout), list(enumerate(selected_parts(layout))))
+        rows_in = sum(c["in"] for c in counts)
+        if rows_in != len(selected):
+            raise RuntimeError(f"evaltext: the tasks read {rows_in} rows, the selection holds {len(selected)}")
+        evals = layout.read_parquet(layout.eval_text_index, ["url", "caption_key"])
+        StageStats("evaltext", rows_in, sum(c["out"] for c in counts), merge_counts([c["rejected"] for c in counts]),
+                   {"eval_urls": evals.column("url").length() - evals.column("url").null_count,
+                    "eval_captions": evals.column("caption_key").length() - evals.column("caption_key").null_count}
+                   ).write(layout)
+    return _without_rejects(layout, "evaltext", selected)
+
+
+def _without_rejects(layout: RunLayout, stage: str, table: pa.Table) -> pa.Table:
+    """``table`` less the rows whose uid is among ``stage``'s rejects."""
+    refused = layout.read_parquets(layout.list(layout.rejects_dir(stage), ".parquet"), ["uid"])
+    return table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=refused.column("uid"))))
+
+
 class GuardTasks:
     """The URL guard's task body (picklable), one task per selection part: the part's URLs
-    through :class:`~curation.urlguard.UrlGuard` (its DNS pre-check a thread pool in the task,
-    a per-host cache, ``resolve_timeout_s``), the refused rows written as that part's rejects.
-    Returns counts and the node."""
+    (less the rows ``evaltext`` rejected, when it ran) through :class:`~curation.urlguard.UrlGuard`
+    (its DNS pre-check a thread pool in the task, a per-host cache, ``resolve_timeout_s``), the
+    refused rows written as that part's rejects. Returns counts and the node."""
 
-    def __init__(self, layout: RunLayout, config: UrlGuardConfig):
-        self.layout, self.config = layout, config
+    def __init__(self, layout: RunLayout, config: UrlGuardConfig, after_evaltext: bool = False):
+        self.layout, self.config, self.after_evaltext = layout, config, after_evaltext
 
     def __call__(self, item: tuple[int, str]) -> dict:
         index, uri = item
         table = self.layout.read_parquet(uri, ["uid", "url"])
+        if self.after_evaltext:
+            gone = self.layout.read_parquet(self.layout.reject_part("evaltext", f"part-{index:05d}"), ["uid"])
+            table = table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=gone.column("uid"))))
         kept, rejected = UrlGuard(self.config)(table)
         write_rejects(self.layout, "urlguard", rejected, part=f"part-{index:05d}")
         return {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected), "node": node_name()}
 
 
 def guard_stage(layout: RunLayout, selected: pa.Table, config: UrlGuardConfig,
-                map_tasks: MapTasks = in_process) -> pa.Table:
-    """Stage ``urlguard`` as a task per selection part (:class:`GuardTasks`): the selected rows
-    whose URL the SSRF guard allows. ``in`` is what the tasks read (checked against the
-    selection the driver read)."""
+                map_tasks: MapTasks = in_process, after_evaltext: bool = False) -> pa.Table:
+    """Stage ``urlguard`` as a task per selection part (:class:`GuardTasks`): the rows of
+    ``selected`` (the selection, less ``evaltext``'s rejects when ``after_evaltext``) whose URL
+    the SSRF guard allows. ``in`` is what the tasks read (checked against ``selected``)."""
     if not stage_done(layout, "urlguard"):
         layout.remove_tree(layout.rejects_dir("urlguard"))  # an interrupted try's parts
-        counts = map_tasks(GuardTasks(layout, config), list(enumerate(selected_parts(layout))))
+        counts = map_tasks(GuardTasks(layout, config, after_evaltext), list(enumerate(selected_parts(layout))))
         rows_in = sum(c["in"] for c in counts)
         if rows_in != len(selected):
-            raise RuntimeError(f"urlguard: the tasks read {rows_in} rows, the selection holds {len(selected)}")
+            raise RuntimeError(f"urlguard: the tasks read {rows_in} rows, the stage before it kept {len(selected)}")
         by_node: dict[str, int] = {}
         for c in counts:
             by_node[c["node"]] = by_node.get(c["node"], 0) + c["in"]
         StageStats("urlguard", rows_in, sum(c["out"] for c in counts), merge_counts([c["rejected"] for c in counts]),
                    {"by_node": by_node}).write(layout)
-    refused = layout.read_parquets(layout.list(layout.rejects_dir("urlguard"), ".parquet"), ["uid"])
-    return selected.filter(pc.invert(pc.is_in(selected.column("uid"), value_set=refused.column("uid"))))
+    return _without_rejects(layout, "urlguard", selected)
 
 
 def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConfig) -> pa.Table:
@@ -414,13 +480,15 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
         return summary(layout, skipped=True)
     started = time.time()
-    allowed = guard_stage(layout, selected, config.guard, map_tasks)
+    decontaminating = bool(config.decontaminate.datasets)
+    candidates = evaltext_stage(layout, selected, map_tasks) if decontaminating else selected
+    allowed = guard_stage(layout, candidates, config.guard, map_tasks, after_evaltext=decontaminating)
     with serving or contextlib.nullcontext():
         downloaded = download_stage(layout, allowed, config)
     if until == "download":
         return {"stages": {s: read_stats(layout, s) for s in ("urlguard", "download")}, "until": "download"}
     parts = check_stage(layout, downloaded, selected, config, map_check_tasks)
-    del selected, allowed, downloaded  # from here on the driver holds file names and counts
+    del selected, candidates, allowed, downloaded  # from here on the driver holds file names and counts
     dedup = dedup_stage(layout, parts, config.dedup, map_tasks)
     kept = dedup["in"] - sum(dedup["rejected"].values())
     if config.decontaminate.datasets:

@@ -17,6 +17,7 @@ reads and writes through it, so a worker on any node writes straight to the run'
     <out>/curation/download/<pass>/NNNNN.tar|.parquet img2dataset output (pass0, retry)
     <out>/curation/checked/<pass>_NNNNN.parquet       checked, resized images + hashes
     <out>/curation/decontaminate/eval_index.parquet   eval ids + pHash codes (--decontaminate)
+    <out>/curation/decontaminate/eval_text.parquet    eval ids + URLs + caption keys (--decontaminate)
     <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
     <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
     <out>/curation/report.html, report/*.png
@@ -150,6 +151,11 @@ class RunLayout:
     def eval_index(self) -> str:
         """The eval images' pHash codes that ``--decontaminate`` removes from training."""
         return self.cur("decontaminate", "eval_index.parquet")
+
+    @property
+    def eval_text_index(self) -> str:
+        """The eval images' URLs and caption keys that ``--decontaminate`` keeps out before download."""
+        return self.cur("decontaminate", "eval_text.parquet")
 
     @property
     def checked_dir(self) -> str:

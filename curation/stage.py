@@ -58,10 +58,10 @@ def live_mask(table: pa.Table) -> np.ndarray:
 
 # The ordered stage registry: config, reports, both engine adapters and the image runner read it.
 TEXT_STAGES = ("read", "text", "dedup_url", "dedup_text", "match", "balance")
-IMAGE_STAGES = ("urlguard", "download", "imagecheck", "imagededup", "decontaminate", "shards")
+IMAGE_STAGES = ("evaltext", "urlguard", "download", "imagecheck", "imagededup", "decontaminate", "shards")
 # the reasons each text stage can give (a reason belongs to exactly one stage); image stages'
 # reasons are mostly open-ended (``http_<code>``…) and named in their modules, except the eval
-# decontamination's one (its rejects also carry ``eval_id``, the matched eval image)
+# decontamination's (its rejects also carry ``eval_id``, the matched eval image)
 REASONS = {
     "read": ("null_url", "null_text", "invalid_utf8"),
     "text": ("empty_text", "text_too_short", "text_too_long", "not_english"),
@@ -69,6 +69,7 @@ REASONS = {
     "dedup_text": ("duplicate_text",),
     "match": ("no_match",),
     "balance": ("not_sampled",),
+    "evaltext": ("eval_url", "eval_caption"),
     "decontaminate": ("eval_duplicate",),
 }
 

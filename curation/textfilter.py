@@ -103,3 +103,12 @@ class TextFilter:
             english = (np.array(codes, dtype=object) == self.config.language) & (probs >= self.config.lid_threshold)
             reasons[rows[~english]] = "not_english"
         return with_reasons(table, reasons)
+
+
+def caption_key(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The form two captions are compared in when one is an eval set's (``--decontaminate``'s
+    caption match): :func:`normalize_texts`, lower case, every run of non-word characters one
+    space, ends stripped ("A Cat, on a MAT!" and "a cat on a mat" have the same key)."""
+    lowered = pc.utf8_lower(normalize_texts(texts))
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, r"[^\w]+", " "))
+

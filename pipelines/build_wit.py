@@ -93,7 +93,7 @@ def resolve_queries(args: argparse.Namespace) -> str:
 
 def resolve_pool(args: argparse.Namespace) -> list[str]:
     """--pool; else --warc/--wat extracted into <out>/pool/ (build_pool.py); else (with --sample)
-    the demo's sample pool."""
+    the demo's sample pool and its planted eval copies."""
     if args.pool:
         return args.pool
     if args.warc or args.wat:
@@ -110,7 +110,9 @@ def resolve_pool(args: argparse.Namespace) -> list[str]:
     manifest = load_manifest()
     if "sample_pool" not in manifest:
         raise SystemExit("no --pool given and the sample data has no 'sample_pool' (run `make sample-data`)")
-    return [manifest["sample_pool"]]
+    # the planted Fashion-MNIST test copies (pipelines/demo/planted_copies.py) go through curation
+    # like every other candidate: what survives balancing is what the contamination report finds
+    return [manifest["sample_pool"]] + ([manifest["sample_planted_pool"]] if "sample_planted_pool" in manifest else [])
 
 
 def config_from_args(args: argparse.Namespace) -> CurationConfig:

@@ -14,7 +14,8 @@ shard in ``OUT/cache/``; (3) per dataset, the nearest training image of every ev
 are added to the gallery, precision/recall per threshold, highest recall at precision >=
 ``--min-precision``; (5) zero-shot correctness per image (``pretrain.zeroshot``); (6) the
 Overlap/Clean/All statistics, Bonferroni across datasets; (7) ``results.json``, ``report.md``,
-``report.html`` + PNGs (``curation.overlap_report``).
+``report.html`` + PNGs (``curation.overlap_report``); ``details.json`` lists every Overlap image
+(eval id, score, matched training shard and key, zero-shot correct).
 """
 
 from __future__ import annotations
@@ -100,27 +101,30 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
 
 
 def shard_paths(pattern: str) -> list[str]:
-    """Shard files of a brace pattern (``::`` joins several) or a glob; an error naming a missing one."""
-    import glob
-
+    """Shard files (local paths or fsspec URIs: ``s3://``…) of a brace pattern (``::`` joins
+    several) or a glob; an error naming a missing one."""
+    import fsspec
     import webdataset as wds
 
     if any(c in pattern for c in "*?["):
-        paths = sorted(glob.glob(pattern))
+        fs, _ = fsspec.core.url_to_fs(pattern)
+        paths = sorted(fs.unstrip_protocol(p) if "://" in pattern else p for p in fs.glob(pattern))
     else:
         paths = list(wds.SimpleShardList(pattern).urls)
-    missing = [p for p in paths if not Path(p).is_file()]
+    missing = [p for p in paths if not fsspec.core.url_to_fs(p)[0].isfile(p)]
     if not paths or missing:
         raise FileNotFoundError(f"{pattern}: no shards" if not paths else f"{missing[0]}: shard not found")
     return paths
 
 
 def shard_images(path: str) -> tuple[list[str], list[Image.Image], int]:
-    """(keys, RGB images, undecodable count) of one WebDataset shard."""
+    """(keys, RGB images, undecodable count) of one WebDataset shard (a path or URI)."""
     import webdataset as wds
 
+    from pretrain.data import shard_samples
+
     keys, images, bad = [], [], 0
-    for sample in wds.DataPipeline(wds.SimpleShardList(path), wds.tarfile_to_samples()):
+    for sample in wds.DataPipeline(wds.SimpleShardList(path), shard_samples()):
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         try:
             image = Image.open(io.BytesIO(sample[key])).convert("RGB") if key else None
@@ -135,8 +139,11 @@ def shard_images(path: str) -> tuple[list[str], list[Image.Image], int]:
 
 
 class Detector:
-    """One interface over both backends: ``embed(images)`` -> float rows (learned) or
-    uint8 codes (pHash); ``nearest(queries, gallery)`` -> (similarity, index)."""
+    """One interface over both backends. ``embed(images)``: the training side, float rows
+    (learned) or uint8 codes (pHash); ``embed_queries(images)``: the eval side, for the learned
+    detector (N, views, D) embeddings of each image's ``query_crops``, for pHash its codes;
+    ``nearest(queries, gallery)`` -> (similarity, index) of each eval image's best match, the
+    best over its views."""
 
     def __init__(self, kind: str, model=None):
         self.kind, self.model = kind, model
@@ -149,11 +156,22 @@ class Detector:
 
         return embed_images(self.model, images)
 
+    def embed_queries(self, images: list[Image.Image]) -> np.ndarray:
+        if self.model is None:
+            return phash_codes(images)
+        from pretrain.copydetect import embed_queries
+
+        return embed_queries(self.model, images)
+
     def nearest(self, queries: np.ndarray, gallery) -> tuple[np.ndarray, np.ndarray]:
         if self.model is None:
             gallery = np.concatenate(list(gallery)) if not isinstance(gallery, np.ndarray) else gallery
             return nearest_binary(queries, gallery)
-        return nearest(queries, gallery, SearchConfig())
+        n, views, dim = queries.shape
+        score, idx = nearest(queries.reshape(n * views, dim), gallery, SearchConfig())
+        score, idx = score.reshape(n, views), idx.reshape(n, views)
+        best = score.argmax(1)
+        return score[np.arange(n), best], idx[np.arange(n), best]
 
 
 def _weights_digest(model) -> str:
@@ -198,12 +216,17 @@ def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages]
 
 
 def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tuple[list[np.ndarray], list[tuple[str, str]], int]:
-    """Per-shard embeddings (cached in ``cache/<detector key>/``), and (shard, key) of each row."""
+    """Per-shard embeddings (cached in ``cache/<detector key>/``, named by the shard's URI and
+    version, so a rewritten shard is embedded again), and (shard, key) of each row."""
+    import fsspec
+
     folder = cache / detector.key
     folder.mkdir(parents=True, exist_ok=True)
     chunks, where, bad = [], [], 0
     for path in shards:
-        name = f"{Path(path).stem}-{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}.npz"
+        fs, _ = fsspec.core.url_to_fs(path)  # the shard's location and version (mtime / ETag) name its cache
+        where_from = (path if "://" in path else os.path.abspath(path)) + str(fs.ukey(path))
+        name = f"{Path(path).stem}-{hashlib.sha1(where_from.encode()).hexdigest()[:12]}.npz"
         file = folder / name
         if not file.exists():
             keys, images, n_bad = shard_images(path)
@@ -222,13 +245,13 @@ def calibrate(detector: Detector, data: EvalImages, eval_emb: np.ndarray, train_
     """Plant copies (``pretrain.copydetect.make_copy``) of ``planted`` eval images; positives =
     those images, negatives = as many other eval images; nearest over training ∪ copies.
     Returns (curve, chosen threshold)."""
-    from pretrain.copydetect import make_copy, to_rgb_array
+    from pretrain.copydetect import copy_source, make_copy
 
     rng = np.random.default_rng(cfg.seed + 1)
     n = min(cfg.planted, len(data.labels) // 2)
     order = rng.permutation(len(data.labels))
     pos, neg = order[:n], order[n:2 * n]
-    copies = [Image.fromarray(make_copy(to_rgb_array(data.pil(int(i))), rng)) for i in pos]
+    copies = [Image.fromarray(make_copy(copy_source(np.asarray(data.pil(int(i)).convert("RGB"))), rng)) for i in pos]
     copy_emb = detector.embed(copies)
     queries = eval_emb[np.concatenate([pos, neg])]
     c_score, c_idx = detector.nearest(queries, copy_emb)
@@ -282,12 +305,17 @@ def report(cfg: ReportConfig, log=print) -> dict:
     detector, detector_meta = build_detector(cfg, shards, evals, log)
     chunks, where, bad = train_embeddings(detector, shards, out / "cache")
     log(f"[contamination] {len(where)} training images embedded ({bad} undecodable) with {detector.key}")
-    results, curves, pairs, p_values = {}, {}, {}, {}
+    results, curves, pairs, p_values, flagged = {}, {}, {}, {}, {}
     for data in evals:
-        eval_emb = detector.embed(data.images)
+        eval_emb = detector.embed_queries(data.images)
         score, idx = detector.nearest(eval_emb, iter(chunks))
         curve, chosen = calibrate(detector, data, eval_emb, score, cfg)
-        stats = split_statistics(zero_shot_correct(cfg.checkpoint, data), score >= chosen["threshold"])
+        correct, overlap = zero_shot_correct(cfg.checkpoint, data), score >= chosen["threshold"]
+        stats = split_statistics(correct, overlap)
+        ids = data.image_ids()
+        flagged[data.name] = [{"eval_id": ids[i], "score": round(float(score[i]), 5), "train_shard": where[idx[i]][0],
+                               "train_key": where[idx[i]][1], "zero_shot_correct": bool(correct[i])}
+                              for i in np.flatnonzero(overlap)]
         results[data.name] = {**stats, **{k: chosen[k] for k in ("threshold", "precision", "recall")}}
         curves[data.name] = (curve, chosen)
         pairs[data.name] = top_pairs(data, score, idx, where, cfg.top_pairs)
@@ -297,7 +325,7 @@ def report(cfg: ReportConfig, log=print) -> dict:
     meta = {"detector": detector.key, **detector_meta, "train_data": cfg.train_data, "train_images": len(where),
             "train_undecodable": bad, "checkpoint": cfg.checkpoint, "min_precision": cfg.min_precision,
             "config": asdict(cfg), "seconds": round(time.time() - started, 1),
-            "threshold_met": {n: c[1]["met"] for n, c in curves.items()}}
+            "threshold_met": {n: c[1]["met"] for n, c in curves.items()}, "overlap_images": flagged}
     files = write_report(out, results, bonferroni(p_values), curves, pairs, meta)
     log(f"[contamination] report: {files['report_html']} (results: {files['results']})")
     return results

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict
     config = config_from_args(args)
     if config.download.distributor == "ray":
         init_ray()  # the downloads become Ray tasks on the cluster's nodes
-    if config.decontaminate.datasets and until != "download":
+    if config.decontaminate.datasets:  # its URL/caption half runs before the download
         decontaminate.write_eval_index(layout, config.decontaminate)
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
     return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until, map_tasks=ray_map_tasks)

@@ -1,19 +1,29 @@
 """A learned copy detector (CLIP App. C, sized for CPU): which images are augmented copies of each other.
 
-Model (:class:`CopyDetector`): a small ConvNet at ``image_size`` px (64 by default) with **weight
-norm instead of batch norm** (batch statistics would leak duplicates inside a batch), **GELU**, and
-**anti-aliased downsampling** (a fixed 3x3 binomial blur before every stride-2 step, Zhang 2019);
-global average pool, a weight-normed projection, L2-normalised output. Each input is standardised
-per image (mean 0, std 1 over its pixels), which makes the detector blind to global brightness.
+Model (:class:`CopyDetector`): a small residual ConvNet at ``image_size`` px (64 by default) with
+**weight norm instead of batch norm** (batch statistics would leak duplicates inside a batch),
+**GELU**, and **anti-aliased downsampling** (a fixed 3x3 binomial blur before every stride-2
+step, Zhang 2019); GeM pooling (SSCD), a weight-normed projection, L2-normalised output. Each
+input is standardised per image (mean 0, std 1 over its pixels), which makes the detector blind
+to global brightness.
 
 Training (:func:`train_copy_detector`): CLIP's InfoNCE at a **fixed temperature of 0.07** matching
 each image with an augmented view of itself against every other image of the batch (both
 directions). Views (:func:`augment`, OpenCV + Pillow + NumPy, no torchvision): random crop/zoom
 with aspect distortion, down-and-up scaling with a random interpolation, small rotation, JPEG
-re-encoding, HSV jitter, text and image overlays and blur (SSCD's additions).
+re-encoding, HSV jitter, text and image overlays and blur (SSCD's additions). From the second
+epoch, batches are groups of mutual nearest neighbours under the current model
+(:func:`neighbour_batches`): look-alike distinct images (keycap emoji, similar shirts) are what
+a detector confuses with copies, so they are made each other's negatives.
 
-Checkpoints: ``torch.save({"config": asdict(cfg), "model": state_dict, ...})``, loaded with
-``torch.load(weights_only=True)`` (:func:`load_copy_detector`).
+Search side: an eval image is embedded as 19 views (:func:`query_crops`: whole, and 85% / 75%
+crops on a 3x3 grid) and scores the best of them against each training image, since a training
+copy is usually a crop of the original.
+
+The shipped detector ``pretrain/assets/copy_detector.pt`` is trained by
+``pipelines/train_copy_detector.py`` on the sample data. Checkpoints: ``torch.save({"config":
+asdict(cfg), "model": state_dict, ...})``, loaded with ``torch.load(weights_only=True)``
+(:func:`load_copy_detector`).
 """
 
 from __future__ import annotations
@@ -40,13 +50,16 @@ class CopyDetectorConfig:
     """Architecture and training settings of the copy detector."""
 
     image_size: int = 64  # model input side, pixels
-    width: int = 16  # channels of the stem (doubled by each of the 3 following convs)
+    width: int = 16  # channels of the stem (doubled by each of the 3 following stages)
+    blocks: int = 1  # residual blocks (two weight-normed 3x3 convs) per stage
     embed_dim: int = 128  # output embedding size
     temperature: float = 0.07  # fixed InfoNCE temperature (CLIP App. C)
     batch_size: int = 64  # images per step (2 views each)
     lr: float = 2e-3  # AdamW peak learning rate (cosine decay)
     epochs: int = 4  # passes over the training images
     max_seconds: float = 0.0  # stop training after this long (0 = no limit)
+    hard_negatives: bool = True  # from the 2nd epoch, batches of mutual nearest neighbours
+    group: int = 8  # images per neighbour group in a hard-negative batch
     seed: int = 0  # seed of the model init and the augmentations
 
 
@@ -67,15 +80,34 @@ def _conv(cin: int, cout: int) -> nn.Module:
     return weight_norm(nn.Conv2d(cin, cout, 3, padding=1))
 
 
+class Residual(nn.Module):
+    """x + (conv, GELU, conv)(GELU(x)) / 2 with weight-normed 3x3 convs (no normalisation layer)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.a, self.b = _conv(channels, channels), _conv(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.5 * self.b(F.gelu(self.a(F.gelu(x))))
+
+
+def gem(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """Generalised-mean pooling over the spatial axes (SSCD's pooling; p=1 is the average)."""
+    return x.clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)
+
+
 class CopyDetector(nn.Module):
-    """(B, 3, S, S) float images in [0, 1] -> (B, embed_dim) L2-normalised embeddings."""
+    """(B, 3, S, S) float images in [0, 1] -> (B, embed_dim) L2-normalised embeddings: a stem
+    conv and 3 stages (conv to twice the channels, ``blocks`` residual blocks, GELU, anti-aliased
+    stride 2 but for the last), GeM pooling of the GELU'd features, a weight-normed projection."""
 
     def __init__(self, cfg: CopyDetectorConfig):
         super().__init__()
         w = cfg.width
         layers: list[nn.Module] = [_conv(3, w), nn.GELU(), BlurPool(w)]  # S -> S/2
         for cin, cout in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)):
-            layers += [_conv(cin, cout), nn.GELU()] + ([BlurPool(cout)] if cout < 8 * w else [])
+            layers += [_conv(cin, cout), *(Residual(cout) for _ in range(cfg.blocks)), nn.GELU()]
+            layers += [BlurPool(cout)] if cout < 8 * w else []
         self.features = nn.Sequential(*layers)  # (B, 8w, S/8, S/8)
         self.proj = weight_norm(nn.Linear(8 * w, cfg.embed_dim))
         self.cfg = cfg
@@ -83,7 +115,7 @@ class CopyDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
-        h = self.features((x - mean) / std).mean(dim=(2, 3))  # (B, 8w)
+        h = gem(F.gelu(self.features((x - mean) / std)))  # (B, 8w)
         return F.normalize(self.proj(h), dim=-1)
 
 
@@ -170,6 +202,16 @@ def augment(img: np.ndarray, rng: np.random.Generator, size: int, other: np.ndar
     return out
 
 
+def copy_source(img: np.ndarray, min_side: int = 112) -> np.ndarray:
+    """RGB ``img`` (grey or RGB uint8) upscaled 4x per step with bicubic interpolation until its
+    short side is at least ``min_side``: a copy of a thumbnail-sized eval image (Fashion-MNIST's
+    28 px) found on the web is an enlargement, so planted copies start from one."""
+    out = to_rgb_array(img)
+    while min(out.shape[:2]) < min_side:
+        out = cv2.resize(out, (out.shape[1] * 4, out.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
 def make_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A planted near-copy of RGB ``img``: crop keeping 70-95% of each side, resize to a random
     side of 0.5-3x the original's (random interpolation), brightness x0.75-1.25, JPEG q 40-90."""
@@ -197,6 +239,31 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def neighbour_batches(model: CopyDetector, base: Sequence[np.ndarray], cfg: CopyDetectorConfig,
+                      rng: np.random.Generator) -> np.ndarray:
+    """An epoch's image order in which consecutive runs of ``cfg.group`` images are nearest
+    neighbours under the current model (hard negatives for each other in a batch): visit images
+    in random order, each unused one opening a group with its unused nearest neighbours."""
+    import faiss
+
+    model.eval()
+    with torch.no_grad():
+        emb = np.concatenate([model(to_tensor(base[s:s + 512], cfg.image_size)).numpy()
+                              for s in range(0, len(base), 512)])
+    model.train()
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    _, neighbours = index.search(emb, min(len(base), 4 * cfg.group))
+    used, order = np.zeros(len(base), bool), []
+    for i in rng.permutation(len(base)):
+        if used[i]:
+            continue
+        group = [i] + [int(j) for j in neighbours[i] if not used[j] and j != i][: cfg.group - 1]
+        used[group] = True
+        order += group
+    return np.asarray(order)
+
+
 def train_copy_detector(images: Sequence[np.ndarray], cfg: CopyDetectorConfig,
                         log: Callable[[str], None] | None = None) -> tuple[CopyDetector, dict]:
     """Train a :class:`CopyDetector` from scratch on RGB uint8 ``images`` (each at any size;
@@ -216,7 +283,7 @@ def train_copy_detector(images: Sequence[np.ndarray], cfg: CopyDetectorConfig,
     started, step, loss = time.time(), 0, torch.tensor(float("nan"))
     model.train()
     for epoch in range(cfg.epochs):
-        order = rng.permutation(len(base))
+        order = neighbour_batches(model, base, cfg, rng) if cfg.hard_negatives and epoch else rng.permutation(len(base))
         for s in range(steps_per_epoch):
             idx = order[s * bs:(s + 1) * bs]
             others = rng.permutation(idx)
@@ -229,7 +296,7 @@ def train_copy_detector(images: Sequence[np.ndarray], cfg: CopyDetectorConfig,
             opt.step()
             sched.step()
             step += 1
-            if log and step % 10 == 0:
+            if log and step % 50 == 0:
                 log(f"[copydetect] epoch {epoch} step {step}/{total} loss {loss.item():.3f}")
             if cfg.max_seconds and time.time() - started > cfg.max_seconds:
                 break
@@ -252,6 +319,35 @@ def embed_images(model: CopyDetector, images: Sequence[np.ndarray | Image.Image]
     return np.concatenate(out).astype(np.float32)
 
 
+QUERY_CROPS = ((1.0, 1), (0.85, 3), (0.75, 3))  # (side fraction, positions per axis) of each query crop
+
+
+def query_crops(image: np.ndarray) -> list[np.ndarray]:
+    """The views of an eval image searched for its copies: the whole image and crops keeping
+    85% and 75% of each side on a 3x3 grid of positions (19 in all). A training copy cropped
+    from the eval image matches one of them much better than the whole (its score is the best
+    over the views)."""
+    h, w = image.shape[:2]
+    out = []
+    for frac, steps in QUERY_CROPS:
+        ch, cw = max(1, int(h * frac)), max(1, int(w * frac))
+        for y in np.linspace(0, h - ch, steps).round().astype(int):
+            for x in np.linspace(0, w - cw, steps).round().astype(int):
+                out.append(image[y:y + ch, x:x + cw])
+    return out
+
+
+@torch.no_grad()
+def embed_queries(model: CopyDetector, images: Sequence[np.ndarray | Image.Image], batch_size: int = 32) -> np.ndarray:
+    """(N, views, embed_dim) embeddings of each image's :func:`query_crops`."""
+    views = len(query_crops(np.zeros((8, 8, 3), np.uint8)))
+    out = [np.zeros((0, views, model.cfg.embed_dim), np.float32)]
+    for start in range(0, len(images), batch_size):
+        crops = [c for im in images[start:start + batch_size] for c in query_crops(to_rgb_array(im))]
+        out.append(embed_images(model, crops, batch_size=len(crops)).reshape(-1, views, model.cfg.embed_dim))
+    return np.concatenate(out)
+
+
 def save_copy_detector(model: CopyDetector, path: str | Path, summary: dict | None = None) -> None:
     """Write the detector (config + state dict + training summary) to ``path`` (temp + rename)."""
     path = Path(path)
@@ -262,9 +358,13 @@ def save_copy_detector(model: CopyDetector, path: str | Path, summary: dict | No
 
 
 def load_copy_detector(path: str | Path) -> CopyDetector:
-    """A detector saved by :func:`save_copy_detector` (``weights_only=True``), in eval mode."""
+    """A detector saved by :func:`save_copy_detector` (a path or an fsspec URI; loaded with
+    ``weights_only=True``), in eval mode."""
+    import fsspec
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with fsspec.open(str(path), "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no copy-detector weights there") from None
     model = CopyDetector(CopyDetectorConfig(**state["config"]))

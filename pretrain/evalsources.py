@@ -6,7 +6,8 @@
 - **WebDataset**: a ``.tar`` path or brace pattern; each sample needs an image (jpg/png/...) and a
   label field ``cls`` (integer class index); class names come from ``classnames.txt`` (one per
   line, in index order) beside the first shard. A sample without image or label is an error
-  naming the shard and key.
+  naming the shard and key. Optional ``txt`` (caption) and ``json`` with ``url`` are kept
+  (``captions``, ``urls``): ``build_wit.py --decontaminate`` matches them before download.
 
 Every source gives ``name``, ``labels`` (N,), ``classnames``, ``templates`` and ``pil(i)``.
 """
@@ -14,6 +15,7 @@ Every source gives ``name``, ``labels`` (N,), ``classnames``, ``templates`` and 
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,8 @@ class EvalImages:
     classnames: list[str]  # class index -> prompt name
     templates: tuple[str, ...] = field(default=GENERIC_TEMPLATES)  # zero-shot prompt templates
     ids: list[str] | None = None  # stable per-image ids (default: the index as a string)
+    urls: list[str | None] | None = None  # where each image came from, when the set records it
+    captions: list[str | None] | None = None  # each image's caption, when the set has one
 
     def pil(self, i: int) -> Image.Image:
         return self.images[i]
@@ -76,7 +80,7 @@ def load_webdataset(pattern: str, name: str | None = None) -> EvalImages:
     if not names_file.is_file():
         raise FileNotFoundError(f"{names_file}: WebDataset eval sets need classnames.txt beside the shards")
     classnames = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    images, labels, ids = [], [], []
+    images, labels, ids, urls, captions = [], [], [], [], []
     for sample in wds.DataPipeline(wds.SimpleShardList(pattern), wds.tarfile_to_samples()):
         where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
         key = next((k for k in WDS_IMAGE_KEYS if k in sample), None)
@@ -88,7 +92,14 @@ def load_webdataset(pattern: str, name: str | None = None) -> EvalImages:
         images.append(Image.open(io.BytesIO(sample[key])).convert("RGB"))
         labels.append(label)
         ids.append(sample["__key__"])
-    return EvalImages(name or first.parent.name, images, np.asarray(labels, np.int64), classnames, ids=ids)
+        try:
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            captions.append(sample["txt"].decode("utf-8") if "txt" in sample else None)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where}: unreadable json/txt ({e})") from e
+        urls.append(meta.get("url") if isinstance(meta, dict) else None)
+    return EvalImages(name or first.parent.name, images, np.asarray(labels, np.int64), classnames, ids=ids,
+                      urls=urls if any(urls) else None, captions=captions if any(captions) else None)
 
 
 def load_eval_source(spec: str, sample: dict[str, str] | None = None, limit: int = 0) -> EvalImages:
@@ -108,4 +119,6 @@ def load_eval_source(spec: str, sample: dict[str, str] | None = None, limit: int
         raise ValueError(f"unknown eval set {spec!r}: one of {BUILTIN}, a class_name/*.jpg folder, or .tar shards")
     if limit:
         data.images, data.labels, data.ids = data.images[:limit], data.labels[:limit], data.image_ids()[:limit]
+        data.urls = data.urls[:limit] if data.urls else None
+        data.captions = data.captions[:limit] if data.captions else None
     return data

@@ -62,7 +62,8 @@ def contamination_command(context: dict) -> str:
     run_dir = run_dir_of(context).rstrip("/")
     args = ["--train-data", shard_pattern(run_dir), "--checkpoint", pretrain_dir(context),
             "--dataset", *p["eval_sets"], "--out", f"{run_dir}/reports/contamination",
-            *(["--eval-limit", p["eval_limit"]] if p["eval_limit"] else [])]
+            *(["--eval-limit", p["eval_limit"]] if p["eval_limit"] else []),
+            *(["--detector-weights", p["detector_weights"]] if p["detector_weights"] else [])]
     return python_command("pipelines/contamination_report.py", args)
 
 
@@ -81,6 +82,9 @@ def pretrain_params() -> dict:
         "eval_sets": Param(["fashion-mnist"], type="array", items={"enum": list(EVAL_SETS)}, minItems=1,
                            description="zero-shot eval sets"),
         "eval_limit": Param(0, type="integer", minimum=0, description="first N eval images (0 = all)"),
+        "detector_weights": Param("pretrain/assets/copy_detector.pt", type="string",
+                                  description="copy-detector weights for the contamination report (a path in the "
+                                              "job's working dir or a URI; empty: train one on the shards)"),
     }
 
 

@@ -1,19 +1,19 @@
-"""Planted-copy precision/recall of both detector backends on real images (the sample pool's
-openclipart drawings and emoji), at a threshold chosen on one planted set and measured on another.
+"""Planted-copy precision/recall of both detector backends on real images, through the report's
+own scoring (``pipelines.contamination_report.Detector``), at a threshold chosen on one planted
+set and measured on another.
 
-Why the first version of this test measured precision 0.15 / recall 0.28: its "negatives" were
-not negatives. The sample images hold many true duplicates — the same openclipart drawing filed
-under two categories, emoji skin-tone variants, near-identical keycap emoji — so 29% of eval
-images had a pHash-identical twin among the "training" images, and their nearest neighbour was
-that twin, not the planted copy. The base set here is therefore de-duplicated first (skin-tone
-variants dropped; greedy: an image within pHash distance 12 or with a 16x16 thumbnail
-correlation > 0.9 of one already kept is skipped).
+Images (``pipelines.demo.copy_detection_set``): mutually distinct openclipart drawings and emoji
+(the sample pool holds true duplicates that would otherwise be "negatives"; see that module).
+The learned detector is the shipped one (``pretrain/assets/copy_detector.pt``, trained by
+``pipelines/train_copy_detector.py`` on the first 1,000 distinct images and 2,000 Fashion-MNIST
+*train* images): the eval originals and every planted copy here are images it never saw.
 
-Protocol: 1000 training images and 400 held-out eval images (disjoint). 100 eval images get a
-planted copy (crop keeping 70-95% of each side, resize 0.5-3x, brightness x0.75-1.25, JPEG
-q40-90) for calibration and 100 others for the measurement; 100 + 100 further eval images have
-no copy (negatives). Gallery = training images + planted copies, which is also what the learned
-detector trains on (as the report trains it on the training shards); no eval image is trained on.
+Protocol per eval set: 1,000 eval originals; 250 get a planted copy (crop keeping 70-95% of each
+side, resize 0.5-3x, brightness x0.75-1.25, JPEG q40-90: ``make_copy``) for calibration and 250
+others for the measurement; 250 + 250 further eval images have no copy (negatives). Gallery =
+the 1,000 training images + the 500 copies. Clipart: eval originals = the 1,000 held-out distinct
+images. Fashion-MNIST (the demo's case): eval originals = test images 0..999 at their native
+28 px, copies made from their 4x enlargement (``copy_source``), as the demo plants them.
 """
 
 from __future__ import annotations
@@ -21,60 +21,63 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from curation.overlap import choose_threshold, nearest, nearest_binary, phash_codes, precision_recall
+from curation.overlap import choose_threshold, precision_recall
+from pipelines.contamination_report import Detector
+from pipelines.demo.copy_detection_set import EVAL, TRAIN, distinct_sample_images
+from pipelines.train_copy_detector import SHIPPED
 from pretrain.copydetect import (
     CopyDetectorConfig,
+    copy_source,
     embed_images,
     load_copy_detector,
     make_copy,
+    neighbour_batches,
     save_copy_detector,
-    to_rgb_array,
     train_copy_detector,
 )
+from pretrain.evalsets import load_fashion_mnist
 
-N_TRAIN, N_EVAL, N_PLANT = 1000, 400, 100
-SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
-
-
-def distinct_images(images_dir: Path, n: int) -> list[np.ndarray]:
-    """``n`` mutually distinct sample images (see module doc) as 128x128 RGB arrays."""
-    paths = sorted(p for p in (images_dir / "openclipart").rglob("*.png") if p.stat().st_size < 200_000)
-    paths += sorted(p for p in (images_dir / "emoji").glob("*.png") if not any(t in p.name for t in SKIN_TONES))
-    kept, bits, thumbs = [], [], []
-    for i in np.random.default_rng(0).permutation(len(paths)):
-        img = cv2.resize(to_rgb_array(Image.open(paths[i])), (128, 128), interpolation=cv2.INTER_AREA)
-        b = np.unpackbits(phash_codes([Image.fromarray(img)])[0])
-        t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-        t = (t - t.mean()) / (np.linalg.norm(t - t.mean()) + 1e-6)
-        if kept and ((np.asarray(bits) != b).sum(1).min() <= 12 or (np.asarray(thumbs) @ t).max() > 0.9):
-            continue
-        kept.append(img), bits.append(b), thumbs.append(t)
-        if len(kept) == n:
-            return kept
-    raise AssertionError(f"only {len(kept)} distinct sample images, need {n}")
+N_PLANT = EVAL // 4  # 250: copies to choose the threshold, copies to measure it, negatives for each
 
 
 @pytest.fixture(scope="module")
-def planted(sample):
-    images = distinct_images(Path(sample["sample_images_dir"]), N_TRAIN + N_EVAL)
-    train, evals = images[:N_TRAIN], images[N_TRAIN:]
+def distinct(sample):
+    images = distinct_sample_images(Path(sample["sample_images_dir"]))
+    return images[:TRAIN], images[TRAIN:TRAIN + EVAL]
+
+
+@pytest.fixture(scope="module")
+def clipart(distinct):
+    train, evals = distinct
     rng = np.random.default_rng(7)
-    copies = [make_copy(evals[i], rng) for i in range(2 * N_PLANT)]  # eval 0..199 have a copy
-    return train, evals, copies
+    copies = [make_copy(evals[i], rng) for i in range(2 * N_PLANT)]  # eval 0..499 have a copy
+    return train, [Image.fromarray(e) for e in evals], copies
 
 
-def measure(score: np.ndarray, idx: np.ndarray, n_train: int) -> dict:
+@pytest.fixture(scope="module")
+def fashion(distinct, sample):
+    data = load_fashion_mnist(sample["fashion_mnist_dir"], "test")
+    evals = [Image.fromarray(data.images[i]) for i in range(EVAL)]
+    rng = np.random.default_rng(8)
+    copies = [make_copy(copy_source(data.images[i]), rng) for i in range(2 * N_PLANT)]
+    return distinct[0], evals, copies
+
+
+def measure(detector: Detector, case) -> dict:
     """Threshold chosen on the calibration half (highest recall at precision >= 0.95),
     precision/recall at it on the measurement half, and the rank-1 rate (nearest = own copy)."""
+    train, evals, copies = case
+    gallery = detector.embed([Image.fromarray(a) for a in train + copies])
+    score, idx = detector.nearest(detector.embed_queries(evals), gallery)
     halves = []
     for half in (0, 1):
         pos = np.arange(half * N_PLANT, (half + 1) * N_PLANT)
-        halves.append((score[pos], idx[pos] == n_train + pos, score[2 * N_PLANT + pos]))
+        halves.append((score[pos], idx[pos] == len(train) + pos, score[2 * N_PLANT + pos]))
     (cp, cc, cn), (mp, mc, mn) = halves
     chosen = choose_threshold(precision_recall(cp, cc, cn), 0.95)
     at = precision_recall(mp, mc, mn, thresholds=np.array([chosen["threshold"]]))
@@ -83,37 +86,61 @@ def measure(score: np.ndarray, idx: np.ndarray, n_train: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def learned(planted, tmp_path_factory):
-    train, evals, copies = planted
-    model, summary = train_copy_detector(train + copies, CopyDetectorConfig(image_size=32, epochs=25, seed=0))
-    weights = tmp_path_factory.mktemp("detector") / "copy_detector.pt"
-    save_copy_detector(model, weights, summary)
-    model = load_copy_detector(weights)  # the weights_only round trip is what the report uses
-    score, idx = nearest(embed_images(model, evals), embed_images(model, train + copies))
-    result = {**measure(score, idx, len(train)), **summary}
-    print(json.dumps({"learned": result}))
-    return result
+def shipped():
+    model = load_copy_detector(SHIPPED)  # weights_only=True, as the report loads it
+    return Detector("learned", model)
 
 
-@pytest.fixture(scope="module")
-def phash(planted):
-    train, evals, copies = planted
-    gallery = phash_codes([Image.fromarray(a) for a in train + copies])
-    score, idx = nearest_binary(phash_codes([Image.fromarray(a) for a in evals]), gallery)
-    result = measure(score, idx, len(train))
-    print(json.dumps({"phash": result}))
-    return result
+@pytest.mark.parametrize("case", ["clipart", "fashion"])
+def test_shipped_detector_finds_planted_copies(case, shipped, request):
+    """The issue's goal: precision and recall >= 0.95 on crop/resize/JPEG/brightness copies.
+    Measured (2026-11-29, shipped weights): see BENCHMARKS.md / the README."""
+    result = measure(shipped, request.getfixturevalue(case))
+    print(json.dumps({case: result}))
+    assert result["precision"] >= 0.95 and result["recall"] >= 0.95, result
+    assert result["calibration"]["met"], result
 
 
-def test_learned_detector_ranks_copies_far_better_than_phash(learned, phash):
-    """Measured (2 cores, 2026-11-29): learned rank-1 0.64-0.69, pHash 0.16 — a crop defeats pHash."""
-    assert learned["rank1"] >= 0.55, learned
-    assert phash["rank1"] <= 0.30, phash
-    assert learned["rank1"] >= phash["rank1"] + 0.3
+@pytest.mark.parametrize("case", ["clipart", "fashion"])
+def test_phash_on_planted_copies(case, request):
+    """pHash, stated honestly: a crop moves every DCT coefficient, so the nearest hash is rarely
+    the copy's (measured rank-1 0.16 on clipart) and the recall at >= 0.95 precision is small."""
+    result = measure(Detector("phash"), request.getfixturevalue(case))
+    print(json.dumps({case: result}))
+    assert result["recall"] <= 0.5, result
 
 
-def test_phash_on_planted_copies(phash):
-    """pHash, stated honestly: near-perfect precision only at a threshold that finds almost none
-    of these cropped copies (measured: recall 0.02-0.05 at the chosen threshold)."""
-    assert phash["recall"] <= 0.15, phash
-    assert phash["calibration"]["threshold"] >= 0.8, phash
+def test_shipped_weights_provenance():
+    state = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert "copy_detection_set" in state["summary"]["training_set"]
+    assert state["summary"]["steps"] > 1000 and CopyDetectorConfig(**state["config"]).temperature == 0.07
+
+
+def test_training_from_scratch_learns_and_round_trips(distinct, tmp_path):
+    """The report's own training path (no --detector-weights): a short run lowers the loss,
+    ranks views of an image closer than before training, and survives save/load."""
+    train, _ = distinct
+    images = train[:256]
+    cfg = CopyDetectorConfig(image_size=32, epochs=6, batch_size=64, lr=3e-3, seed=0)
+    rng = np.random.default_rng(1)
+    views = [make_copy(im, rng) for im in images[:128]]
+
+    def rank1(model) -> float:
+        from curation.overlap import nearest
+
+        _, idx = nearest(embed_images(model, views), embed_images(model, images))
+        return float(np.mean(idx == np.arange(128)))
+
+    from pretrain.copydetect import CopyDetector
+
+    torch.manual_seed(0)
+    before = rank1(CopyDetector(cfg).eval())
+    model, summary = train_copy_detector(images, cfg)
+    save_copy_detector(model, tmp_path / "d.pt", summary)
+    loaded = load_copy_detector(tmp_path / "d.pt")
+    after = rank1(loaded)
+    print(json.dumps({"before": before, "after": after, **summary}))
+    assert summary["steps"] == 6 * 4 and summary["loss"] < 3.0
+    assert after > before + 0.1, (before, after)
+    order = neighbour_batches(loaded, [im for im in images], cfg, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(images)))  # every image once per epoch

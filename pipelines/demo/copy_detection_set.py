@@ -1,0 +1,73 @@
+"""The sample data's copy-detection images: what the shipped copy detector
+(``pretrain/assets/copy_detector.pt``, ``pipelines/train_copy_detector.py``) is trained on and what
+``tests/overlap/test_copy_detection.py`` measures it on — disjoint by construction.
+
+The sample images hold many true duplicates (the same openclipart drawing filed under two
+categories, emoji skin-tone variants, near-identical keycap emoji), which would be "negatives"
+that are really copies; :func:`distinct_sample_images` therefore keeps mutually distinct ones
+(skin-tone variants dropped; greedy in a seeded random order: an image within pHash distance 12,
+or with a 16x16 thumbnail correlation > 0.9, of one already kept is skipped), as 128x128 RGB.
+Near-blank images are dropped too (fewer than ``MIN_CONTENT`` of the pixels differ from the
+median colour by more than 24 in some channel: a speck or a line of text on white): any two of
+them, or one and a darkened copy of another, are duplicates to every detector (32 of 3,179).
+
+Split: the first ``TRAIN`` distinct images are the detector's training images (and the test's
+gallery of training images), the next ``EVAL`` its held-out eval originals. Fashion-MNIST *train*
+images (upscaled like the demo's planted copies) are added to the detector's training; the
+Fashion-MNIST *test* images (the demo's eval set, whose copies the demo plants) are never trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TRAIN, EVAL = 1000, 1000  # distinct sample images: detector training / held-out eval originals
+FASHION_TRAIN = 2000  # Fashion-MNIST train images added to the detector's training
+SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
+MIN_CONTENT = 0.03  # least share of pixels away from the median colour (near-blank images are dropped)
+
+
+def content_share(img: np.ndarray) -> float:
+    """Share of the pixels of RGB ``img`` farther than 24 (in some channel) from its median colour."""
+    median = np.median(img.reshape(-1, 3), axis=0)
+    return float(np.mean(np.abs(img.astype(np.int16) - median.astype(np.int16)).max(axis=2) > 24))
+
+
+def distinct_sample_images(images_dir: str | Path, n: int = TRAIN + EVAL) -> list[np.ndarray]:
+    """``n`` mutually distinct sample images (module doc) as 128x128 RGB uint8 arrays."""
+    import cv2
+    from PIL import Image
+
+    from curation.overlap import phash_codes
+    from pretrain.copydetect import to_rgb_array
+
+    images_dir = Path(images_dir)
+    paths = sorted(p for p in (images_dir / "openclipart").rglob("*.png") if p.stat().st_size < 200_000)
+    paths += sorted(p for p in (images_dir / "emoji").glob("*.png") if not any(t in p.name for t in SKIN_TONES))
+    kept, bits, thumbs = [], [], []
+    for i in np.random.default_rng(0).permutation(len(paths)):
+        img = cv2.resize(to_rgb_array(Image.open(paths[i])), (128, 128), interpolation=cv2.INTER_AREA)
+        if content_share(img) < MIN_CONTENT:
+            continue
+        b = np.unpackbits(phash_codes([Image.fromarray(img)])[0])
+        t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+        t = (t - t.mean()) / (np.linalg.norm(t - t.mean()) + 1e-6)
+        if kept and ((np.asarray(bits) != b).sum(1).min() <= 12 or (np.asarray(thumbs) @ t).max() > 0.9):
+            continue
+        kept.append(img), bits.append(b), thumbs.append(t)
+        if len(kept) == n:
+            return kept
+    raise ValueError(f"{images_dir}: only {len(kept)} distinct sample images, need {n}")
+
+
+def detector_training_images(manifest: dict[str, str], fashion: int = FASHION_TRAIN) -> list[np.ndarray]:
+    """The shipped detector's training images: the first ``TRAIN`` distinct sample images and
+    ``fashion`` Fashion-MNIST train images (upscaled by :func:`pretrain.copydetect.copy_source`)."""
+    from pretrain.copydetect import copy_source
+    from pretrain.evalsets import load_fashion_mnist
+
+    train = distinct_sample_images(manifest["sample_images_dir"])[:TRAIN]
+    fm = load_fashion_mnist(manifest["fashion_mnist_dir"], "train")
+    return train + [copy_source(fm.images[i]) for i in range(min(fashion, len(fm.labels)))]

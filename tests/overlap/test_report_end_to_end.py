@@ -1,0 +1,101 @@
+"""The contamination report end to end, as a user runs it: training shards on object storage
+(moto's S3 server on 127.0.0.1) holding real sample images and planted copies of some
+Fashion-MNIST test images, a CLIP checkpoint, ``contamination_report.run`` with the shipped
+learned detector and with pHash. The report must flag the planted eval images (and not others),
+write every file, and reuse its per-shard embedding cache on a rerun."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pipelines import contamination_report
+from pipelines.demo.copy_detection_set import distinct_sample_images
+from pipelines.train_copy_detector import SHIPPED
+from pretrain.copydetect import copy_source, make_copy
+from pretrain.evalsets import load_fashion_mnist
+from pretrain.model import create_model
+from pretrain.tokenizer import CaptionTokenizer
+from pretrain.train import TrainConfig, save_checkpoint
+
+PLANTED = (3, 41, 77, 150, 222, 305)  # Fashion-MNIST test indices with a copy among the training images
+EVAL_LIMIT = 400
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def s3_shards(sample, s3_bucket, tmp_path_factory) -> str:
+    """Two shards on S3: 80 distinct sample images and the planted copies, interleaved."""
+    fm = load_fashion_mnist(sample["fashion_mnist_dir"], "test")
+    rng = np.random.default_rng(3)
+    images = [(f"s{i:04d}", im) for i, im in enumerate(distinct_sample_images(sample["sample_images_dir"], 80))]
+    for k, i in enumerate(PLANTED):
+        images.insert(11 * k + 5, (f"fm{i:05d}", make_copy(copy_source(fm.images[i]), rng)))
+    local = tmp_path_factory.mktemp("shards")
+    fs = fsspec.filesystem("s3")
+    for shard in range(2):
+        with wds.TarWriter(str(local / f"{shard:05d}.tar")) as sink:
+            for key, im in images[shard::2]:
+                sink.write({"__key__": key, "jpg": jpeg(im), "txt": f"picture {key}".encode()})
+        fs.put(str(local / f"{shard:05d}.tar"), f"{s3_bucket}/wit/shards/{shard:05d}.tar")
+    return f"{s3_bucket}/wit/shards/{{00000..00001}}.tar"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny CLIP checkpoint (untrained: the report's statistics need per-image correctness,
+    not a good model)."""
+    out = tmp_path_factory.mktemp("ckpt")
+    captions = [f"a photo of a {w} number {i}" for i in range(200) for w in ("shirt", "bag", "coat", "sandal")]
+    tokenizer = CaptionTokenizer.train(captions, vocab_size=512)
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    cfg = TrainConfig(train_data="unused", tokenizer_json=tokenizer.to_str(), out_dir=str(out))
+    return str(save_checkpoint(out / "ckpt", model, torch.optim.AdamW(model.parameters()), 1, cfg))
+
+
+def run_report(shards: str, checkpoint: str, out, *extra: str) -> dict:
+    contamination_report.run(["--train-data", shards, "--checkpoint", checkpoint, "--dataset", "fashion-mnist",
+                              "--eval-limit", str(EVAL_LIMIT), "--planted", "100", "--out", str(out), *extra])
+    return json.loads((out / "details.json").read_text())
+
+
+def test_learned_report_flags_the_planted_eval_images(s3_shards, checkpoint, tmp_path):
+    out = tmp_path / "learned"
+    details = run_report(s3_shards, checkpoint, out, "--detector", "learned", "--detector-weights", str(SHIPPED))
+    results = json.loads((out / "results.json").read_text())["fashion-mnist"]
+    flagged = {r["eval_id"]: r for r in details["overlap_images"]["fashion-mnist"]}
+    assert set(flagged) == {str(i) for i in PLANTED}, flagged
+    assert all(r["train_key"] == f"fm{int(i):05d}" and r["train_shard"].startswith("s3://") for i, r in flagged.items())
+    assert results["n_all"] == EVAL_LIMIT and results["n_overlap"] == len(PLANTED)
+    assert results["overlap_pct"] == pytest.approx(100 * len(PLANTED) / EVAL_LIMIT)
+    assert results["precision"] >= 0.95 and results["recall"] >= 0.95 and details["threshold_met"]["fashion-mnist"]
+    assert len(results["ci_overlap"]) == 2 and 0 <= results["p_value"] <= 1
+    assert details["train_images"] == 80 + len(PLANTED) and details["train_undecodable"] == 0
+    for name in ("report.md", "report.html", "overlap_pct.png", "pr_fashion-mnist.png", "pairs_fashion-mnist.png"):
+        assert (out / name).stat().st_size > 0, name
+    cached = sorted((out / "cache").rglob("*.npz"))
+    assert len(cached) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    run_report(s3_shards, checkpoint, out, "--detector", "learned", "--detector-weights", str(SHIPPED))
+    assert [p.stat().st_mtime_ns for p in sorted((out / "cache").rglob("*.npz"))] == stamps  # reused
+
+
+def test_phash_report_runs_on_the_same_shards(s3_shards, checkpoint, tmp_path):
+    """pHash on the same planted copies (crops): what it finds is reported, whatever it is."""
+    details = run_report(s3_shards, checkpoint, tmp_path, "--detector", "phash")
+    results = json.loads((tmp_path / "results.json").read_text())["fashion-mnist"]
+    assert results["n_all"] == EVAL_LIMIT and details["detector"] == "phash"
+    assert {r["eval_id"] for r in details["overlap_images"]["fashion-mnist"]} <= {str(i) for i in PLANTED}
