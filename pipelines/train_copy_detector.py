@@ -2,12 +2,14 @@
 images and save it: the detector shipped as ``pretrain/assets/copy_detector.pt``, which
 ``contamination_report.py --detector-weights`` (and ``make demo``) reuse.
 
-    python pipelines/train_copy_detector.py --out pretrain/assets/copy_detector.pt [--epochs 50]
+    python pipelines/train_copy_detector.py [--out pretrain/assets/copy_detector.pt] [--epochs 60]
 
 Training set (``pipelines.demo.copy_detection_set``): 1,000 mutually distinct openclipart/emoji
 images and 2,000 Fashion-MNIST train images; never the held-out eval originals the test measures
 on, nor any Fashion-MNIST test image. Without the sample data: ``make sample-data`` first.
 A report can instead train its own detector on its training shards (no ``--detector-weights``).
+The shipped file is this script's output with its defaults (60 epochs of batches of 128, 64 px,
+width 16: 22 minutes on the 2-core VM).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def run(argv: list[str] | None = None) -> dict:
     d = CopyDetectorConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(SHIPPED), help="weights file to write")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = all epochs)")
     p.add_argument("--fashion-images", type=int, default=FASHION_TRAIN)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=d.seed)
