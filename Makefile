@@ -34,8 +34,8 @@ sample-data: venv
 # images served on 127.0.0.1:18765, 15% of the final pairs held out (curation/heldout/, by uid
 # hash); then a short tiny-CLIP pretraining on the shards and its evaluation: retrieval on the
 # held-out pairs, zero-shot on the held-out clipart's categories, Fashion-MNIST as transfer; and the
-# eval-overlap report (CLIP §5): which Fashion-MNIST test images have copies in the shards (the
-# sample pool carries 40 planted ones) with the shipped copy detector.
+# eval-overlap report (CLIP §5): which of the first 2,000 Fashion-MNIST test images have copies in
+# the shards (the sample pool carries 40 planted ones) with the shipped copy detector.
 DEMO_ABS := $(abspath $(DEMO_OUT))
 DEMO_STEPS ?= 600
 DEMO_RUN := $(DEMO_OUT)/pretrain/tiny
@@ -53,7 +53,7 @@ demo: venv sample-data
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_RUN) --dataset fashion-mnist \
 	    --out $(DEMO_RUN)/eval/fashion-mnist-transfer.json
 	$(PY) pipelines/contamination_report.py --train-data '$(DEMO_ABS)/curation/shards/*.tar' --checkpoint $(DEMO_RUN) \
-	    --dataset fashion-mnist --detector learned --detector-weights pretrain/assets/copy_detector.pt \
+	    --dataset fashion-mnist --eval-limit 2000 --detector learned --detector-weights pretrain/assets/copy_detector.pt \
 	    --out $(DEMO_OUT)/reports/contamination
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/ (held out: curation/heldout/)   report: $(DEMO_OUT)/curation/report.html"

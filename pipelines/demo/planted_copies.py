@@ -1,8 +1,10 @@
 """Demo only: augmented copies of Fashion-MNIST *test* images planted in the sample image pool, so
 the demo's contamination report has known overlap to find (CLIP §5's question, with an answer).
 
-:func:`build_planted_copies` (a ``pipelines.demo.sample_derived`` builder) writes ``PLANTED`` copies:
-each a test image upscaled 4x then cropped, resized, brightened/darkened and JPEG re-encoded
+:func:`build_planted_copies` (a ``pipelines.demo.sample_derived`` builder) writes ``PLANTED``
+copies of test images among the first ``PLANTED_FROM`` (the demo's report reads those 2,000:
+each is searched as 19 views, and all 10,000 would add ~8 minutes to the demo); each a test
+image upscaled 4x then cropped, resized, brightened/darkened and JPEG re-encoded
 (``pretrain.copydetect.make_copy``), saved as ``<data>/images/planted/fmnist-<test index>.png`` and
 listed in ``<data>/images/planted.parquet`` (uid, url, text, source, path) with a caption from
 ``pretrain.evalsets.FASHION_MNIST_CAPTIONS`` plus the item number (captions must differ, or text
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 PLANTED = 40  # copies planted in the demo pool
+PLANTED_FROM = 2000  # ... of the first this many test images (the demo's report reads these: --eval-limit)
 SEED = 10  # which test images (and how they are altered)
 
 
@@ -39,7 +42,7 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     folder = root / "images" / "planted"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for k, i in enumerate(sorted(rng.choice(len(data.labels), PLANTED, replace=False).tolist())):
+    for k, i in enumerate(sorted(rng.choice(min(PLANTED_FROM, len(data.labels)), PLANTED, replace=False).tolist())):
         big = cv2.resize(np.repeat(data.images[i][:, :, None], 3, axis=2), (112, 112), interpolation=cv2.INTER_CUBIC)
         path = f"planted/fmnist-{i:05d}.png"
         cv2.imwrite(str(root / "images" / path), make_copy(big, rng))
