@@ -142,7 +142,7 @@ class EvalTextTasks:
         eval_id = np.full(len(table), "", object)
         for name, mine, theirs in (("eval_caption", caption_key(table.column("text")), evals.column("caption_key")),
                                    ("eval_url", table.column("url"), evals.column("url"))):  # url wins: last
-            known = pc.and_(pc.is_valid(theirs), pc.not_equal(pc.fill_null(theirs, ""), ""))
+            known = pc.not_equal(pc.fill_null(theirs, ""), "")  # eval rows that carry this field
             at = pc.index_in(mine, value_set=theirs.filter(known))
             hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
             reason[hit] = name
@@ -176,10 +176,14 @@ def evaltext_stage(layout: RunLayout, selected: pa.Table, map_tasks: MapTasks = 
     return _without_rejects(layout, "evaltext", selected)
 
 
+def _without_uids(table: pa.Table, refused: pa.Table) -> pa.Table:
+    """``table`` less the rows whose uid is in ``refused``'s ``uid`` column."""
+    return table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=refused.column("uid"))))
+
+
 def _without_rejects(layout: RunLayout, stage: str, table: pa.Table) -> pa.Table:
     """``table`` less the rows whose uid is among ``stage``'s rejects."""
-    refused = layout.read_parquets(layout.list(layout.rejects_dir(stage), ".parquet"), ["uid"])
-    return table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=refused.column("uid"))))
+    return _without_uids(table, layout.read_parquets(layout.list(layout.rejects_dir(stage), ".parquet"), ["uid"]))
 
 
 class GuardTasks:
@@ -195,8 +199,8 @@ class GuardTasks:
         index, uri = item
         table = self.layout.read_parquet(uri, ["uid", "url"])
         if self.after_evaltext:
-            gone = self.layout.read_parquet(self.layout.reject_part("evaltext", f"part-{index:05d}"), ["uid"])
-            table = table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=gone.column("uid"))))
+            table = _without_uids(table, self.layout.read_parquet(
+                self.layout.reject_part("evaltext", f"part-{index:05d}"), ["uid"]))
         kept, rejected = UrlGuard(self.config)(table)
         write_rejects(self.layout, "urlguard", rejected, part=f"part-{index:05d}")
         return {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected), "node": node_name()}
@@ -486,7 +490,8 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tas
     with serving or contextlib.nullcontext():
         downloaded = download_stage(layout, allowed, config)
     if until == "download":
-        return {"stages": {s: read_stats(layout, s) for s in ("urlguard", "download")}, "until": "download"}
+        return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download") if stage_done(layout, s)},
+                "until": "download"}
     parts = check_stage(layout, downloaded, selected, config, map_check_tasks)
     del selected, candidates, allowed, downloaded  # from here on the driver holds file names and counts
     dedup = dedup_stage(layout, parts, config.dedup, map_tasks)
