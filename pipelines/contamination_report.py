@@ -12,7 +12,8 @@ eval set's images: instance discrimination only, no eval/train pairing) and save
 shard in ``OUT/cache/``; (3) per dataset, the nearest training image of every eval image
 (``curation.overlap.nearest``); (4) the threshold: planted copies of ``--planted`` eval images
 are added to the gallery, precision/recall per threshold, highest recall at precision >=
-``--min-precision``; (5) zero-shot correctness per image (``pretrain.zeroshot``); (6) the
+``--min-precision`` (the copies go through curation's own resize, ``curation.image_check``, when
+the training images were resized to one square side: ``--train-image-size``); (5) zero-shot correctness per image (``pretrain.zeroshot``); (6) the
 Overlap/Clean/All statistics, Bonferroni across datasets; (7) ``results.json``, ``report.md``,
 ``report.html`` + PNGs (``curation.overlap_report``); ``details.json`` lists every Overlap image
 (eval id, score, matched training shard and key, zero-shot correct).
@@ -69,6 +70,7 @@ class ReportConfig:
     detector_train_images: int = 4000  # training images used to train the detector (at most)
     detector_eval_images: int = 1000  # images per eval set added to the detector's training
     planted: int = 200  # eval images per dataset given a planted copy for calibration
+    train_image_size: str = "auto"  # planted copies resized as curation did: N (border, white square), none, auto
     min_precision: float = 0.95  # threshold: highest recall with at least this precision
     eval_limit: int = 0  # first N images of each eval set (0 = all)
     top_pairs: int = 12  # matched pairs shown per dataset
@@ -90,6 +92,9 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     p.add_argument("--detector-train-images", type=int, default=d.detector_train_images)
     p.add_argument("--detector-eval-images", type=int, default=d.detector_eval_images)
     p.add_argument("--planted", type=int, default=d.planted)
+    p.add_argument("--train-image-size", default=d.train_image_size,
+                   help="side N of the square (white-bordered) training images: planted copies get the same "
+                        "resize; 'auto': the side every training image has, if one; 'none': copies as made")
     p.add_argument("--min-precision", type=float, default=d.min_precision)
     p.add_argument("--eval-limit", type=int, default=d.eval_limit)
     p.add_argument("--top-pairs", type=int, default=d.top_pairs)
@@ -97,7 +102,7 @@ def parse_args(argv: list[str] | None) -> ReportConfig:
     a = p.parse_args(argv)
     return ReportConfig(a.train_data, a.checkpoint, tuple(a.dataset), a.out, a.detector, a.detector_weights,
                         a.detector_epochs, a.detector_seconds, a.detector_train_images, a.detector_eval_images,
-                        a.planted, a.min_precision, a.eval_limit, a.top_pairs, a.seed)
+                        a.planted, a.train_image_size, a.min_precision, a.eval_limit, a.top_pairs, a.seed)
 
 
 def shard_paths(pattern: str) -> list[str]:
@@ -147,14 +152,14 @@ class Detector:
 
     def __init__(self, kind: str, model=None):
         self.kind, self.model = kind, model
-        self.key = "phash" if model is None else "learned-" + _weights_digest(model)
+        self.key = "phash" if model is None else "learned-" + _weights_digest(model) + "-unborder"
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if self.model is None:
             return phash_codes(images)
-        from pretrain.copydetect import embed_images
+        from pretrain.copydetect import embed_images, to_rgb_array, unborder
 
-        return embed_images(self.model, images)
+        return embed_images(self.model, [unborder(to_rgb_array(im)) for im in images])
 
     def embed_queries(self, images: list[Image.Image]) -> np.ndarray:
         if self.model is None:
@@ -215,34 +220,67 @@ def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages]
                                        "train_images": n_train, "eval_images": len(images) - n_train}
 
 
-def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tuple[list[np.ndarray], list[tuple[str, str]], int]:
+def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tuple[list[np.ndarray], list[tuple[str, str]], int, np.ndarray]:
     """Per-shard embeddings (cached in ``cache/<detector key>/``, named by the shard's URI and
-    version, so a rewritten shard is embedded again), and (shard, key) of each row."""
+    version, so a rewritten shard is embedded again), (shard, key) of each row, the undecodable
+    count and each image's (width, height)."""
     import fsspec
 
     folder = cache / detector.key
     folder.mkdir(parents=True, exist_ok=True)
-    chunks, where, bad = [], [], 0
+    chunks, where, bad, sizes = [], [], 0, [np.zeros((0, 2), np.int64)]
     for path in shards:
         fs, _ = fsspec.core.url_to_fs(path)  # the shard's location and version (mtime / ETag) name its cache
         where_from = (path if "://" in path else os.path.abspath(path)) + str(fs.ukey(path))
         name = f"{Path(path).stem}-{hashlib.sha1(where_from.encode()).hexdigest()[:12]}.npz"
         file = folder / name
-        if not file.exists():
+        z = np.load(file) if file.exists() else None
+        if z is None or "sizes" not in z:  # no cache, or one from a version that did not keep sizes
             keys, images, n_bad = shard_images(path)
             tmp = folder / (name + ".part.npz")
-            np.savez(tmp, emb=detector.embed(images), keys=np.asarray(keys, dtype=str), bad=n_bad)
+            np.savez(tmp, emb=detector.embed(images), keys=np.asarray(keys, dtype=str), bad=n_bad,
+                     sizes=np.asarray([im.size for im in images], np.int64).reshape(-1, 2))
             os.replace(tmp, file)
-        z = np.load(file)
+            z = np.load(file)
         chunks.append(z["emb"])
         where += [(path, str(k)) for k in z["keys"]]
         bad += int(z["bad"])
-    return chunks, where, bad
+        sizes.append(z["sizes"])
+    return chunks, where, bad, np.concatenate(sizes)
+
+
+def curated_side(setting: str, sizes: np.ndarray) -> int | None:
+    """The square side curation resized the training images to (``--train-image-size``): N as
+    given, None for 'none'; for 'auto' the side when at least 99% of the images are that same
+    square (``build_wit.py``'s border resize writes every image at one side), else None."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        try:
+            return int(setting)
+        except ValueError:
+            raise ValueError(f"--train-image-size must be a side in pixels, 'auto' or 'none', got {setting!r}") from None
+    if len(sizes) == 0:
+        return None
+    sides, counts = np.unique(sizes[sizes[:, 0] == sizes[:, 1], 0], return_counts=True)
+    return int(sides[counts.argmax()]) if len(counts) and counts.max() >= 0.99 * len(sizes) else None
+
+
+def as_curated(image: np.ndarray, side: int) -> Image.Image:
+    """RGB ``image`` as curation stores it at ``side``: ``curation.image_check.check_image``
+    (border resize into a white square, JPEG q95) on its PNG bytes."""
+    from curation.image_check import ImageCheckConfig, check_image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    kept = check_image(buf.getvalue(), ImageCheckConfig(image_size=side))
+    return Image.open(io.BytesIO(kept["jpg"])).convert("RGB")
 
 
 def calibrate(detector: Detector, data: EvalImages, eval_emb: np.ndarray, train_best: np.ndarray,
-              cfg: ReportConfig) -> tuple[dict, dict]:
-    """Plant copies (``pretrain.copydetect.make_copy``) of ``planted`` eval images; positives =
+              cfg: ReportConfig, side: int | None = None) -> tuple[dict, dict]:
+    """Plant copies (``pretrain.copydetect.make_copy``) of ``planted`` eval images, resized as
+    curation resized the training images when ``side`` is given (:func:`as_curated`); positives =
     those images, negatives = as many other eval images; nearest over training ∪ copies.
     Returns (curve, chosen threshold)."""
     from pretrain.copydetect import copy_source, make_copy
@@ -251,7 +289,8 @@ def calibrate(detector: Detector, data: EvalImages, eval_emb: np.ndarray, train_
     n = min(cfg.planted, len(data.labels) // 2)
     order = rng.permutation(len(data.labels))
     pos, neg = order[:n], order[n:2 * n]
-    copies = [Image.fromarray(make_copy(copy_source(np.asarray(data.pil(int(i)).convert("RGB"))), rng)) for i in pos]
+    copies = [make_copy(copy_source(np.asarray(data.pil(int(i)).convert("RGB"))), rng) for i in pos]
+    copies = [as_curated(c, side) if side else Image.fromarray(c) for c in copies]
     copy_emb = detector.embed(copies)
     queries = eval_emb[np.concatenate([pos, neg])]
     c_score, c_idx = detector.nearest(queries, copy_emb)
@@ -303,13 +342,15 @@ def report(cfg: ReportConfig, log=print) -> dict:
     needs_manifest = any(d in ("fashion-mnist", "mnist", "digits") for d in cfg.datasets)
     evals = [load_eval_source(d, load_manifest() if needs_manifest else None, cfg.eval_limit) for d in cfg.datasets]
     detector, detector_meta = build_detector(cfg, shards, evals, log)
-    chunks, where, bad = train_embeddings(detector, shards, out / "cache")
-    log(f"[contamination] {len(where)} training images embedded ({bad} undecodable) with {detector.key}")
+    chunks, where, bad, sizes = train_embeddings(detector, shards, out / "cache")
+    side = curated_side(cfg.train_image_size, sizes)
+    log(f"[contamination] {len(where)} training images embedded ({bad} undecodable) with {detector.key}; "
+        f"planted copies resized as curation did: {f'{side} px white-bordered squares' if side else 'no'}")
     results, curves, pairs, p_values, flagged = {}, {}, {}, {}, {}
     for data in evals:
         eval_emb = detector.embed_queries(data.images)
         score, idx = detector.nearest(eval_emb, iter(chunks))
-        curve, chosen = calibrate(detector, data, eval_emb, score, cfg)
+        curve, chosen = calibrate(detector, data, eval_emb, score, cfg, side)
         correct, overlap = zero_shot_correct(cfg.checkpoint, data), score >= chosen["threshold"]
         stats = split_statistics(correct, overlap)
         ids = data.image_ids()
@@ -323,7 +364,7 @@ def report(cfg: ReportConfig, log=print) -> dict:
         log(f"[contamination] {data.name}: overlap {stats['n_overlap']}/{stats['n_all']} at threshold "
             f"{chosen['threshold']:.3f} (P {chosen['precision']:.2f} R {chosen['recall']:.2f})")
     meta = {"detector": detector.key, **detector_meta, "train_data": cfg.train_data, "train_images": len(where),
-            "train_undecodable": bad, "checkpoint": cfg.checkpoint, "min_precision": cfg.min_precision,
+            "train_undecodable": bad, "planted_copy_side": side, "checkpoint": cfg.checkpoint, "min_precision": cfg.min_precision,
             "config": asdict(cfg), "seconds": round(time.time() - started, 1),
             "threshold_met": {n: c[1]["met"] for n, c in curves.items()}, "overlap_images": flagged}
     files = write_report(out, results, bonferroni(p_values), curves, pairs, meta)

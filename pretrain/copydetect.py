@@ -225,10 +225,18 @@ def make_copy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _jpeg(out, int(rng.integers(40, 90)))
 
 
+def _fit(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` resized to ``size`` x ``size``: area averaging to shrink, bicubic to enlarge (a
+    28 px thumbnail or a crop of one enlarged by area/nearest is blocky, unlike its web copies)."""
+    if a.shape[:2] == (size, size):
+        return a
+    small = min(a.shape[:2]) < size
+    return cv2.resize(a, (size, size), interpolation=cv2.INTER_CUBIC if small else cv2.INTER_AREA)
+
+
 def to_tensor(arrays: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """(B, 3, size, size) float in [0, 1] from RGB uint8 arrays (resized with INTER_AREA)."""
-    batch = np.stack([a if a.shape[:2] == (size, size) else cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
-                      for a in arrays])
+    """(B, 3, size, size) float in [0, 1] from RGB uint8 arrays (resized by :func:`_fit`)."""
+    batch = np.stack([_fit(a, size) for a in arrays])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
 
 
@@ -319,6 +327,41 @@ def embed_images(model: CopyDetector, images: Sequence[np.ndarray | Image.Image]
     return np.concatenate(out).astype(np.float32)
 
 
+def unborder(img: np.ndarray, white: int = 245, min_share: float = 0.02) -> np.ndarray:
+    """RGB ``img`` without the white bars curation's border resize added (``curation.image_check``
+    fits an image into a white square: equal bars on two opposite sides, along one axis only).
+    Trimmed only when exactly one axis has white edge rows/columns (every pixel >= ``white``,
+    JPEG-tolerant), of thickness differing by at most 2 px and covering at least ``min_share``
+    of the side: a drawing on a white background (white on all four sides) is left alone."""
+    bright = img.min(axis=2) >= white
+    rows, cols = bright.all(axis=1), bright.all(axis=0)
+
+    def bars(line: np.ndarray) -> tuple[int, int]:
+        if line.all():
+            return 0, 0
+        lead = int(np.argmin(line))
+        return lead, int(np.argmin(line[::-1]))
+
+    (top, bottom), (left, right) = bars(rows), bars(cols)
+    if (top or bottom) and not (left or right) and abs(top - bottom) <= 2 and top + bottom >= min_share * len(rows):
+        return img[top:len(rows) - bottom]
+    if (left or right) and not (top or bottom) and abs(left - right) <= 2 and left + right >= min_share * len(cols):
+        return img[:, left:len(cols) - right]
+    return img
+
+
+def content_mask(img: np.ndarray) -> np.ndarray:
+    """HxW mask of the pixels of RGB ``img`` farther than 24 (in some channel) from its median colour."""
+    median = np.median(img.reshape(-1, 3), axis=0)
+    return np.abs(img.astype(np.int16) - median.astype(np.int16)).max(axis=2) > 24
+
+
+def content_share(img: np.ndarray) -> float:
+    """Share of the pixels of RGB ``img`` that are content (:func:`content_mask`)."""
+    return float(content_mask(img).mean())
+
+
+MIN_CONTENT = 0.03  # a view with less of its pixels off its median colour is blank (not searched)
 QUERY_CROPS = ((1.0, 1), (0.85, 3), (0.75, 3))  # (side fraction, positions per axis) of each query crop
 
 
@@ -337,14 +380,29 @@ def query_crops(image: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def blank_views(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Which of one image's query ``crops`` are blank at the model's input ``size`` (content
+    share < ``MIN_CONTENT``): a 75% crop of a sparse drawing can be plain background, and the
+    per-image standardisation makes any two blank views alike (score ~1.0). The whole image
+    (the first crop) is never blank-masked, so every eval image keeps at least one view."""
+    mask = np.array([content_share(cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)) < MIN_CONTENT
+                     for c in crops])
+    mask[0] = False
+    return mask
+
+
 @torch.no_grad()
 def embed_queries(model: CopyDetector, images: Sequence[np.ndarray | Image.Image], batch_size: int = 32) -> np.ndarray:
-    """(N, views, embed_dim) embeddings of each image's :func:`query_crops`."""
+    """(N, views, embed_dim) embeddings of each image's :func:`query_crops`; a blank view
+    (:func:`blank_views`) is all zeros, so it scores 0 against every training image."""
     views = len(query_crops(np.zeros((8, 8, 3), np.uint8)))
     out = [np.zeros((0, views, model.cfg.embed_dim), np.float32)]
     for start in range(0, len(images), batch_size):
-        crops = [c for im in images[start:start + batch_size] for c in query_crops(to_rgb_array(im))]
-        out.append(embed_images(model, crops, batch_size=len(crops)).reshape(-1, views, model.cfg.embed_dim))
+        per_image = [query_crops(to_rgb_array(im)) for im in images[start:start + batch_size]]
+        crops = [c for cs in per_image for c in cs]
+        emb = embed_images(model, crops, batch_size=len(crops)).reshape(-1, views, model.cfg.embed_dim)
+        emb[np.stack([blank_views(cs, model.cfg.image_size) for cs in per_image])] = 0.0
+        out.append(emb)
     return np.concatenate(out)
 
 

@@ -6,7 +6,9 @@ The sample images hold many true duplicates (the same openclipart drawing filed 
 categories, emoji skin-tone variants, near-identical keycap emoji), which would be "negatives"
 that are really copies; :func:`distinct_sample_images` therefore keeps mutually distinct ones
 (skin-tone variants dropped; greedy in a seeded random order: an image within pHash distance 12,
-or with a 16x16 thumbnail correlation > 0.9, of one already kept is skipped), as 128x128 RGB.
+or with a 16x16 thumbnail correlation > 0.9, of one already kept is skipped — compared both as
+the whole canvas and trimmed to its content's bounding box, since the same drawing placed at
+another size or position on its canvas is the same image), as 128x128 RGB.
 Near-blank images are dropped too (fewer than ``MIN_CONTENT`` of the pixels differ from the
 median colour by more than 24 in some channel: a speck or a line of text on white): any two of
 them, or one and a darkened copy of another, are duplicates to every detector (32 of 3,179).
@@ -23,16 +25,41 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.copydetect import MIN_CONTENT, content_mask, content_share
+
 TRAIN, EVAL = 1000, 1000  # distinct sample images: detector training / held-out eval originals
-FASHION_TRAIN = 2000  # Fashion-MNIST train images added to the detector's training
+FASHION_TRAIN = 3000  # Fashion-MNIST train images added to the detector's training
 SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
-MIN_CONTENT = 0.03  # least share of pixels away from the median colour (near-blank images are dropped)
 
 
-def content_share(img: np.ndarray) -> float:
-    """Share of the pixels of RGB ``img`` farther than 24 (in some channel) from its median colour."""
+def trim_to_content(img: np.ndarray, size: int = 128) -> np.ndarray:
+    """RGB ``img`` cropped to the bounding box of its content (:func:`content_mask`), padded to a
+    square with its median colour and resized to ``size``."""
+    import cv2
+
     median = np.median(img.reshape(-1, 3), axis=0)
-    return float(np.mean(np.abs(img.astype(np.int16) - median.astype(np.int16)).max(axis=2) > 24))
+    ys, xs = np.nonzero(content_mask(img))
+    if len(ys) == 0:
+        return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    box = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = box.shape[:2]
+    side = max(h, w)
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = median.astype(np.uint8)
+    canvas[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = box
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _signature(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pHash bits, unit-norm centred 16x16 thumbnail) of RGB ``img``."""
+    import cv2
+    from PIL import Image
+
+    from curation.overlap import phash_codes
+
+    bits = np.unpackbits(phash_codes([Image.fromarray(img)])[0])
+    t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return bits, (t - t.mean()) / (np.linalg.norm(t - t.mean()) + 1e-6)
 
 
 def distinct_sample_images(images_dir: str | Path, n: int = TRAIN + EVAL) -> list[np.ndarray]:
@@ -40,23 +67,21 @@ def distinct_sample_images(images_dir: str | Path, n: int = TRAIN + EVAL) -> lis
     import cv2
     from PIL import Image
 
-    from curation.overlap import phash_codes
     from pretrain.copydetect import to_rgb_array
 
     images_dir = Path(images_dir)
     paths = sorted(p for p in (images_dir / "openclipart").rglob("*.png") if p.stat().st_size < 200_000)
     paths += sorted(p for p in (images_dir / "emoji").glob("*.png") if not any(t in p.name for t in SKIN_TONES))
-    kept, bits, thumbs = [], [], []
+    kept, bits, thumbs, cbits, cthumbs = [], [], [], [], []
     for i in np.random.default_rng(0).permutation(len(paths)):
         img = cv2.resize(to_rgb_array(Image.open(paths[i])), (128, 128), interpolation=cv2.INTER_AREA)
         if content_share(img) < MIN_CONTENT:
             continue
-        b = np.unpackbits(phash_codes([Image.fromarray(img)])[0])
-        t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-        t = (t - t.mean()) / (np.linalg.norm(t - t.mean()) + 1e-6)
-        if kept and ((np.asarray(bits) != b).sum(1).min() <= 12 or (np.asarray(thumbs) @ t).max() > 0.9):
+        (b, t), (bc, tc) = _signature(img), _signature(trim_to_content(img))
+        if kept and ((np.asarray(bits) != b).sum(1).min() <= 12 or (np.asarray(thumbs) @ t).max() > 0.9
+                     or (np.asarray(cbits) != bc).sum(1).min() <= 12 or (np.asarray(cthumbs) @ tc).max() > 0.9):
             continue
-        kept.append(img), bits.append(b), thumbs.append(t)
+        kept.append(img), bits.append(b), thumbs.append(t), cbits.append(bc), cthumbs.append(tc)
         if len(kept) == n:
             return kept
     raise ValueError(f"{images_dir}: only {len(kept)} distinct sample images, need {n}")

@@ -31,14 +31,19 @@ from pipelines.contamination_report import Detector
 from pipelines.demo.copy_detection_set import EVAL, TRAIN, distinct_sample_images
 from pipelines.train_copy_detector import SHIPPED
 from pretrain.copydetect import (
+    CopyDetector,
     CopyDetectorConfig,
+    blank_views,
     copy_source,
     embed_images,
+    embed_queries,
     load_copy_detector,
     make_copy,
     neighbour_batches,
+    query_crops,
     save_copy_detector,
     train_copy_detector,
+    unborder,
 )
 from pretrain.evalsets import load_fashion_mnist
 
@@ -91,17 +96,23 @@ def shipped():
     return Detector("learned", model)
 
 
+# The issue's goal is precision and recall >= 0.95 at the chosen threshold. Measured with the
+# shipped weights (2026-11-29) on this split and on two more copy seeds, both calibration/measure
+# orders (6 measurements each): Fashion-MNIST 0.950-0.988 / 0.968-0.996 (all six meet it);
+# clipart 0.944-0.960 / 0.940-0.984 (two of six meet both: the precision sits at the 0.95 the
+# threshold was chosen for, +-0.014 on 250 copies; the false alarms are look-alike drawings: two
+# renditions of one flag, recoloured ice creams, emoji variants). So clipart asserts a little less.
+GOAL = {"clipart": (0.93, 0.93), "fashion": (0.95, 0.95)}  # (precision, recall) asserted
+
+
 @pytest.mark.parametrize("case", ["clipart", "fashion"])
 def test_shipped_detector_finds_planted_copies(case, shipped, request):
-    """Asserts what the shipped detector achieves, not the issue's goal (precision and recall
-    >= 0.95), which it reaches on some splits but not robustly. Measured (2026-11-29, these
-    weights, this protocol): clipart precision 0.950 / recall 0.920 (rank-1 0.984); Fashion-MNIST
-    0.942 / 0.968 (rank-1 0.998). Swapping the calibration and measurement halves, and other
-    trained detectors (50 epochs of 64; a 2-model ensemble), land at 0.94-0.97 each: the
-    look-alike distinct images (flags, emoji variants, similar garments) set the ceiling."""
+    """This split measured: clipart precision 0.944 / recall 0.940 (rank-1 0.992); Fashion-MNIST
+    0.988 / 0.972 (rank-1 0.996)."""
     result = measure(shipped, request.getfixturevalue(case))
     print(json.dumps({case: result}))
-    assert result["precision"] >= 0.93 and result["recall"] >= 0.90, result
+    precision, recall = GOAL[case]
+    assert result["precision"] >= precision and result["recall"] >= recall, result
     assert result["rank1"] >= 0.98 and result["calibration"]["met"], result
 
 
@@ -137,3 +148,39 @@ def test_training_from_scratch_learns_and_round_trips(distinct, tmp_path):
     np.testing.assert_array_equal(embed_images(loaded, images[:32]), embed_images(model, images[:32]))
     order = neighbour_batches(loaded, list(images), cfg, np.random.default_rng(0))
     assert sorted(order.tolist()) == list(range(len(images)))  # every image once per epoch
+
+
+def test_blank_query_views_are_not_searched():
+    """A small drawing in a corner: the crops that miss it are plain white, and two blank views
+    would score ~1.0 against each other after the per-image standardisation (measured: two
+    unrelated sparse eval images matched one planted copy at 1.000). Blank views embed as zeros
+    (score 0); the whole image is always searched."""
+    img = np.full((128, 128, 3), 255, np.uint8)
+    img[4:30, 4:30] = (200, 30, 30)  # content in the top-left corner only
+    crops = query_crops(img)
+    blank = blank_views(crops, 64)
+    assert not blank[0] and blank.sum() >= 4 and not blank[1]  # the top-left 85% crop holds the drawing
+    model = CopyDetector(CopyDetectorConfig()).eval()
+    emb = embed_queries(model, [img, np.full((64, 64, 3), 255, np.uint8)])
+    assert np.all(emb[0, blank] == 0) and np.all(np.abs(np.linalg.norm(emb[0, ~blank], axis=1) - 1) < 1e-4)
+    assert np.linalg.norm(emb[1, 0]) == pytest.approx(1, abs=1e-4)  # an all-blank image keeps its whole view
+
+
+def test_unborder_undoes_the_curation_border_resize(sample):
+    """The training side of the search trims the white bars curation's border resize adds
+    (``check_image``: the image centred in a white square), so a curated copy of a dark-background
+    eval image (Fashion-MNIST) is compared as itself; a drawing on white is left whole."""
+    import io
+
+    from curation.image_check import ImageCheckConfig, check_image
+
+    fm = load_fashion_mnist(sample["fashion_mnist_dir"], "test")
+    garment = copy_source(fm.images[0])[:, 20:80]  # 112 x 60, black background
+    png = io.BytesIO()
+    Image.fromarray(garment).save(png, "PNG")
+    curated = np.asarray(Image.open(io.BytesIO(check_image(png.getvalue(), ImageCheckConfig(image_size=128))["jpg"])))
+    trimmed = unborder(curated)
+    assert curated.shape == (128, 128, 3) and trimmed.shape[0] == 128 and abs(trimmed.shape[1] - 128 * 60 / 112) <= 2
+    drawing = np.full((128, 128, 3), 255, np.uint8)
+    drawing[40:90, 30:100] = (20, 120, 200)  # white on all four sides: not a border resize
+    assert unborder(drawing).shape == drawing.shape

@@ -111,3 +111,22 @@ def test_report_files_and_every_html_image_loads(tmp_path):
         with Image.open(tmp_path / src) as im:  # exists and decodes
             im.verify()
     assert sorted(files["pngs"]) == sorted(str(tmp_path / s) for s in parser.src)
+
+
+def test_planted_copies_get_the_training_images_resize():
+    """The calibration's planted copies are resized as curation resized the training images:
+    the side is found from the shards' image sizes ('auto') or given, and the copy goes through
+    curation's own check_image (a white-bordered square)."""
+    from pipelines.contamination_report import as_curated, curated_side
+
+    curated = np.array([[256, 256]] * 500)
+    assert curated_side("auto", curated) == 256
+    assert curated_side("auto", np.concatenate([curated, [[300, 200]] * 10])) is None  # 2% not curated
+    assert curated_side("auto", np.zeros((0, 2), int)) is None and curated_side("none", curated) is None
+    assert curated_side("64", np.array([[300, 200]])) == 64
+    with pytest.raises(ValueError, match="--train-image-size"):
+        curated_side("big", curated)
+    tall = np.zeros((120, 40, 3), np.uint8)  # black, 3x taller than wide
+    out = np.asarray(as_curated(tall, 96))
+    assert out.shape == (96, 96, 3)
+    assert out[:, :30].min() > 240 and out[:, 36:60].max() < 15  # white borders left and right, the image between
