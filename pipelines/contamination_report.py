@@ -145,7 +145,8 @@ def shard_images(path: str) -> tuple[list[str], list[Image.Image], int]:
 
 class Detector:
     """One interface over both backends. ``embed(images)``: the training side, float rows
-    (learned) or uint8 codes (pHash); ``embed_queries(images)``: the eval side, for the learned
+    (learned: each image without curation's white border bars, ``copydetect.unborder``) or uint8
+    codes (pHash); ``embed_queries(images)``: the eval side, for the learned
     detector (N, views, D) embeddings of each image's ``query_crops``, for pHash its codes;
     ``nearest(queries, gallery)`` -> (similarity, index) of each eval image's best match, the
     best over its views."""
@@ -234,18 +235,17 @@ def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tupl
         where_from = (path if "://" in path else os.path.abspath(path)) + str(fs.ukey(path))
         name = f"{Path(path).stem}-{hashlib.sha1(where_from.encode()).hexdigest()[:12]}.npz"
         file = folder / name
-        z = np.load(file) if file.exists() else None
-        if z is None or "sizes" not in z:  # no cache, or one from a version that did not keep sizes
+        if not file.exists() or "sizes" not in np.load(file).files:  # none, or from a version without sizes
             keys, images, n_bad = shard_images(path)
             tmp = folder / (name + ".part.npz")
             np.savez(tmp, emb=detector.embed(images), keys=np.asarray(keys, dtype=str), bad=n_bad,
                      sizes=np.asarray([im.size for im in images], np.int64).reshape(-1, 2))
             os.replace(tmp, file)
-            z = np.load(file)
-        chunks.append(z["emb"])
-        where += [(path, str(k)) for k in z["keys"]]
-        bad += int(z["bad"])
-        sizes.append(z["sizes"])
+        with np.load(file) as z:  # closed: a report over thousands of shards must not hold their files open
+            chunks.append(z["emb"])
+            where += [(path, str(k)) for k in z["keys"]]
+            bad += int(z["bad"])
+            sizes.append(z["sizes"])
     return chunks, where, bad, np.concatenate(sizes)
 
 

@@ -18,7 +18,9 @@ a detector confuses with copies, so they are made each other's negatives.
 
 Search side: an eval image is embedded as 19 views (:func:`query_crops`: whole, and 85% / 75%
 crops on a 3x3 grid) and scores the best of them against each training image, since a training
-copy is usually a crop of the original.
+copy is usually a crop of the original; blank views (:func:`blank_views`) are not searched.
+Training images are compared without the white bars curation's border resize added
+(:func:`unborder`). Inputs smaller than the model's side are enlarged bicubically (:func:`_fit`).
 
 The shipped detector ``pretrain/assets/copy_detector.pt`` is trained by
 ``pipelines/train_copy_detector.py`` on the sample data. Checkpoints: ``torch.save({"config":

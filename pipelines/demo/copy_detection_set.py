@@ -17,6 +17,15 @@ Split: the first ``TRAIN`` distinct images are the detector's training images (a
 gallery of training images), the next ``EVAL`` its held-out eval originals. Fashion-MNIST *train*
 images (upscaled like the demo's planted copies) are added to the detector's training; the
 Fashion-MNIST *test* images (the demo's eval set, whose copies the demo plants) are never trained on.
+
+Planted-copy measurement (:func:`planted_cases`, :func:`measure_planted`; the test and
+``bench/bench_copy_detection.py``): per eval set, 1,000 eval originals; ``N_PLANT`` of them get a
+planted copy (``make_copy``) for calibration and ``N_PLANT`` others for the measurement; ``N_PLANT``
++ ``N_PLANT`` further eval images have no copy (negatives). Gallery = the ``TRAIN`` training images
++ the copies. The threshold is chosen on the calibration half (highest recall at precision >=
+0.95) and precision/recall are measured at it on the other half. Clipart: the held-out distinct
+images. Fashion-MNIST (the demo's case): test images 0..999 at their native 28 px, copies made
+from their 4x enlargement (``copy_source``), as the demo plants them.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 from pretrain.copydetect import MIN_CONTENT, content_mask, content_share
 
 TRAIN, EVAL = 1000, 1000  # distinct sample images: detector training / held-out eval originals
+N_PLANT = EVAL // 4  # 250: copies to choose the threshold, copies to measure it, negatives for each
 FASHION_TRAIN = 3000  # Fashion-MNIST train images added to the detector's training
 SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
 
@@ -96,3 +106,48 @@ def detector_training_images(manifest: dict[str, str], fashion: int = FASHION_TR
     train = distinct_sample_images(manifest["sample_images_dir"])[:TRAIN]
     fm = load_fashion_mnist(manifest["fashion_mnist_dir"], "train")
     return train + [copy_source(fm.images[i]) for i in range(min(fashion, len(fm.labels)))]
+
+
+def planted_cases(manifest: dict[str, str], seed: int = 0,
+                  distinct: list[np.ndarray] | None = None) -> dict[str, tuple[list, list, list]]:
+    """{"clipart" | "fashion": (training images, eval originals as PIL images, planted copies of
+    eval images 0..2*N_PLANT-1)}; ``seed`` 0 is the test's copies (module doc); ``distinct``:
+    :func:`distinct_sample_images`'s result when already at hand."""
+    from PIL import Image
+
+    from pretrain.copydetect import copy_source, make_copy
+    from pretrain.evalsets import load_fashion_mnist
+
+    distinct = distinct if distinct is not None else distinct_sample_images(manifest["sample_images_dir"])
+    train, evals = distinct[:TRAIN], distinct[TRAIN:TRAIN + EVAL]
+    rng = np.random.default_rng(7 + 10 * seed)
+    clipart = [make_copy(evals[i], rng) for i in range(2 * N_PLANT)]
+    data = load_fashion_mnist(manifest["fashion_mnist_dir"], "test")
+    rng = np.random.default_rng(8 + 10 * seed)
+    fashion = [make_copy(copy_source(data.images[i]), rng) for i in range(2 * N_PLANT)]
+    return {"clipart": (train, [Image.fromarray(e) for e in evals], clipart),
+            "fashion": (train, [Image.fromarray(data.images[i]) for i in range(EVAL)], fashion)}
+
+
+def measure_planted(detector, case: tuple[list, list, list], min_precision: float = 0.95) -> list[dict]:
+    """Two measurements, through the report's own ``Detector`` scoring: threshold chosen on the
+    calibration half (highest recall at precision >= ``min_precision``), precision/recall at it
+    on the measurement half; first with the halves as the module doc says, then exchanged. Each
+    also has the rank-1 rate (nearest gallery image = own copy) over all planted copies."""
+    from PIL import Image
+
+    from curation.overlap import choose_threshold, precision_recall
+
+    train, evals, copies = case
+    gallery = detector.embed([Image.fromarray(a) for a in train + copies])
+    score, idx = detector.nearest(detector.embed_queries(evals), gallery)
+    own = idx[:2 * N_PLANT] == len(train) + np.arange(2 * N_PLANT)
+    halves = [(score[pos], own[pos], score[2 * N_PLANT + pos])
+              for pos in (np.arange(N_PLANT), np.arange(N_PLANT, 2 * N_PLANT))]
+    out = []
+    for (cp, cc, cn), (mp, mc, mn) in (halves, halves[::-1]):
+        chosen = choose_threshold(precision_recall(cp, cc, cn), min_precision)
+        at = precision_recall(mp, mc, mn, thresholds=np.array([chosen["threshold"]]))
+        out.append({"threshold": chosen["threshold"], "calibration": chosen, "precision": float(at["precision"][0]),
+                    "recall": float(at["recall"][0]), "rank1": float(own.mean())})
+    return out

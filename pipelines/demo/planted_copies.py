@@ -14,6 +14,7 @@ dedup would drop them), served like the rest on ``SAMPLE_BASE_URL``. Manifest ke
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -23,7 +24,11 @@ SEED = 10  # which test images (and how they are altered)
 
 
 def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]:
-    """Write the planted copies and their pool parquet (skipped when the parquet exists)."""
+    """Write the planted copies and their pool parquet; skipped when the parquet exists and was
+    made with these settings (``PLANTED``, ``PLANTED_FROM``, ``SEED``, in its schema metadata): a
+    pool left by an older checkout is rebuilt, never reused with copies the report cannot see."""
+    import shutil
+
     import cv2
     import numpy as np
     import pyarrow as pa
@@ -31,27 +36,29 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     import xxhash
 
     from pipelines.demo.sample_derived import SAMPLE_BASE_URL
-    from pretrain.copydetect import make_copy
+    from pretrain.copydetect import copy_source, make_copy
     from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
 
     pool = root / "images" / "planted.parquet"
-    if pool.exists():
+    settings = json.dumps({"planted": PLANTED, "from": PLANTED_FROM, "seed": SEED}).encode()
+    if pool.exists() and (pq.read_schema(pool).metadata or {}).get(b"openwit_planted") == settings:
         return {"sample_planted_pool": str(pool)}
     data = load_fashion_mnist(manifest["fashion_mnist_dir"], "test")
     rng = np.random.default_rng(SEED)
     folder = root / "images" / "planted"
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # copies of an older setting
+    folder.mkdir(parents=True)
     rows = []
     for k, i in enumerate(sorted(rng.choice(min(PLANTED_FROM, len(data.labels)), PLANTED, replace=False).tolist())):
-        big = cv2.resize(np.repeat(data.images[i][:, :, None], 3, axis=2), (112, 112), interpolation=cv2.INTER_CUBIC)
         path = f"planted/fmnist-{i:05d}.png"
-        cv2.imwrite(str(root / "images" / path), make_copy(big, rng))
+        cv2.imwrite(str(root / "images" / path), make_copy(copy_source(data.images[i]), rng))
         name = data.classnames[int(data.labels[i])]
         text = f"{FASHION_MNIST_CAPTIONS[k % len(FASHION_MNIST_CAPTIONS)].format(name)} from the fashion catalogue, item {i}"
         url = f"{SAMPLE_BASE_URL}/{path}"
         rows.append({"uid": xxhash.xxh3_128_hexdigest(url.encode()), "url": url, "text": text,
                      "source": "planted_fashion_mnist", "path": path})
-    pq.write_table(pa.Table.from_pylist(rows), str(pool) + ".part", )
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table.replace_schema_metadata({b"openwit_planted": settings}), str(pool) + ".part")
     os.replace(str(pool) + ".part", pool)
     print(f"[sample-data] {len(rows)} planted Fashion-MNIST test copies -> {folder}", flush=True)
     return {"sample_planted_pool": str(pool)}

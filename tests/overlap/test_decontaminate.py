@@ -82,3 +82,24 @@ def test_planted_eval_copies_are_rejected_and_accounted(sample, tmp_path):
     shards = pq.read_table(cur / "shards" / "00000.parquet")
     assert set(shards["uid"].to_pylist()) == set(uids) - {uids[0]} - {uids[r] for r in planted_rows}
     assert json.loads((cur / "stats" / "shards.json").read_text())["in"] == kept
+
+
+def test_demo_planted_pool_is_rebuilt_when_its_settings_change(sample, tmp_path):
+    """The demo's planted copies (``pipelines.demo.planted_copies``) record the settings they were
+    made with; a pool from an older checkout (other settings, or none recorded) is rebuilt rather
+    than reused with copies outside the images the demo's report reads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.demo.planted_copies import PLANTED, PLANTED_FROM, build_planted_copies
+
+    (tmp_path / "images" / "planted").mkdir(parents=True)
+    (tmp_path / "images" / "planted" / "fmnist-09999.png").write_bytes(b"old")
+    pq.write_table(pa.table({"path": ["planted/fmnist-09999.png"]}), tmp_path / "images" / "planted.parquet")
+    pool = build_planted_copies(tmp_path, {"fashion_mnist_dir": sample["fashion_mnist_dir"]})["sample_planted_pool"]
+    rows = pq.read_table(pool).to_pylist()
+    assert len(rows) == PLANTED and all(int(r["path"][-9:-4]) < PLANTED_FROM for r in rows)
+    assert sorted(p.name for p in (tmp_path / "images" / "planted").iterdir()) == sorted(r["path"][8:] for r in rows)
+    stamp = (tmp_path / "images" / "planted.parquet").stat().st_mtime_ns
+    build_planted_copies(tmp_path, {"fashion_mnist_dir": sample["fashion_mnist_dir"]})  # same settings: kept
+    assert (tmp_path / "images" / "planted.parquet").stat().st_mtime_ns == stamp
