@@ -13,10 +13,11 @@ shard in ``OUT/cache/``; (3) per dataset, the nearest training image of every ev
 (``curation.overlap.nearest``); (4) the threshold: planted copies of ``--planted`` eval images
 are added to the gallery, precision/recall per threshold, highest recall at precision >=
 ``--min-precision`` (the copies go through curation's own resize, ``curation.image_check``, when
-the training images were resized to one square side: ``--train-image-size``); (5) zero-shot correctness per image (``pretrain.zeroshot``); (6) the
-Overlap/Clean/All statistics, Bonferroni across datasets; (7) ``results.json``, ``report.md``,
-``report.html`` + PNGs (``curation.overlap_report``); ``details.json`` lists every Overlap image
-(eval id, score, matched training shard and key, zero-shot correct).
+the training images were resized to one square side: ``--train-image-size``); (5) zero-shot
+correctness per image (``pretrain.zeroshot``); (6) the Overlap/Clean/All statistics, Bonferroni
+across datasets; (7) ``results.json``, ``report.md``, ``report.html`` + PNGs
+(``curation.overlap_report``); ``details.json`` lists every Overlap image (eval id, score, matched
+training shard and key, zero-shot correct).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages]
         save_copy_detector,
         to_rgb_array,
         train_copy_detector,
+        unborder,
     )
 
     if cfg.detector_weights:
@@ -205,7 +207,7 @@ def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages]
                                                                                "weights": cfg.detector_weights}
     images: list[np.ndarray] = []
     for path in shards:
-        images += [to_rgb_array(im) for im in shard_images(path)[1]]
+        images += [unborder(to_rgb_array(im)) for im in shard_images(path)[1]]  # as the search sees them
         if len(images) >= cfg.detector_train_images:
             break
     images = images[: cfg.detector_train_images]
@@ -364,7 +366,8 @@ def report(cfg: ReportConfig, log=print) -> dict:
         log(f"[contamination] {data.name}: overlap {stats['n_overlap']}/{stats['n_all']} at threshold "
             f"{chosen['threshold']:.3f} (P {chosen['precision']:.2f} R {chosen['recall']:.2f})")
     meta = {"detector": detector.key, **detector_meta, "train_data": cfg.train_data, "train_images": len(where),
-            "train_undecodable": bad, "planted_copy_side": side, "checkpoint": cfg.checkpoint, "min_precision": cfg.min_precision,
+            "train_undecodable": bad, "planted_copy_side": side, "checkpoint": cfg.checkpoint,
+            "min_precision": cfg.min_precision,
             "config": asdict(cfg), "seconds": round(time.time() - started, 1),
             "threshold_met": {n: c[1]["met"] for n, c in curves.items()}, "overlap_images": flagged}
     files = write_report(out, results, bonferroni(p_values), curves, pairs, meta)

@@ -119,3 +119,22 @@ def test_phash_report_runs_on_the_same_shards(s3_shards, checkpoint, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())["fashion-mnist"]
     assert results["n_all"] == EVAL_LIMIT and details["detector"] == "phash"
     assert {r["eval_id"] for r in details["overlap_images"]["fashion-mnist"]} <= {str(i) for i in PLANTED}
+
+
+def test_report_trains_and_saves_its_own_detector_without_weights(s3_shards, checkpoint, tmp_path):
+    """No --detector-weights: the report trains a detector on the shards' images (bounded by
+    --detector-epochs), saves it in the output dir, and a second report reuses it by path with
+    the same results (its cache key is the weights' digest)."""
+    from pretrain.copydetect import load_copy_detector
+
+    details = run_report(s3_shards, checkpoint, tmp_path / "a", "--detector", "learned", "--detector-epochs", "2",
+                         "--detector-eval-images", "64")
+    weights = tmp_path / "a" / "copy_detector.pt"
+    assert details["weights"] == str(weights) and details["trained"]["steps"] >= 2
+    assert details["train_images"] == 80 + len(PLANTED) and details["eval_images"] == 64
+    load_copy_detector(weights)  # weights_only=True
+    run_report(s3_shards, checkpoint, tmp_path / "b", "--detector-weights", str(weights))
+    keys = [sorted(p.name for p in (tmp_path / run / "cache").iterdir()) for run in ("a", "b")]
+    assert keys[0] == keys[1] and keys[0][0].startswith("learned-")  # one cache key: the weights' digest
+    assert json.loads((tmp_path / "b" / "results.json").read_text()) == json.loads(
+        (tmp_path / "a" / "results.json").read_text())
