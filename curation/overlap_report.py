@@ -99,7 +99,8 @@ def plot_pairs(pairs: list[dict], path: Path, title: str) -> None:
     """Grid of (eval image | nearest training image) with the score; ``pairs``: dicts with
     ``eval_image``, ``train_image`` (PIL), ``score``, ``eval_id``, ``train_key``."""
     rows = max(1, len(pairs))
-    fig, axes = plt.subplots(rows, 2, figsize=(4, 2 * rows), squeeze=False)
+    height = 2 * rows + 0.3  # inches: 0.3 above the grid for the title
+    fig, axes = plt.subplots(rows, 2, figsize=(4, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for row, p in enumerate(pairs):
@@ -109,7 +110,7 @@ def plot_pairs(pairs: list[dict], path: Path, title: str) -> None:
             axes[row, 1].imshow(np.asarray(p["train_image"].convert("RGB")))
         axes[row, 1].set_title(f"train {p['train_key']}  s={p['score']:.3f}", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # the title clear of the first row's labels
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
