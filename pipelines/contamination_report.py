@@ -54,6 +54,7 @@ from pipelines.runtime import configure_environment
 from pretrain.evalsources import EvalImages, load_eval_source
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TRAIN_SIDE = "unborder"  # how training images are prepared before embedding (part of the cache key)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class Detector:
 
     def __init__(self, kind: str, model=None):
         self.kind, self.model = kind, model
-        self.key = "phash" if model is None else "learned-" + _weights_digest(model) + "-unborder"
+        self.key = "phash" if model is None else f"learned-{_weights_digest(model)}-{TRAIN_SIDE}"
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if self.model is None:
@@ -237,17 +238,21 @@ def train_embeddings(detector: Detector, shards: list[str], cache: Path) -> tupl
         where_from = (path if "://" in path else os.path.abspath(path)) + str(fs.ukey(path))
         name = f"{Path(path).stem}-{hashlib.sha1(where_from.encode()).hexdigest()[:12]}.npz"
         file = folder / name
-        if not file.exists() or "sizes" not in np.load(file).files:  # none, or from a version without sizes
+        z = None
+        if file.exists():
+            with np.load(file) as f:  # closed: a report over thousands of shards must not hold their files open
+                z = {k: f[k] for k in f.files} if "sizes" in f.files else None  # older caches lack sizes: redo
+        if z is None:
             keys, images, n_bad = shard_images(path)
+            z = {"emb": detector.embed(images), "keys": np.asarray(keys, dtype=str), "bad": np.asarray(n_bad),
+                 "sizes": np.asarray([im.size for im in images], np.int64).reshape(-1, 2)}
             tmp = folder / (name + ".part.npz")
-            np.savez(tmp, emb=detector.embed(images), keys=np.asarray(keys, dtype=str), bad=n_bad,
-                     sizes=np.asarray([im.size for im in images], np.int64).reshape(-1, 2))
+            np.savez(tmp, **z)
             os.replace(tmp, file)
-        with np.load(file) as z:  # closed: a report over thousands of shards must not hold their files open
-            chunks.append(z["emb"])
-            where += [(path, str(k)) for k in z["keys"]]
-            bad += int(z["bad"])
-            sizes.append(z["sizes"])
+        chunks.append(z["emb"])
+        where += [(path, str(k)) for k in z["keys"]]
+        bad += int(z["bad"])
+        sizes.append(z["sizes"])
     return chunks, where, bad, np.concatenate(sizes)
 
 

@@ -352,9 +352,10 @@ def unborder(img: np.ndarray, white: int = 245, min_share: float = 0.02) -> np.n
     return img
 
 
-def content_mask(img: np.ndarray) -> np.ndarray:
-    """HxW mask of the pixels of RGB ``img`` farther than 24 (in some channel) from its median colour."""
-    median = np.median(img.reshape(-1, 3), axis=0)
+def content_mask(img: np.ndarray, median: np.ndarray | None = None) -> np.ndarray:
+    """HxW mask of the pixels of RGB ``img`` farther than 24 (in some channel) from its median
+    colour (``median``, when the caller has it)."""
+    median = np.median(img.reshape(-1, 3), axis=0) if median is None else median
     return np.abs(img.astype(np.int16) - median.astype(np.int16)).max(axis=2) > 24
 
 
@@ -384,11 +385,11 @@ def query_crops(image: np.ndarray) -> list[np.ndarray]:
 
 def blank_views(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Which of one image's query ``crops`` are blank at the model's input ``size`` (content
-    share < ``MIN_CONTENT``): a 75% crop of a sparse drawing can be plain background, and the
-    per-image standardisation makes any two blank views alike (score ~1.0). The whole image
-    (the first crop) is never blank-masked, so every eval image keeps at least one view."""
-    mask = np.array([content_share(cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)) < MIN_CONTENT
-                     for c in crops])
+    share < ``MIN_CONTENT`` after :func:`_fit`, a no-op on crops already at ``size``): a 75% crop
+    of a sparse drawing can be plain background, and the per-image standardisation makes any two
+    blank views alike (score ~1.0). The whole image (the first crop) is never blank-masked, so
+    every eval image keeps at least one view."""
+    mask = np.array([content_share(_fit(c, size)) < MIN_CONTENT for c in crops])
     mask[0] = False
     return mask
 
@@ -400,10 +401,11 @@ def embed_queries(model: CopyDetector, images: Sequence[np.ndarray | Image.Image
     views = len(query_crops(np.zeros((8, 8, 3), np.uint8)))
     out = [np.zeros((0, views, model.cfg.embed_dim), np.float32)]
     for start in range(0, len(images), batch_size):
-        per_image = [query_crops(to_rgb_array(im)) for im in images[start:start + batch_size]]
+        size = model.cfg.image_size  # each crop resized once: the blank test and the model see the same pixels
+        per_image = [[_fit(c, size) for c in query_crops(to_rgb_array(im))] for im in images[start:start + batch_size]]
         crops = [c for cs in per_image for c in cs]
         emb = embed_images(model, crops, batch_size=len(crops)).reshape(-1, views, model.cfg.embed_dim)
-        emb[np.stack([blank_views(cs, model.cfg.image_size) for cs in per_image])] = 0.0
+        emb[np.stack([blank_views(cs, size) for cs in per_image])] = 0.0
         out.append(emb)
     return np.concatenate(out)
 

@@ -48,7 +48,7 @@ def trim_to_content(img: np.ndarray, size: int = 128) -> np.ndarray:
     import cv2
 
     median = np.median(img.reshape(-1, 3), axis=0)
-    ys, xs = np.nonzero(content_mask(img))
+    ys, xs = np.nonzero(content_mask(img, median))
     if len(ys) == 0:
         return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     box = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
