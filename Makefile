@@ -53,7 +53,7 @@ demo: venv sample-data
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_RUN) --dataset fashion-mnist \
 	    --out $(DEMO_RUN)/eval/fashion-mnist-transfer.json
 	$(PY) pipelines/contamination_report.py --train-data '$(DEMO_ABS)/curation/shards/*.tar' --checkpoint $(DEMO_RUN) \
-	    --dataset fashion-mnist --eval-limit 2000 --detector learned --detector-weights pretrain/assets/copy_detector.pt \
+	    --dataset fashion-mnist --eval-limit 2000 --detector learned --detector-weights contamination/assets/copy_detector.pt \
 	    --out $(DEMO_OUT)/reports/contamination
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/ (held out: curation/heldout/)   report: $(DEMO_OUT)/curation/report.html"

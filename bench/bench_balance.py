@@ -6,7 +6,7 @@ A synthetic matched pool: each row has 1-5 entry ids drawn Zipf-like from 500,00
 head entries far above t = 20,000, as in real pools). Both sides count c_e and decide every row:
 - MetaCLIP-style: ``np.unique(..., return_counts=True)`` for c_e, ``np.random.random`` per pair
   (not reproducible across partitions), any-hit per row;
-- ours: ``np.bincount`` for c_e, the (uid, entry, seed) hash draw (curation.balance.keep_rows: one
+- ours: ``np.bincount`` for c_e, the (uid, entry, seed) hash draw (curation.text.balance.keep_rows: one
   compiled pass over the rows, stopping at a row's first hit).
 uid hashing (xxh3_64 of each 32-hex-char uid, as the pool reader makes them: the compiled kernel
 of curation/xxh3.py over the Arrow buffers, once per row, shared with output partitioning) is
@@ -30,7 +30,7 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.balance import (balance_probabilities, count_entries, draw_thresholds,  # noqa: E402
+from curation.text.balance import (balance_probabilities, count_entries, draw_thresholds,  # noqa: E402
                               entry_salts, entry_table, keep_pairs, keep_rows, uid_hashes)
 
 ANCHOR_METACLIP, GOAL = 12e6, 50e6

@@ -1,6 +1,6 @@
 """Planted-copy precision/recall of the shipped copy detector over several copy seeds (issue 10).
 
-The test (``tests/overlap/test_copy_detection.py``) measures one split: copy seed 0, threshold
+The test (``tests/contamination/test_copy_detection.py``) measures one split: copy seed 0, threshold
 chosen on the first 250 planted copies and measured on the other 250. A threshold chosen where
 the calibration half's precision reaches 0.95 lands at 0.95 +- ~0.014 on the other half, so one
 split says little about how robustly the goal (precision and recall >= 0.95) is met. This runs
@@ -8,7 +8,7 @@ the same protocol (``pipelines.demo.copy_detection_set.measure_planted``, the re
 ``Detector`` scoring) for ``--seeds`` copy seeds x both half orders, per eval set, and prints
 each measurement, the range, and how many meet the goal. Anchor: pHash on the same copies.
 
-    python bench/bench_copy_detection.py [--seeds 3] [--weights pretrain/assets/copy_detector.pt] [--no-phash]
+    python bench/bench_copy_detection.py [--seeds 3] [--weights contamination/assets/copy_detector.pt] [--no-phash]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pipelines.demo.copy_detection_set import distinct_sample_images, measure_planted, planted_cases
     from pipelines.demo.sample_data import load_manifest
     from pipelines.train_copy_detector import SHIPPED
-    from pretrain.copydetect import load_copy_detector
+    from contamination.copydetect import load_copy_detector
 
     started = time.perf_counter()
     detectors = {"learned": Detector("learned", load_copy_detector(a.weights or SHIPPED))}

@@ -1,8 +1,8 @@
 """Image dedup throughput per core: hashing real images, and the near-duplicate search.
 
-1. **check + hash** (``curation.image_check.check_image``: decode, bomb check, resize to 256,
+1. **check + hash** (``curation.images.check.check_image``: decode, bomb check, resize to 256,
    pixel hash, pHash, JPEG encode) over real sample images, one process → images/s/core.
-2. **dedup** (``curation.imagededup.deduplicate``: exact + pHash multi-index hashing + greedy
+2. **dedup** (``curation.images.dedup.deduplicate``: exact + pHash multi-index hashing + greedy
    pass) over N 64-bit codes (10% near copies), faiss on one thread → images/s/core; anchor:
    the same range search with faiss's exhaustive ``IndexBinaryFlat`` (ratio = speed-up).
 3. **distributed dedup** (``deduplicate_distributed``: the four rounds of tasks over files in a
@@ -37,7 +37,7 @@ def bench_hashing(n: int, repeat: int) -> float:
     """images/s/core of check_image over n real sample images (read into memory first)."""
     import pyarrow.parquet as pq
 
-    from curation.image_check import ImageCheckConfig, check_image
+    from curation.images.check import ImageCheckConfig, check_image
     from pipelines.demo.sample_data import load_manifest
 
     manifest = load_manifest()
@@ -74,8 +74,9 @@ def bench_distributed(table, config, parts: int, expected) -> dict[str, float]:
     temp run dir: in this process, then as Ray tasks; each result checked against ``expected``."""
     import tempfile
 
-    from curation.imagededup import deduplicate_distributed, in_process
-    from curation.run import RunLayout
+    from curation.images.dedup import deduplicate_distributed
+    from curation.stage import in_process
+    from storage.layout import RunLayout
     from pipelines.runtime import configure_environment, init_ray
     from pipelines.wit_images import ray_map_tasks
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_environment()  # offline: before anything imports img2dataset / albumentations
     import faiss
 
-    from curation.imagededup import ImageDedupConfig, deduplicate
+    from curation.images.dedup import ImageDedupConfig, deduplicate
 
     faiss.omp_set_num_threads(1)
     hash_rate = bench_hashing(args.images, args.repeat)

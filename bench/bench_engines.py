@@ -35,13 +35,13 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_match import full_size_queries, real_captions  # noqa: E402
-from curation.balance import count_entries  # noqa: E402
-from curation.config import CurationConfig, prepare_run, write_entry_counts  # noqa: E402
-from curation.dedup import mark_duplicates  # noqa: E402
-from curation.match import MatchStage  # noqa: E402
-from curation.pool import list_pool_files, read_counted  # noqa: E402
-from curation.selection import PART_COLUMN, BalanceAndPart, write_part  # noqa: E402
-from curation.textfilter import TextFilter  # noqa: E402
+from curation.text.balance import count_entries  # noqa: E402
+from curation.text.config import CurationConfig, prepare_run, write_entry_counts  # noqa: E402
+from curation.text.dedup import mark_duplicates  # noqa: E402
+from curation.text.match import MatchStage  # noqa: E402
+from curation.text.pool import list_pool_files, read_counted  # noqa: E402
+from curation.text.selection import PART_COLUMN, BalanceAndPart, write_part  # noqa: E402
+from curation.text.textfilter import TextFilter  # noqa: E402
 from pipelines.runtime import configure_environment, init_ray  # noqa: E402
 from pipelines.demo.sample_data import load_manifest  # noqa: E402
 

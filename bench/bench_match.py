@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.match import QueryMatcher  # noqa: E402
+from curation.text.match import QueryMatcher  # noqa: E402
 from pipelines.demo.sample_data import load_manifest  # noqa: E402
 from queries.text import space_text  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Eval-overlap search and copy-detector cost (issue 10).
 
 1. **search**: what the report does for the learned detector — each of E eval images is V query
-   views (``query_crops``: 19), so ``curation.overlap.nearest`` of E·V query rows × T train
+   views (``query_crops``: 19), so ``contamination.overlap.nearest`` of E·V query rows × T train
    L2-normalised embeddings (synthetic, 128-d, clustered like real embeddings: T/100 Gaussian
    centres; every 10th eval image has one view that is a noisy copy of a train vector), then the
    best view per image → seconds on ``--threads`` faiss threads. Anchor: faiss ``IndexFlatIP``
@@ -9,7 +9,7 @@
    search time is linear in the query count; the full E·V run would take ~20 minutes here):
    ratio = anchor / ours; and the share of planted copies found (recall@1, ours vs exhaustive on
    the views it searched).
-2. **embedding**: ``pretrain.copydetect.embed_images`` (training side) images/s on one core, and
+2. **embedding**: ``contamination.copydetect.embed_images`` (training side) images/s on one core, and
    eval images/s through ``embed_queries`` (19 views each), real sample images, shipped config.
 3. **training**: ``train_copy_detector`` with the shipped settings on N real sample images for
    ``--epochs`` → seconds per epoch (the shipped detector: ``summary`` in its weights file).
@@ -55,7 +55,7 @@ def synthetic(n_eval: int, n_train: int, views: int, dim: int = 128,
 def bench_search(n_eval: int, n_train: int, views: int, threads: int) -> dict:
     import faiss
 
-    from curation.overlap import SearchConfig, nearest
+    from contamination.overlap import SearchConfig, nearest
 
     faiss.omp_set_num_threads(threads)
     evals, train, planted = synthetic(n_eval, n_train, views)
@@ -86,7 +86,7 @@ def sample_images(n: int) -> list[np.ndarray]:
     from PIL import Image
 
     from pipelines.demo.sample_data import load_manifest
-    from pretrain.copydetect import to_rgb_array
+    from contamination.copydetect import to_rgb_array
 
     root = Path(load_manifest()["sample_images_dir"])
     paths = sorted(root.glob("openclipart/**/*.png"))[:n // 2] + sorted(root.glob("emoji/*.png"))[:n - n // 2]
@@ -96,7 +96,7 @@ def sample_images(n: int) -> list[np.ndarray]:
 def bench_detector(n: int, epochs: int) -> dict:
     import torch
 
-    from pretrain.copydetect import CopyDetectorConfig, embed_images, embed_queries, train_copy_detector
+    from contamination.copydetect import CopyDetectorConfig, embed_images, embed_queries, train_copy_detector
 
     torch.set_num_threads(1)
     images = sample_images(n)

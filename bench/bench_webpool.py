@@ -4,7 +4,7 @@
 
 Input: pywb's real sample WARC (``iana.warc.gz``, from the sample data or fetched like the tests do) concatenated with
 itself to >= ``--mb`` MB (gzip members concatenate into a valid WARC), and a WAT made from it by
-:mod:`curation.wat`, repeated likewise. One process = one core: :func:`extract_file` over the
+:mod:`curation.web.wat`, repeated likewise. One process = one core: :func:`extract_file` over the
 whole file, all work included (gzip, WARC framing, HTTP split, charset, HTML parse, URL
 resolution, hashing, Arrow tables). The comparison — warcio + the standard library's
 ``html.parser`` doing the same page → (url, alt) work — runs on a ``--compare-mb`` slice.
@@ -26,8 +26,8 @@ from urllib.parse import urljoin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.wat import warc_to_wat  # noqa: E402
-from curation.webpool import extract_file  # noqa: E402
+from curation.web.wat import warc_to_wat  # noqa: E402
+from curation.web.webpool import extract_file  # noqa: E402
 
 SNAPSHOT_WAT_BYTES = 20e12  # ≈ 20 TB gzipped WAT per snapshot (issue 13's figure)
 SNAPSHOT_WAT_FILES = 90_000  # ≈ WAT files per snapshot (issue 13's figure)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare-mb", type=float, default=20, help="MB for the warcio + html.parser comparison")
     args = p.parse_args(argv)
     if args.warc is None:
-        from tests.curation.test_webpool import iana_warc_path
+        from tests.curation.web.test_webpool import iana_warc_path
 
         args.warc = iana_warc_path()
     with tempfile.TemporaryDirectory() as tmp:

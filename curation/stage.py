@@ -17,6 +17,7 @@ against that count (a lost part or row is an error, never a balanced ledger).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,7 @@ class StageStats:
                 "rejected": dict(sorted(self.rejected.items())), **self.extra}
 
     def write(self, layout) -> dict:
-        """Check, then write ``stats/<stage>.json`` of ``layout`` (a :class:`curation.run.RunLayout`)
+        """Check, then write ``stats/<stage>.json`` of ``layout`` (a :class:`storage.layout.RunLayout`)
         atomically; return the JSON body."""
         self.check()
         body = self.body()
@@ -145,3 +146,60 @@ def merge_counts(parts: list[dict[str, int]]) -> dict[str, int]:
         for reason, n in part.items():
             total[reason] = total.get(reason, 0) + int(n)
     return total
+
+
+MapTasks = Callable[[Callable, list], list]  # map_tasks(fn, items) -> [fn(item) for item in items], in order
+
+
+def in_process(fn: Callable, items: list) -> list:
+    """A ``map_tasks`` without an engine."""
+    return [fn(item) for item in items]
+
+
+def run_task_stage(layout, stage: str, task: Callable[[object], dict], items: list, map_tasks: MapTasks,
+                   expect_in: int | None = None, extra: dict | None = None) -> list[dict]:
+    """The one skeleton of a task stage: items → tasks → counts → ledger. ``stage``'s rejects
+    left by an interrupted try are removed, ``task`` runs once per item through the engine's
+    ``map_tasks`` and writes its own rejects part, returning ``{"in": rows read, "out": rows
+    kept, "rejected": {reason: n}}`` (+ ``node``: the rows read are then tallied per node as
+    ``by_node``). ``in`` is what the tasks counted; with ``expect_in`` (what the stage before
+    kept) a difference is an error naming the stage. Writes ``stats/<stage>.json`` and returns
+    the tasks' counts."""
+    layout.remove_tree(layout.rejects_dir(stage))
+    counts = map_tasks(task, items)
+    rows_in = sum(int(c["in"]) for c in counts)
+    if expect_in is not None and rows_in != expect_in:
+        raise RuntimeError(f"{stage}: the tasks read {rows_in} rows, the stage before it kept {expect_in}")
+    details = dict(extra or {})
+    if any("node" in c for c in counts):
+        by_node: dict[str, int] = {}
+        for c in counts:
+            by_node[c["node"]] = by_node.get(c["node"], 0) + int(c["in"])
+        details["by_node"] = by_node
+    StageStats(stage, rows_in, sum(int(c["out"]) for c in counts), merge_counts([c["rejected"] for c in counts]),
+               details).write(layout)
+    return counts
+
+
+def dropped_rows(layout, stages: tuple[str, ...], index: int, n: int) -> np.ndarray:
+    """Mask of checked part ``index``'s ``n`` rows that ``stages`` rejected (their rejects carry
+    ``part`` and ``row``)."""
+    import pyarrow.dataset as ds
+
+    dropped = np.zeros(n, bool)
+    files = [layout.path(f) for stage in stages for f in layout.list(layout.rejects_dir(stage), ".parquet")]
+    if files:
+        dropped[ds.dataset(files, filesystem=layout.fs, format="parquet").to_table(
+            columns=["row"], filter=pc.field("part") == index).column("row").to_numpy()] = True
+    return dropped
+
+
+def without_uids(table: pa.Table, refused: pa.Table) -> pa.Table:
+    """``table`` less the rows whose uid is in ``refused``'s ``uid`` column."""
+    return table.filter(pc.invert(pc.is_in(table.column("uid"), value_set=refused.column("uid"))))
+
+
+def without_rejects(layout, stage: str, table: pa.Table) -> pa.Table:
+    """``table`` less the rows whose uid is among ``stage``'s rejects."""
+    return without_uids(table, layout.read_parquets(layout.list(layout.rejects_dir(stage), ".parquet"), ["uid"]))
+

@@ -6,7 +6,7 @@
 Writes ``<out>/pairs/part-NNNNN.parquet`` (one per input file, in sorted file order; the pool
 that ``build_wit.py --pool <out>/pairs`` reads), ``<out>/rejects/{webpool_records,webpool}/``,
 ``<out>/stats/{webpool_records,webpool}.json`` and ``<out>/done/`` markers (a rerun skips done
-files). See :mod:`curation.webpool` for what is kept and each reject reason.
+files). See :mod:`curation.web.webpool` for what is kept and each reject reason.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/build_pool.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.webpool import WebPoolConfig, list_archives
+from curation.web.webpool import WebPoolConfig, list_archives
 from pipelines.runtime import configure_environment
 
 

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.runtime import configure_environment  # noqa: E402
-from queries.files import expand_glob  # noqa: E402
+from storage.files import expand_glob  # noqa: E402
 
 log = logging.getLogger("build_queries")
 

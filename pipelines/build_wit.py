@@ -20,13 +20,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/build_wit.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.config import (CurationConfig, plot_entry_counts, prepare_run, read_entry_counts,
+from curation.text.config import (CurationConfig, plot_entry_counts, prepare_run, read_entry_counts,
                              selected_entry_counts, stage_stats)
-from curation.run import RunLayout
-from curation.match import load_queries
-from curation.pool import PoolConfig
-from curation.textfilter import TextConfig
-from curation.threshold import resolve_threshold
+from storage.layout import RunLayout
+from curation.text.match import load_queries
+from curation.text.pool import PoolConfig
+from curation.text.textfilter import TextConfig
+from curation.text.threshold import resolve_threshold
 from pipelines.runtime import configure_environment
 
 
@@ -51,7 +51,7 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="use the demo's sample pool (fetched by `make sample-data`) when no --pool is given")
     p.add_argument("--t", type=float, default=None,
                    help="balancing threshold per entry (default: scaled to the pool as MetaCLIP's t=20k "
-                        "is to its pool: the same tail share of matches; see curation/threshold.py)")
+                        "is to its pool: the same tail share of matches; see curation/text/threshold.py)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draw")
     p.add_argument("--runner", choices=("ray", "beam"), default="ray", help="engine (default ray)")
     p.add_argument("--beam-runner", default=None, help="Beam runner (default DirectRunner)")

@@ -5,18 +5,18 @@ training shards, and does the model do better on them?
         --checkpoint runs/demo/pretrain/tiny --dataset fashion-mnist --out runs/demo/reports/contamination \\
         [--detector learned|phash] [--detector-weights PATH] [--detector-epochs N]
 
-Steps: (1) the duplicate detector: pHash, or the learned copy detector (``pretrain.copydetect``),
+Steps: (1) the duplicate detector: pHash, or the learned copy detector (``contamination.copydetect``),
 loaded from ``--detector-weights`` or trained here on the training images (plus a sample of each
 eval set's images: instance discrimination only, no eval/train pairing) and saved as
 ``OUT/copy_detector.pt``; (2) training-image embeddings, streamed from the shards and cached per
 shard in ``OUT/cache/``; (3) per dataset, the nearest training image of every eval image
-(``curation.overlap.nearest``); (4) the threshold: planted copies of ``--planted`` eval images
+(``contamination.overlap.nearest``); (4) the threshold: planted copies of ``--planted`` eval images
 are added to the gallery, precision/recall per threshold, highest recall at precision >=
-``--min-precision`` (the copies go through curation's own resize, ``curation.image_check``, when
+``--min-precision`` (the copies go through curation's own resize, ``curation.images.check``, when
 the training images were resized to one square side: ``--train-image-size``); (5) zero-shot
 correctness per image (``pretrain.zeroshot``); (6) the Overlap/Clean/All statistics, Bonferroni
 across datasets; (7) ``results.json``, ``report.md``, ``report.html`` + PNGs
-(``curation.overlap_report``); ``details.json`` lists every Overlap image (eval id, score, matched
+(``contamination.report``); ``details.json`` lists every Overlap image (eval id, score, matched
 training shard and key, zero-shot correct).
 """
 
@@ -39,19 +39,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from curation.overlap import (
+from contamination.overlap import (
     SearchConfig,
     bonferroni,
     choose_threshold,
     nearest,
-    nearest_binary,
-    phash_codes,
     precision_recall,
     split_statistics,
 )
-from curation.overlap_report import write_report
+from contamination.report import write_report
+from curation.images.phash import nearest_binary, phash_codes
 from pipelines.runtime import configure_environment
-from pretrain.evalsources import EvalImages, load_eval_source
+from contamination.evalsources import EvalImages, load_eval_source
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TRAIN_SIDE = "unborder"  # how training images are prepared before embedding (part of the cache key)
@@ -160,14 +159,14 @@ class Detector:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if self.model is None:
             return phash_codes(images)
-        from pretrain.copydetect import embed_images, to_rgb_array, unborder
+        from contamination.copydetect import embed_images, to_rgb_array, unborder
 
         return embed_images(self.model, [unborder(to_rgb_array(im)) for im in images])
 
     def embed_queries(self, images: list[Image.Image]) -> np.ndarray:
         if self.model is None:
             return phash_codes(images)
-        from pretrain.copydetect import embed_queries
+        from contamination.copydetect import embed_queries
 
         return embed_queries(self.model, images)
 
@@ -194,7 +193,7 @@ def build_detector(cfg: ReportConfig, shards: list[str], evals: list[EvalImages]
     """The detector of ``cfg``: pHash, given weights, or a newly trained one (saved in ``out``)."""
     if cfg.detector == "phash":
         return Detector("phash"), {"detector": "phash"}
-    from pretrain.copydetect import (
+    from contamination.copydetect import (
         CopyDetectorConfig,
         load_copy_detector,
         save_copy_detector,
@@ -274,9 +273,9 @@ def curated_side(setting: str, sizes: np.ndarray) -> int | None:
 
 
 def as_curated(image: np.ndarray, side: int) -> Image.Image:
-    """RGB ``image`` as curation stores it at ``side``: ``curation.image_check.check_image``
+    """RGB ``image`` as curation stores it at ``side``: ``curation.images.check.check_image``
     (border resize into a white square, JPEG q95) on its PNG bytes."""
-    from curation.image_check import ImageCheckConfig, check_image
+    from curation.images.check import ImageCheckConfig, check_image
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -286,11 +285,11 @@ def as_curated(image: np.ndarray, side: int) -> Image.Image:
 
 def calibrate(detector: Detector, data: EvalImages, eval_emb: np.ndarray, train_best: np.ndarray,
               cfg: ReportConfig, side: int | None = None) -> tuple[dict, dict]:
-    """Plant copies (``pretrain.copydetect.make_copy``) of ``planted`` eval images, resized as
+    """Plant copies (``contamination.copydetect.make_copy``) of ``planted`` eval images, resized as
     curation resized the training images when ``side`` is given (:func:`as_curated`); positives =
     those images, negatives = as many other eval images; nearest over training ∪ copies.
     Returns (curve, chosen threshold)."""
-    from pretrain.copydetect import copy_source, make_copy
+    from contamination.copydetect import copy_source, make_copy
 
     rng = np.random.default_rng(cfg.seed + 1)
     n = min(cfg.planted, len(data.labels) // 2)

@@ -1,4 +1,4 @@
-"""Apache Beam adapter of the text-side curation stages (``curation.config`` lists them).
+"""Apache Beam adapter of the text-side curation stages (``curation.text.config`` lists them).
 
 Elements are Arrow tables (batches) whose rejected rows travel on with their reason. Stages are
 DoFns whose ``setup`` builds the per-worker state (fastText model, matcher); dedup and the output
@@ -13,14 +13,14 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import count_entries
-from curation.config import CurationConfig, rows_read, write_entry_counts
-from curation.dedup import key_buckets, mark_duplicates
-from curation.match import MatchStage, load_queries
-from curation.pool import PoolConfig, list_pool_files, read_counted
-from curation.run import RunLayout
-from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
-from curation.textfilter import TextFilter
+from curation.text.balance import count_entries
+from curation.text.config import CurationConfig, rows_read, write_entry_counts
+from curation.text.dedup import key_buckets, mark_duplicates
+from curation.text.match import MatchStage, load_queries
+from curation.text.pool import PoolConfig, list_pool_files, read_counted
+from storage.layout import RunLayout
+from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
+from curation.text.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
 
 

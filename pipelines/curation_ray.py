@@ -1,4 +1,4 @@
-"""Ray Data adapter of the text-side curation stages (``curation.config`` lists them).
+"""Ray Data adapter of the text-side curation stages (``curation.text.config`` lists them).
 
 Stages are ``map_batches`` calls with ``batch_format="pyarrow"``, all tasks: the fastText model
 is loaded once per worker process, the matcher and the balancing tables are built once per run
@@ -18,14 +18,14 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import count_entries
-from curation.config import CurationConfig, read_tallies, rows_read, write_entry_counts
-from curation.dedup import key_buckets, mark_duplicates
-from curation.match import MatchStage, load_queries
-from curation.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
-from curation.run import RunLayout
-from curation.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
-from curation.textfilter import TextConfig, TextFilter
+from curation.text.balance import count_entries
+from curation.text.config import CurationConfig, read_tallies, rows_read, write_entry_counts
+from curation.text.dedup import key_buckets, mark_duplicates
+from curation.text.match import MatchStage, load_queries
+from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
+from storage.layout import RunLayout
+from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
+from curation.text.textfilter import TextConfig, TextFilter
 
 BUCKET = "_bucket"
 

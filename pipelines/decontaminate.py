@@ -1,9 +1,9 @@
 """Flags and eval index of ``build_wit.py --decontaminate DATASET...``. Two stages of
-``curation.images`` use it: ``evaltext`` before the URL guard (eval URLs and captions: nothing
+``curation.images.recipe`` use it: ``evaltext`` before the URL guard (eval URLs and captions: nothing
 is downloaded for those rows) and ``decontaminate`` between the image dedup and the shards
 (eval images by pHash).
 
-:func:`write_eval_index` loads the named eval sets (``pretrain.evalsources``: built-in names,
+:func:`write_eval_index` loads the named eval sets (``contamination.evalsources``: built-in names,
 ``class_name/*.jpg`` folders, WebDataset shards with a ``cls`` label) and writes their pHash codes
 to the run's ``curation/decontaminate/eval_index.parquet`` (``eval_id`` = ``<dataset>/<image
 id>``, ``phash``) and their URLs and caption keys to ``eval_text.parquet``: the files the
@@ -17,10 +17,10 @@ import argparse
 
 import pyarrow as pa
 
-from curation.images import DecontaminateConfig
-from curation.overlap import phash_codes
-from curation.run import RunLayout
-from curation.textfilter import caption_key
+from curation.images.recipe import DecontaminateConfig
+from curation.images.phash import phash_codes
+from storage.layout import RunLayout
+from curation.text.textfilter import caption_key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def write_eval_index(layout: RunLayout, config: DecontaminateConfig) -> int:
     """Write the eval images' (eval_id, phash) to ``layout.eval_index`` and (eval_id, url,
     caption_key) to ``layout.eval_text_index`` (null where a set has no URLs/captions); return
     the row count. Built-in sets read the sample data's manifest (``make sample-data``)."""
-    from pretrain.evalsources import BUILTIN, load_eval_source
+    from contamination.evalsources import BUILTIN, load_eval_source
 
     manifest = None
     if any(d in BUILTIN for d in config.datasets):

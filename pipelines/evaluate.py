@@ -151,7 +151,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             text_features = torch.cat([model.encode_text(tokenizer(captions[i : i + cfg.batch_size]))
                                        for i in range(0, len(captions), cfg.batch_size)])
         result["retrieval"] = {**retrieval_metrics(image_features, text_features), "kind": "held-out retrieval"}
-    from queries.files import atomic_write
+    from storage.files import atomic_write
 
     body = json.dumps(result, indent=2).encode()
     atomic_write(cfg.out, lambda f: f.write(body))  # a local path or a URI

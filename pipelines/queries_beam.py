@@ -28,7 +28,7 @@ from fsspec.core import url_to_fs
 from pipelines.runtime import beam_pipeline_options
 from queries.corpus import DocumentSource, iter_document_batches
 from queries.counting import CountingJob
-from queries.files import expand_glob, join, open_input
+from storage.files import expand_glob, join, open_input
 from queries.wikidump import DumpStats
 from queries.ngrams import COUNT_SCHEMA, FrequentNgrams, NgramCounter
 from queries.wikitext import WikitextStripper

@@ -1,8 +1,8 @@
-"""Train the learned copy detector (``pretrain.copydetect``) on the sample data's copy-detection
-images and save it: the detector shipped as ``pretrain/assets/copy_detector.pt``, which
+"""Train the learned copy detector (``contamination.copydetect``) on the sample data's copy-detection
+images and save it: the detector shipped as ``contamination/assets/copy_detector.pt``, which
 ``contamination_report.py --detector-weights`` (and ``make demo``) reuse.
 
-    python pipelines/train_copy_detector.py [--out pretrain/assets/copy_detector.pt] [--epochs 60]
+    python pipelines/train_copy_detector.py [--out contamination/assets/copy_detector.pt] [--epochs 60]
 
 Training set (``pipelines.demo.copy_detection_set``): 1,000 mutually distinct openclipart/emoji
 images and 3,000 Fashion-MNIST train images; never the held-out eval originals the test measures
@@ -25,7 +25,7 @@ import json
 
 from pipelines.runtime import configure_environment
 
-SHIPPED = Path(__file__).resolve().parents[1] / "pretrain" / "assets" / "copy_detector.pt"
+SHIPPED = Path(__file__).resolve().parents[1] / "contamination" / "assets" / "copy_detector.pt"
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -34,7 +34,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     from pipelines.demo.copy_detection_set import FASHION_TRAIN, detector_training_images
     from pipelines.demo.sample_data import load_manifest
-    from pretrain.copydetect import CopyDetectorConfig, save_copy_detector, train_copy_detector
+    from contamination.copydetect import CopyDetectorConfig, save_copy_detector, train_copy_detector
 
     d = CopyDetectorConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,13 +1,13 @@
 """Beam adapter of the web-archive pool extraction: one element per WARC/WAT file.
 
 A ``Reshuffle`` after ``Create`` spreads the files over the workers; each element runs
-:func:`curation.webpool.write_file_part` (the same function the Ray tasks run, so the parts are
+:func:`curation.web.webpool.write_file_part` (the same function the Ray tasks run, so the parts are
 byte-identical); the driver merges the markers into the stats after the pipeline finishes.
 """
 
 from __future__ import annotations
 
-from curation.webpool import WebPoolConfig, write_file_part, write_stats
+from curation.web.webpool import WebPoolConfig, write_file_part, write_stats
 from pipelines.runtime import beam_pipeline_options
 
 

@@ -1,12 +1,12 @@
 """Ray adapter of the web-archive pool extraction: one Ray task per WARC/WAT file.
 
-Each task runs :func:`curation.webpool.write_file_part` and writes its own part and marker; the
+Each task runs :func:`curation.web.webpool.write_file_part` and writes its own part and marker; the
 driver only gathers the small markers (never the rows) and merges the stats.
 """
 
 from __future__ import annotations
 
-from curation.webpool import WebPoolConfig, write_file_part, write_stats
+from curation.web.webpool import WebPoolConfig, write_file_part, write_stats
 
 
 def run_ray(files: list[str], kind: str, out_dir: str, config: WebPoolConfig = WebPoolConfig()) -> dict:

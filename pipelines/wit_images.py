@@ -1,4 +1,4 @@
-"""CLI and Ray adapter of the image stages (``curation.images``): download, check, dedup, shards.
+"""CLI and Ray adapter of the image stages (``curation.images.recipe``): download, check, dedup, shards.
 
 The image half of ``pipelines/build_wit.py`` (which calls :func:`add_arguments` and
 :func:`run`); also runnable alone on a curation directory that holds ``selected/*.parquet``::
@@ -6,7 +6,7 @@ The image half of ``pipelines/build_wit.py`` (which calls :func:`add_arguments` 
     python pipelines/wit_images.py --curation-dir runs/demo/curation \\
         --serve-images data/sample/images          # the sample pool's loopback server
 
-The stage order, accounting and resume live in :mod:`curation.images`; this module turns flags
+The stage order, accounting and resume live in :mod:`curation.images.recipe`; this module turns flags
 into its typed config, runs the image check on a Ray Data actor pool, and (for the demo and
 tests) serves a local image folder on 127.0.0.1 during the download.
 """
@@ -24,14 +24,14 @@ if __package__ in (None, ""):  # `python pipelines/wit_images.py` (also under `r
 
 import pyarrow as pa
 
-from curation.download import DownloadConfig
-from curation.image_check import RESIZE_MODES, ImageCheckConfig
-from curation.imagededup import ImageDedupConfig
-from curation.images import CheckDownloadShards, ImageStagesConfig, run_image_stages
-from curation.robots import RespectConfig
-from curation.run import RunLayout
-from curation.shards import ShardConfig
-from curation.urlguard import UrlGuardConfig, parse_allow_networks
+from curation.images.download import DownloadConfig
+from curation.images.check import RESIZE_MODES, ImageCheckConfig
+from curation.images.dedup import ImageDedupConfig
+from curation.images.recipe import CheckDownloadShards, ImageStagesConfig, run_image_stages
+from curation.images.robots import RespectConfig
+from storage.layout import RunLayout
+from curation.images.shards import ShardConfig
+from curation.images.urlguard import UrlGuardConfig, parse_allow_networks
 from pipelines import decontaminate
 from pipelines.runtime import configure_environment, init_ray
 
@@ -131,7 +131,7 @@ def _call(fn, item):
 
 def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict:
     """Run the image stages on ``curation_dir`` (holding ``selected/*.parquet``; a path or URI);
-    return the summary of :func:`curation.images.run_image_stages`. ``until="download"`` stops
+    return the summary of :func:`curation.images.recipe.run_image_stages`. ``until="download"`` stops
     after the download stage (its stats written; a later run resumes from there)."""
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)

@@ -157,7 +157,7 @@ def write_captioned_shards(
     return paths
 
 
-# ---- in-domain evaluation on held-out pairs (curation/holdout.py: <out>/curation/heldout/) ----
+# ---- in-domain evaluation on held-out pairs (curation/images/holdout.py: <out>/curation/heldout/) ----
 
 # Category folders that name no visual concept: their images are not classified.
 OPENCLIPART_EXCLUDED = ("unsorted", "special")

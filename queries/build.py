@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from queries.files import atomic_write, join, open_input_text
+from storage.files import atomic_write, join, open_input_text
 from queries.ngrams import COUNT_SCHEMA, WORD_PATTERN
 from queries.text import is_matchable
 

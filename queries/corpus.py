@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from queries.files import is_input_file, open_input_text
+from storage.files import is_input_file, open_input_text
 from queries.wikidump import DOCUMENT_SCHEMA, DumpStats, iter_dump_batches
 
 _TEXT_KEYS = ("extract", "text")

@@ -25,7 +25,7 @@ from queries.build import (
     write_query_list,
 )
 from queries.corpus import DocumentSource
-from queries.files import atomic_write, file_identity, is_input_file, join, open_input
+from storage.files import atomic_write, file_identity, is_input_file, join, open_input
 from queries.counting import CountingJob
 from queries.ngrams import bigram_pmi, split_counts
 from queries.text import is_matchable

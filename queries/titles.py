@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from queries.files import open_input, open_input_text
+from storage.files import open_input, open_input_text
 from queries.text import is_matchable
 
 ENGLISH_PROJECTS = frozenset({b"en", b"en.m"})

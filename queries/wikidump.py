@@ -18,7 +18,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from queries.files import is_input_file, open_input
+from storage.files import is_input_file, open_input
 
 # One schema for every document batch, whatever its source (dump or plain-text corpus).
 DOCUMENT_SCHEMA = pa.schema(

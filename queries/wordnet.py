@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from queries.files import is_input_file, join, open_input_text
+from storage.files import is_input_file, join, open_input_text
 
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")

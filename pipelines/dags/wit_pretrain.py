@@ -82,7 +82,7 @@ def pretrain_params() -> dict:
         "eval_sets": Param(["fashion-mnist"], type="array", items={"enum": list(EVAL_SETS)}, minItems=1,
                            description="zero-shot eval sets"),
         "eval_limit": Param(0, type="integer", minimum=0, description="first N eval images (0 = all)"),
-        "detector_weights": Param("pretrain/assets/copy_detector.pt", type="string",
+        "detector_weights": Param("contamination/assets/copy_detector.pt", type="string",
                                   description="copy-detector weights for the contamination report (a path in the "
                                               "job's working dir or a URI; empty: train one on the shards)"),
     }

@@ -1,6 +1,6 @@
 """The sample data's copy-detection images: what the shipped copy detector
-(``pretrain/assets/copy_detector.pt``, ``pipelines/train_copy_detector.py``) is trained on and what
-``tests/overlap/test_copy_detection.py`` measures it on — disjoint by construction.
+(``contamination/assets/copy_detector.pt``, ``pipelines/train_copy_detector.py``) is trained on and what
+``tests/contamination/test_copy_detection.py`` measures it on — disjoint by construction.
 
 The sample images hold many true duplicates (the same openclipart drawing filed under two
 categories, emoji skin-tone variants, near-identical keycap emoji), which would be "negatives"
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.copydetect import MIN_CONTENT, content_mask, content_share
+from contamination.copydetect import MIN_CONTENT, content_mask, content_share
 
 TRAIN, EVAL = 1000, 1000  # distinct sample images: detector training / held-out eval originals
 N_PLANT = EVAL // 4  # 250: copies to choose the threshold, copies to measure it, negatives for each
@@ -65,7 +65,7 @@ def _signature(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import cv2
     from PIL import Image
 
-    from curation.overlap import phash_codes
+    from curation.images.phash import phash_codes
 
     bits = np.unpackbits(phash_codes([Image.fromarray(img)])[0])
     t = cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
@@ -77,7 +77,7 @@ def distinct_sample_images(images_dir: str | Path, n: int = TRAIN + EVAL) -> lis
     import cv2
     from PIL import Image
 
-    from pretrain.copydetect import to_rgb_array
+    from contamination.copydetect import to_rgb_array
 
     images_dir = Path(images_dir)
     paths = sorted(p for p in (images_dir / "openclipart").rglob("*.png") if p.stat().st_size < 200_000)
@@ -99,8 +99,8 @@ def distinct_sample_images(images_dir: str | Path, n: int = TRAIN + EVAL) -> lis
 
 def detector_training_images(manifest: dict[str, str], fashion: int = FASHION_TRAIN) -> list[np.ndarray]:
     """The shipped detector's training images: the first ``TRAIN`` distinct sample images and
-    ``fashion`` Fashion-MNIST train images (upscaled by :func:`pretrain.copydetect.copy_source`)."""
-    from pretrain.copydetect import copy_source
+    ``fashion`` Fashion-MNIST train images (upscaled by :func:`contamination.copydetect.copy_source`)."""
+    from contamination.copydetect import copy_source
     from pretrain.evalsets import load_fashion_mnist
 
     train = distinct_sample_images(manifest["sample_images_dir"])[:TRAIN]
@@ -115,7 +115,7 @@ def planted_cases(manifest: dict[str, str], seed: int = 0,
     :func:`distinct_sample_images`'s result when already at hand."""
     from PIL import Image
 
-    from pretrain.copydetect import copy_source, make_copy
+    from contamination.copydetect import copy_source, make_copy
     from pretrain.evalsets import load_fashion_mnist
 
     distinct = distinct if distinct is not None else distinct_sample_images(manifest["sample_images_dir"])
@@ -136,7 +136,7 @@ def measure_planted(detector, case: tuple[list, list, list], min_precision: floa
     also has the rank-1 rate (nearest gallery image = own copy) over all planted copies."""
     from PIL import Image
 
-    from curation.overlap import choose_threshold, precision_recall
+    from contamination.overlap import choose_threshold, precision_recall
 
     train, evals, copies = case
     gallery = detector.embed([Image.fromarray(a) for a in train + copies])

@@ -5,7 +5,7 @@ the demo's contamination report has known overlap to find (CLIP §5's question, 
 copies of test images among the first ``PLANTED_FROM`` (the demo's report reads those 2,000:
 each is searched as 19 views, and all 10,000 would add ~8 minutes to the demo); each a test
 image upscaled 4x then cropped, resized, brightened/darkened and JPEG re-encoded
-(``pretrain.copydetect.make_copy``), saved as ``<data>/images/planted/fmnist-<test index>.png`` and
+(``contamination.copydetect.make_copy``), saved as ``<data>/images/planted/fmnist-<test index>.png`` and
 listed in ``<data>/images/planted.parquet`` (uid, url, text, source, path) with a caption from
 ``pretrain.evalsets.FASHION_MNIST_CAPTIONS`` plus the item number (captions must differ, or text
 dedup would drop them), served like the rest on ``SAMPLE_BASE_URL``. Manifest key:
@@ -36,7 +36,7 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     import xxhash
 
     from pipelines.demo.sample_derived import SAMPLE_BASE_URL
-    from pretrain.copydetect import copy_source, make_copy
+    from contamination.copydetect import copy_source, make_copy
     from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
 
     pool = root / "images" / "planted.parquet"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curation.balance import Balancer, balance_probabilities, count_entries, keep_pairs, uid_hashes, uniform_draws
+from curation.text.balance import Balancer, balance_probabilities, count_entries, keep_pairs, uid_hashes, uniform_draws
 
 
 def _pool(counts: dict[int, int]) -> pa.Table:

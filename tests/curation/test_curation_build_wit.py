@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import CurationConfig
-from curation.match import QueryMatcher
-from curation.textfilter import TextConfig
+from curation.text.config import CurationConfig
+from curation.text.match import QueryMatcher
+from curation.text.textfilter import TextConfig
 from pipelines import build_wit
 
 
@@ -79,8 +79,8 @@ def _matched_ids(cur: Path) -> list[list[int]]:
 def _recount(cur: Path, uids: set[str]) -> list[list[int]]:
     config = json.loads((cur / "_config.json").read_text())["config"]
     matcher = QueryMatcher(pq.read_table(config["queries"]).column("query").to_pylist())
-    from curation.pool import list_pool_files, read_pool_file
-    from curation.textfilter import normalize_texts
+    from curation.text.pool import list_pool_files, read_pool_file
+    from curation.text.textfilter import normalize_texts
 
     texts = {}  # exact duplicate rows share a uid: one text per uid
     for f in list_pool_files(config["pool"]):

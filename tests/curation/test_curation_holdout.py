@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.holdout import heldout_mask
-from curation.imagededup import in_process
-from curation.shards import ShardConfig
+from curation.images.holdout import heldout_mask
+from curation.stage import in_process
+from curation.images.shards import ShardConfig
 
 
 def test_mask_is_a_function_of_uid_and_seed_with_the_requested_share():
@@ -34,10 +34,10 @@ def test_mask_is_a_function_of_uid_and_seed_with_the_requested_share():
 
 
 def test_shard_stage_writes_heldout_pairs_apart(tmp_path):
-    from curation.images import shard_stage
-    from curation.run import RunLayout
+    from curation.images.recipe import shard_stage
+    from storage.layout import RunLayout
     from curation.stage import write_rejects
-    from tests.images.conftest import jpeg_bytes
+    from tests.curation.images.conftest import jpeg_bytes
 
     n = 200
     uids = [f"{i:032x}" for i in range(n)]

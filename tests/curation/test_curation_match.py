@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.match import QueryMatcher
+from curation.text.match import QueryMatcher
 from queries.text import space_text
 
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import CurationConfig
-from curation.pool import PoolFormatError, read_pool_file
-from curation.run import RunLayout
-from curation.selection import fill_empty_parts
+from curation.text.config import CurationConfig
+from curation.text.pool import PoolFormatError, read_pool_file
+from storage.layout import RunLayout
+from curation.text.selection import fill_empty_parts
 from pipelines import build_wit
 
 
@@ -82,7 +82,7 @@ def test_lost_rows_are_an_error_not_a_balanced_ledger(pool_and_queries, tmp_path
     tally = json.loads(Path(layout.marker(0)).read_text())
     tally["reasons"][""] -= 1
     Path(layout.marker(0)).write_text(json.dumps(tally))
-    from curation.config import stage_stats
+    from curation.text.config import stage_stats
 
     config = CurationConfig(queries=queries, pool=(pool,), curation_dir=layout.curation, t=20, num_parts=4)
     Path(marker).write_text(json.dumps({"rows": 0, "reasons": {}}))

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import read_entry_counts, selected_entry_counts
-from curation.run import RunLayout
-from curation.threshold import METACLIP_TAIL_SHARE, resolve_threshold, scaled_threshold, tail_share
+from curation.text.config import read_entry_counts, selected_entry_counts
+from storage.layout import RunLayout
+from curation.text.threshold import METACLIP_TAIL_SHARE, resolve_threshold, scaled_threshold, tail_share
 from pipelines import build_wit
 
 

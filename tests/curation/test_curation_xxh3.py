@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import xxhash
 
-from curation.balance import uid_hashes
-from curation.dedup import key_buckets
+from curation.text.balance import uid_hashes
+from curation.text.dedup import key_buckets
 from curation.xxh3 import xxh3_64_column
 
 

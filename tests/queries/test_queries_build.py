@@ -152,7 +152,7 @@ def test_uri_inputs_and_outputs(sample, tmp_path):
     """Sources and the run directory are URIs (fsspec); memory:// stands in for s3:// / gs://."""
     import fsspec
 
-    from queries.files import expand_glob
+    from storage.files import expand_glob
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/src/dump.xml.bz2", open(sample["wiki_dump"], "rb").read())

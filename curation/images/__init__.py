@@ -1,0 +1,1 @@
+"""Image stages: URL guard → download (img2dataset) → check → image dedup → [decontaminate] → shards."""

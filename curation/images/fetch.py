@@ -1,0 +1,196 @@
+"""The SSRF guard inside img2dataset's download workers: every connection and every redirect.
+
+img2dataset fetches with ``urllib.request.urlopen`` in spawned worker processes and has no URL
+filter, so checking the selection beforehand (:class:`curation.images.urlguard.UrlGuard`) is not enough:
+
+- a public URL can answer ``302 Location: http://169.254.169.254/...`` (urllib follows it);
+- a host can resolve to a public address at check time and to a private one a second later
+  (DNS rebinding).
+
+:class:`GuardedDownloader` is img2dataset's ``Downloader`` with one addition: before a shard is
+downloaded, it installs (in that worker process) a urllib opener whose connections resolve the
+host once, check every address with the guard and connect to the vetted address itself (so the
+address checked is the address connected to), whose redirect handler checks each ``Location``
+before following it, and which ignores ``*_proxy`` environment variables (a proxy would hide the
+real destination). A refusal surfaces in img2dataset's ``error_message`` as
+``urlguard refused <hop>: <reason>``; :func:`curation.images.download.download_reject_reason` maps it to a
+reject reason. What stays out of reach: HTTP/HTTPS proxies (disabled), and anything a future
+img2dataset does without ``urllib``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import importlib
+import json
+import socket
+import urllib.error
+import urllib.request
+
+from img2dataset.downloader import Downloader
+
+from curation.images.robots import RespectConfig, RespectfulHandler
+from curation.images.urlguard import UrlGuard, UrlGuardConfig
+
+REFUSAL_MARKER = "urlguard refused"
+
+
+class GuardRefusal(urllib.error.URLError):
+    """A connection or redirect the guard refused (``hop`` is "connect" or "redirect")."""
+
+    def __init__(self, hop: str, reason: str, target: str):
+        super().__init__(f"{REFUSAL_MARKER} {hop}: {reason} ({target})")
+
+
+def _guarded_create_connection(guard: UrlGuard, address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT,
+                               source_address=None, **kwargs):
+    """``socket.create_connection`` that connects only to addresses the guard allows."""
+    host, port = address
+    addresses = guard.resolve(host, port)
+    if addresses is None:
+        raise GuardRefusal("connect", "unresolvable_host", host)
+    for addr in addresses:
+        reason = guard.address_refusal(addr)
+        if reason is not None:
+            raise GuardRefusal("connect", reason, f"{host} -> {addr}")
+    error: OSError | None = None
+    for addr in addresses:  # every address was vetted above; try them in turn
+        try:
+            return socket.create_connection((addr, port), timeout, source_address, **kwargs)
+        except OSError as err:
+            error = err
+    raise error
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, guard: UrlGuard, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_guarded_create_connection, guard)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    # HTTPSConnection.connect() calls HTTPConnection.connect() (our vetted socket), then wraps
+    # it in TLS with server_hostname=self.host: certificates are still checked against the name.
+    def __init__(self, *args, guard: UrlGuard, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = functools.partial(_guarded_create_connection, guard)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, guard: UrlGuard):
+        super().__init__()
+        self.guard = guard
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_GuardedHTTPConnection, guard=self.guard), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, guard: UrlGuard):
+        super().__init__()
+        self.guard = guard
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_GuardedHTTPSConnection, guard=self.guard), req,
+                            context=self._context)
+
+
+class _GuardedRedirectHandler(urllib.request.HTTPRedirectHandler):
+    def __init__(self, guard: UrlGuard):
+        super().__init__()
+        self.guard = guard
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        reason = self.guard.check_url(newurl)
+        if reason is not None:
+            raise GuardRefusal("redirect", reason, newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def build_guarded_opener(config: UrlGuardConfig, respect: RespectConfig | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener enforcing ``config`` on every connection and redirect, proxies off; with
+    ``respect``, also robots.txt (fetched through a guarded opener), Crawl-delay, our User-Agent
+    and the opt-out ledger (:mod:`curation.images.robots`)."""
+    guard = UrlGuard(config)
+    handlers = [urllib.request.ProxyHandler({}), _GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard),
+                _GuardedRedirectHandler(guard)]
+    if respect is not None:
+        handlers.append(RespectfulHandler(respect, build_guarded_opener(config)))
+    return urllib.request.build_opener(*handlers)
+
+
+@functools.lru_cache(maxsize=4)
+def worker_opener(config: UrlGuardConfig, respect: RespectConfig | None) -> urllib.request.OpenerDirector:
+    """One opener per worker process and config: its robots.txt cache and Crawl-delay clocks
+    last across the shards that process downloads (img2dataset re-sends the Downloader per shard)."""
+    return build_guarded_opener(config, respect)
+
+
+def node_name() -> str:
+    """This worker's node: the Ray node id inside a Ray task, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return socket.gethostname()
+
+
+def record_node(output_folder: str, shard_id: int) -> None:
+    """Write ``_nodes/NNNNN.json`` = ``{"node": …}`` beside an img2dataset shard (one PUT)."""
+    from storage.files import atomic_write
+
+    body = json.dumps({"node": node_name(), "host": socket.gethostname()}).encode()
+    atomic_write(f"{output_folder}/_nodes/{int(shard_id):05d}.json", lambda f: f.write(body))
+
+
+class GuardedDownloader(Downloader):
+    """img2dataset's ``Downloader`` that installs the guarded opener in its worker process.
+
+    img2dataset builds the ``Downloader`` itself; :func:`guarded_img2dataset` swaps this class
+    in for the duration of one ``img2dataset.download`` call. The guard config travels to the
+    spawned workers inside the pickled instance.
+    """
+
+    pending_config: UrlGuardConfig | None = None  # set by guarded_img2dataset() before construction
+    pending_respect: RespectConfig | None = None  # robots/ledger policy, also set there (None: off)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if type(self).pending_config is None:
+            raise RuntimeError("GuardedDownloader built outside guarded_img2dataset()")
+        self.guard_config = type(self).pending_config
+        self.respect_config = type(self).pending_respect
+
+    def download_shard(self, row):
+        """Install the guarded opener in this process (one per worker: robots.txt cache and
+        Crawl-delay clocks last across shards), download the shard as usual, then record which
+        node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
+        urllib.request.install_opener(worker_opener(self.guard_config, self.respect_config))
+        result = super().download_shard(row)
+        record_node(self.output_folder, row[0])
+        return result
+
+
+@contextlib.contextmanager
+def guarded_img2dataset(config: UrlGuardConfig, respect: RespectConfig | None = None):
+    """Within the block, ``img2dataset.download`` downloads through :class:`GuardedDownloader`.
+
+    (img2dataset 1.47 has no hook for this; the pin in pyproject.toml keeps the patch valid.)
+    """
+    # the module, not the `img2dataset.main` function the package re-exports under that name
+    main_module = importlib.import_module("img2dataset.main")
+    previous = main_module.Downloader
+    GuardedDownloader.pending_config = config
+    GuardedDownloader.pending_respect = respect
+    main_module.Downloader = GuardedDownloader
+    try:
+        yield
+    finally:
+        main_module.Downloader = previous
+        GuardedDownloader.pending_config = None
+        GuardedDownloader.pending_respect = None

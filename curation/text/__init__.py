@@ -1,0 +1,1 @@
+"""Text stages: pool readers → normalise + language ID + rules → URL/text dedup → match → balance → selection."""

@@ -1,0 +1,1 @@
+"""The web pool: (image URL, alt text) pairs extracted from WARC / Common Crawl WAT files."""
