@@ -4,7 +4,7 @@ The test (``tests/contamination/test_copy_detection.py``) measures one split: co
 chosen on the first 250 planted copies and measured on the other 250. A threshold chosen where
 the calibration half's precision reaches 0.95 lands at 0.95 +- ~0.014 on the other half, so one
 split says little about how robustly the goal (precision and recall >= 0.95) is met. This runs
-the same protocol (``pipelines.demo.copy_detection_set.measure_planted``, the report's own
+the same protocol (``contamination.planted.measure_planted``, the report's own
 ``Detector`` scoring) for ``--seeds`` copy seeds x both half orders, per eval set, and prints
 each measurement, the range, and how many meet the goal. Anchor: pHash on the same copies.
 
@@ -30,10 +30,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-phash", action="store_true", help="skip the pHash anchor")
     a = p.parse_args(argv)
 
-    from pipelines.contamination_report import Detector
-    from pipelines.demo.copy_detection_set import distinct_sample_images, measure_planted, planted_cases
+    from contamination.analysis import Detector
+    from contamination.planted import measure_planted
+    from pipelines.demo.copy_detection_set import N_PLANT, distinct_sample_images, planted_cases
     from pipelines.demo.sample_data import load_manifest
-    from pipelines.train_copy_detector import SHIPPED
+    from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
     from contamination.copydetect import load_copy_detector
 
     started = time.perf_counter()
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in range(a.seeds):
         for case, data in planted_cases(manifest, seed, distinct).items():
             for name, detector in detectors.items():
-                for swap, r in zip((False, True), measure_planted(detector, data, a.goal)):
+                for swap, r in zip((False, True), measure_planted(detector, data, N_PLANT, a.goal)):
                     r = {k: round(v, 3) for k, v in r.items() if k in ("precision", "recall", "rank1", "threshold")}
                     rows.setdefault(f"{case}/{name}", []).append({"seed": seed, "swap": swap, **r})
                     print(json.dumps({"case": case, "detector": name, "seed": seed, "swap": swap, **r}), flush=True)

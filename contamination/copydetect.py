@@ -23,7 +23,7 @@ Training images are compared without the white bars curation's border resize add
 (:func:`unborder`). Inputs smaller than the model's side are enlarged bicubically (:func:`_fit`).
 
 The shipped detector ``contamination/assets/copy_detector.pt`` is trained by
-``pipelines/train_copy_detector.py`` on the sample data. Checkpoints: ``torch.save({"config":
+``pipelines/demo/train_copy_detector.py`` on the sample data. Checkpoints: ``torch.save({"config":
 asdict(cfg), "model": state_dict, ...})``, loaded with ``torch.load(weights_only=True)``
 (:func:`load_copy_detector`).
 """
@@ -42,6 +42,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+
+from storage.files import atomic_write
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "assets" / "copy_detector.pt"  # trained by pipelines/demo/train_copy_detector.py
 
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
 _WORDS = ("sale", "new", "photo", "2024", "wow", "lol", "copyright", "HD", "free", "best", "#1")
@@ -411,12 +415,10 @@ def embed_queries(model: CopyDetector, images: Sequence[np.ndarray | Image.Image
 
 
 def save_copy_detector(model: CopyDetector, path: str | Path, summary: dict | None = None) -> None:
-    """Write the detector (config + state dict + training summary) to ``path`` (temp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save({"config": asdict(model.cfg), "model": model.state_dict(), "summary": summary or {}}, tmp)
-    tmp.replace(path)
+    """Write the detector (config + state dict + training summary) to ``path`` (a local path or
+    URI), atomically."""
+    state = {"config": asdict(model.cfg), "model": model.state_dict(), "summary": summary or {}}
+    atomic_write(str(path), lambda f: torch.save(state, f))
 
 
 def load_copy_detector(path: str | Path) -> CopyDetector:

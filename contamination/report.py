@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -19,14 +18,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from storage.files import atomic_write  # noqa: E402
+from storage.layout import ReportLayout  # noqa: E402
+
 RESULT_KEYS = ("n_all", "n_overlap", "overlap_pct", "acc_all", "acc_clean", "acc_overlap",
                "delta_all_minus_clean", "p_value", "ci_overlap", "threshold", "precision", "recall")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _save(fig, path: str, dpi: int) -> None:
+    """A figure as PNG at ``path`` (a local path or URI), written atomically."""
+    atomic_write(str(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def _fmt(v, pct: bool = False) -> str:
@@ -51,18 +52,18 @@ def markdown_table(results: dict[str, dict], adjusted: dict[str, float | None]) 
     return "\n".join(lines) + "\n"
 
 
-def plot_overlap(results: dict[str, dict], path: Path) -> None:
+def plot_overlap(results: dict[str, dict], path: str) -> None:
     names = list(results)
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
     ax.bar(names, [results[n]["overlap_pct"] or 0 for n in names], color="tab:blue")
     ax.set_ylabel("overlap % of eval set")
     ax.set_title("Detected overlap per dataset")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
 
 
-def plot_delta(results: dict[str, dict], path: Path) -> None:
+def plot_delta(results: dict[str, dict], path: str) -> None:
     """All − Clean per dataset (points) and Overlap − Clean's 99.5% interval (bars)."""
     names = list(results)
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
@@ -78,11 +79,11 @@ def plot_delta(results: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("accuracy difference (pp)")
     ax.set_title("All − Clean (dots); Overlap − Clean 99.5% CI (bars)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
 
 
-def plot_pr(curve: dict, chosen: dict, name: str, path: Path) -> None:
+def plot_pr(curve: dict, chosen: dict, name: str, path: str) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 3))
     ax.plot(curve["threshold"], curve["precision"], label="precision")
     ax.plot(curve["threshold"], curve["recall"], label="recall")
@@ -91,11 +92,11 @@ def plot_pr(curve: dict, chosen: dict, name: str, path: Path) -> None:
     ax.set_title(f"{name}: planted copies")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
 
 
-def plot_pairs(pairs: list[dict], path: Path, title: str) -> None:
+def plot_pairs(pairs: list[dict], path: str, title: str) -> None:
     """Grid of (eval image | nearest training image) with the score; ``pairs``: dicts with
     ``eval_image``, ``train_image`` (PIL), ``score``, ``eval_id``, ``train_key``."""
     rows = max(1, len(pairs))
@@ -111,36 +112,39 @@ def plot_pairs(pairs: list[dict], path: Path, title: str) -> None:
         axes[row, 1].set_title(f"train {p['train_key']}  s={p['score']:.3f}", fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height))  # the title clear of the first row's labels
-    fig.savefig(path, dpi=80)
+    _save(fig, path, 80)
     plt.close(fig)
 
 
-def write_report(out: Path, results: dict[str, dict], adjusted: dict[str, float | None],
+def write_report(out: str | Path, results: dict[str, dict], adjusted: dict[str, float | None],
                  curves: dict[str, tuple[dict, dict]], pairs: dict[str, list[dict]], meta: dict) -> dict:
-    """Write every report file into ``out``; return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every report file into the report directory ``out`` (a local path or URI, named by
+    :class:`storage.layout.ReportLayout`), each atomically; return their paths."""
+    layout = ReportLayout(str(out))
     clean = {n: {k: r[k] for k in RESULT_KEYS} for n, r in results.items()}
-    _atomic_text(out / "results.json", json.dumps(clean, indent=2) + "\n")
-    _atomic_text(out / "details.json", json.dumps({"p_bonferroni": adjusted, **meta}, indent=2, default=str) + "\n")
+    layout.write_bytes(layout.results, (json.dumps(clean, indent=2) + "\n").encode())
+    layout.write_bytes(layout.details, (json.dumps({"p_bonferroni": adjusted, **meta}, indent=2, default=str)
+                                        + "\n").encode())
     pngs = {"overlap": "overlap_pct.png", "delta": "all_minus_clean.png"}
-    plot_overlap(results, out / pngs["overlap"])
-    plot_delta(results, out / pngs["delta"])
+    plot_overlap(results, layout.asset(pngs["overlap"]))
+    plot_delta(results, layout.asset(pngs["delta"]))
     for name, (curve, chosen) in curves.items():
         pngs[f"pr_{name}"] = f"pr_{_safe(name)}.png"
-        plot_pr(curve, chosen, name, out / pngs[f"pr_{name}"])
+        plot_pr(curve, chosen, name, layout.asset(pngs[f"pr_{name}"]))
     for name, top in pairs.items():
         pngs[f"pairs_{name}"] = f"pairs_{_safe(name)}.png"
-        plot_pairs(top, out / pngs[f"pairs_{name}"], f"{name}: top matches (threshold {results[name]['threshold']:.3f})")
+        plot_pairs(top, layout.asset(pngs[f"pairs_{name}"]),
+                   f"{name}: top matches (threshold {results[name]['threshold']:.3f})")
     table = markdown_table(results, adjusted)
     md = (f"# Eval-overlap (contamination) report\n\nDetector: **{meta['detector']}**; training data: "
           f"`{meta['train_data']}` ({meta['train_images']} images); checkpoint: `{meta['checkpoint']}`.\n"
           "Threshold per dataset: highest recall on planted copies with precision ≥ "
           f"{meta['min_precision']}. Overlap = nearest training image scores ≥ threshold.\n\n{table}\n"
           + "".join(f"![{k}]({v})\n" for k, v in pngs.items()))
-    _atomic_text(out / "report.md", md)
-    _atomic_text(out / "report.html", _html(table_html(results, adjusted), meta, pngs))
-    return {"results": str(out / "results.json"), "report_md": str(out / "report.md"),
-            "report_html": str(out / "report.html"), "pngs": [str(out / p) for p in pngs.values()]}
+    layout.write_bytes(layout.markdown, md.encode())
+    layout.write_bytes(layout.html, _html(table_html(results, adjusted), meta, pngs).encode())
+    return {"results": layout.results, "report_md": layout.markdown, "report_html": layout.html,
+            "pngs": [layout.asset(p) for p in pngs.values()]}
 
 
 def _safe(name: str) -> str:

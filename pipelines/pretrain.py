@@ -26,13 +26,17 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
-import os
 from dataclasses import asdict, dataclass, fields
 
+from pipelines.cli import add_config_flags, field_default, field_help
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.train import PRECISIONS, TOKENIZER_FILE, TrainConfig, train_loop_per_worker
+from pretrain.checkpoint import step_checkpoints, write_result
+from pretrain.train import PRECISIONS, TrainConfig, train_loop_per_worker
+from storage.files import is_local
+from storage.layout import CHECKPOINTS, PretrainLayout
 
 
 @dataclass
@@ -45,7 +49,8 @@ class PretrainJob:
     vocab_size: int = 0  # BPE vocabulary size (0 = the model's token embedding rows)
 
 
-JOB_KEYS = {"workers", "max_failures", "tokenizer", "tokenizer_captions", "vocab_size"}
+JOB_KEYS = {f.name for f in fields(PretrainJob)} - {"train"}  # the job's own fields in the flat config
+REQUIRED = ("train_data", "out_dir")  # from a flag or the config file
 
 
 def _load_config_file(path: str) -> dict:
@@ -61,36 +66,36 @@ def _load_config_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The flags: ``--config``, then one per field of :class:`PretrainJob` and of
+    :class:`~pretrain.train.TrainConfig` (help and defaults from the fields). No flag has an
+    argparse default: a config file's value wins over a flag that was not given."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="JSON or YAML file with any of the fields below (flags given win over it)")
+    p.add_argument("--train-data", dest="train_data",
+                   help=f"{field_help(TrainConfig, 'train_data')} (required: flag or config file)")
+    p.add_argument("--out", dest="out_dir", help="run directory, a local path or a URI (s3://...): checkpoints/, "
+                                                 "metrics.jsonl, loss.png, tokenizer.json, result.json (required: "
+                                                 "flag or config file)")
+    add_config_flags(p, PretrainJob, no_defaults=True)
+    add_config_flags(p, TrainConfig, skip=("train_data", "tokenizer_json", "out_dir", "betas"),
+                     choices={"precision": PRECISIONS}, no_defaults=True)
+    p.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
+                   help=f"{field_help(TrainConfig, 'betas')} (default: {' '.join(map(str, field_default(TrainConfig, 'betas')))})")
+    return p
+
+
 def parse_args(argv: list[str] | None) -> dict:
     """Command line -> a flat dict of config fields (file values, then flags that were given)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="JSON or YAML file with any of the fields below")
-    p.add_argument("--out", dest="out_dir", help="run directory (checkpoints/, metrics.jsonl)")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--max-failures", type=int)
-    p.add_argument("--tokenizer", help="existing tokenizer.json (default: train a BPE)")
-    p.add_argument("--tokenizer-captions", type=int)
-    p.add_argument("--vocab-size", type=int)
-    for f in fields(TrainConfig):
-        if f.name in ("out_dir", "tokenizer_json"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2)
-        elif f.name == "precision":
-            p.add_argument(flag, choices=PRECISIONS)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=kind)
+    p = build_parser()
     args = vars(p.parse_args(argv))
-    merged = _load_config_file(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    config = args.pop("config", None)
+    merged = _load_config_file(config) if config else {}
     merged.update({k: v for k, v in args.items() if v is not None})
-    for required in ("train_data", "out_dir"):
+    for required in REQUIRED:
         if not merged.get(required):
-            p.error(f"--{required.replace('_', '-')} is required (flag or config file)")
+            flag = "--out" if required == "out_dir" else "--" + required.replace("_", "-")
+            p.error(f"{flag} is required (flag or config file)")
     return merged
 
 
@@ -110,7 +115,7 @@ def prepare_tokenizer(job: dict, model_name: str, out_dir: Path) -> str:
         vocab = job.get("vocab_size") or text_cfg.get("vocab_size", 49408)
         tokenizer = CaptionTokenizer.train(captions, vocab_size=vocab, context_length=context)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out_dir / TOKENIZER_FILE)
+    tokenizer.save(PretrainLayout(str(out_dir)).tokenizer)
     return tokenizer.to_str()
 
 
@@ -122,11 +127,6 @@ def absolute_shard_pattern(pattern: str) -> str:
         local = "://" not in part and not part.startswith("pipe:") and not os.path.isabs(part)
         parts.append(os.path.join(os.getcwd(), part) if local else part)
     return "::".join(parts)
-
-
-def is_remote(uri: str) -> bool:
-    """Whether ``uri`` names an object store / remote filesystem (not a local path)."""
-    return "://" in uri and not uri.startswith("file://")
 
 
 def build_job(flat: dict, staging: str | None = None) -> PretrainJob:
@@ -150,8 +150,8 @@ def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_
     cfg = job.train
     if job.workers == 0:
         metrics = train_loop(asdict(cfg))
-        ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step_*"))
-        return {"metrics": metrics, "checkpoint": str(ckpts[-1]) if ckpts else None}
+        ckpts = step_checkpoints(cfg.out_dir)
+        return {"metrics": metrics, "checkpoint": ckpts[-1] if ckpts else None}
     init_ray()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -162,7 +162,7 @@ def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
-            name="checkpoints",
+            name=CHECKPOINTS,  # Ray's run dir: PretrainLayout.checkpoints_dir
             storage_path=storage or cfg.out_dir,
             failure_config=FailureConfig(max_failures=job.max_failures),
         ),
@@ -171,24 +171,24 @@ def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_
     checkpoint = None
     if result.checkpoint is not None:
         checkpoint = result.checkpoint.path
-        if storage and is_remote(storage):  # Ray reports the path inside the bucket
+        if storage and not is_local(storage):  # Ray reports the path inside the bucket
             checkpoint = f"{storage.split('://', 1)[0]}://{checkpoint}"
     return {"metrics": result.metrics, "checkpoint": checkpoint}
 
 
 def publish(staging: str, uri: str, summary: dict) -> dict:
     """Copy a staged run (tokenizer, metrics, plots, --workers 0 checkpoints) to ``uri`` with
-    the checkpoint path rewritten to its place there; ``result.json`` is written last."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(uri)
+    the checkpoint path rewritten to its place there; ``result.json`` is written last (each
+    upload is one PUT: an object appears whole or not at all)."""
+    layout = PretrainLayout(uri)
     for path in sorted(Path(staging).rglob("*")):
         if path.is_file():
-            fs.put_file(str(path), f"{root}/{path.relative_to(staging).as_posix()}")
-    if summary.get("checkpoint", "").startswith(staging):
-        summary["checkpoint"] = uri.rstrip("/") + summary["checkpoint"][len(staging):]
+            layout.fs.put_file(str(path), layout.path(layout.join(path.relative_to(staging).as_posix())))
+    checkpoint, staged = summary.get("checkpoint") or "", str(Path(staging).resolve())
+    if checkpoint.startswith(staged):  # build_job resolved the staging dir
+        summary["checkpoint"] = layout.root + checkpoint[len(staged):]
     summary["config"]["out_dir"] = uri
-    fs.pipe_file(f"{root}/result.json", json.dumps(summary, indent=2, default=str).encode())
+    write_result(uri, summary)
     return summary
 
 
@@ -198,7 +198,7 @@ def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict
     configure_environment()
     flat = parse_args(argv)
     out = str(flat["out_dir"])
-    staging = tempfile.mkdtemp(prefix="openwit-pretrain-") if is_remote(out) else None
+    staging = None if is_local(out) else tempfile.mkdtemp(prefix="openwit-pretrain-")
     try:
         job = build_job(flat, staging)
         outcome = fit(job, storage=out if staging else None, train_loop=train_loop)
@@ -207,7 +207,7 @@ def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict
         if staging:
             summary = publish(staging, out, summary)
         else:
-            (Path(job.train.out_dir) / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+            write_result(job.train.out_dir, summary)
     finally:
         if staging:
             shutil.rmtree(staging, ignore_errors=True)

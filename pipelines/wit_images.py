@@ -32,6 +32,7 @@ from curation.images.robots import RespectConfig
 from storage.layout import RunLayout
 from curation.images.shards import ShardConfig
 from curation.images.urlguard import UrlGuardConfig, parse_allow_networks
+from contamination.evalindex import write_eval_index
 from pipelines import decontaminate
 from pipelines.runtime import configure_environment, init_ray
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict
     if config.download.distributor == "ray":
         init_ray()  # the downloads become Ray tasks on the cluster's nodes
     if config.decontaminate.datasets:  # its URL/caption half runs before the download
-        decontaminate.write_eval_index(layout, config.decontaminate)
+        write_eval_index(layout, config.decontaminate.datasets)
     serving = _serving(args.serve_images, args.serve_port) if args.serve_images else None
     return run_image_stages(layout, config, ray_check_tasks(layout), serving, until=until, map_tasks=ray_map_tasks)
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pretrain.zeroshot import FASHION_MNIST_CLASSES
+from storage.layout import shard_name
 
 # Training-caption wordings for captioned Fashion-MNIST; none is a zero-shot eval template
 # (zeroshot.FASHION_MNIST_TEMPLATES), so the learning check measures transfer to new prompts.
@@ -146,7 +147,7 @@ def write_captioned_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(order), shard_size):
-        path = out_dir / f"{start // shard_size:05d}.tar"
+        path = out_dir / f"{shard_name(start // shard_size)}.tar"
         with wds.TarWriter(str(path)) as sink:
             for i in order[start : start + shard_size]:
                 label = int(data.labels[i])

@@ -3,8 +3,8 @@ under Ray Train's ``TorchTrainer`` (one copy per worker, DDP over gloo on CPU / 
 
 Read top to bottom: config -> worker environment -> model, tokenizer, optimizer -> resume ->
 data -> the loop (LR, forward, ClipLoss, backward, clip, step, clamp logit_scale) -> logs and
-checkpoints. A checkpoint is a directory: ``checkpoint.pt`` (model, optimizer, scheduler,
-step, configs) + ``tokenizer.json``; loaded with ``torch.load(weights_only=True)``.
+checkpoints. A checkpoint is a directory (:mod:`pretrain.checkpoint` saves, loads and resolves
+them); the run's files are named by :class:`storage.layout.PretrainLayout`.
 """
 
 from __future__ import annotations
@@ -13,27 +13,24 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.data import make_train_pipeline, train_batches
 from pretrain.factory import create_model
 from pretrain.loss import ClipLoss
-from pretrain.model import CLIP, CLIPConfig
+from pretrain.model import CLIP
 from pretrain.optim import param_groups
 from pretrain.schedule import cosine_lr
 from pretrain.tokenizer import CaptionTokenizer
-
-CHECKPOINT_FILE = "checkpoint.pt"
-TOKENIZER_FILE = "tokenizer.json"
-METRICS_FILE = "metrics.jsonl"
+from storage.layout import PretrainLayout
 PRECISIONS = ("auto", "fp32", "bf16")  # the implemented --precision values
 COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
               "partial_batch")
@@ -123,78 +120,6 @@ def _in_ray_train() -> bool:
         return False
 
 
-def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: TrainConfig) -> Path:
-    """Write a checkpoint directory and return it. The files are written and fsynced in a temp
-    dir beside ``path``, which is then renamed into place; an existing ``path`` is first renamed
-    aside (``.old-<name>``) and removed only after the new one is in place, so a crash at any
-    point leaves a complete checkpoint under ``path`` or, between the two renames, under its
-    ``.old-`` name, which :func:`load_checkpoint` falls back to."""
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {"name": "cosine", "base_lr": cfg.lr, "warmup_steps": cfg.warmup_steps,
-                      "total_steps": cfg.steps, "step": step},
-        "step": step,
-        "model_config": asdict(model.cfg),
-        "train_config": {k: v for k, v in asdict(cfg).items() if k != "tokenizer_json"},
-    }
-    try:
-        torch.save(state, tmp / CHECKPOINT_FILE)
-        (tmp / TOKENIZER_FILE).write_text(cfg.tokenizer_json)
-        for file in (tmp / CHECKPOINT_FILE, tmp / TOKENIZER_FILE, tmp):
-            _fsync(file)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = _aside(path)
-    if path.exists():
-        if old.exists():  # left by a crash after its replacement was in place: stale
-            shutil.rmtree(old)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    _fsync(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def _aside(path: Path) -> Path:
-    """Where :func:`save_checkpoint` keeps the checkpoint it replaces until the new one is in place."""
-    return path.with_name(f".old-{path.name}")
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's entry to disk (a rename is durable once its dir is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read ``checkpoint.pt`` of a checkpoint directory (weights_only: no pickled code runs).
-    If ``path`` is missing because a save was interrupted between its two renames, the
-    checkpoint it was replacing (``.old-<name>``) is read."""
-    file = Path(path) / CHECKPOINT_FILE
-    if not file.is_file() and not Path(path).exists() and (_aside(Path(path)) / CHECKPOINT_FILE).is_file():
-        file = _aside(Path(path)) / CHECKPOINT_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no checkpoint file in checkpoint directory {path}")
-    return torch.load(file, map_location="cpu", weights_only=True)
-
-
-def load_model(path: str | Path) -> tuple[CLIP, CaptionTokenizer, dict]:
-    """Model (eval mode, CPU) + tokenizer + raw state from a checkpoint directory."""
-    state = load_checkpoint(path)
-    model = create_model(CLIPConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    folder = Path(path) if Path(path).exists() else _aside(Path(path))
-    tokenizer = CaptionTokenizer.from_file(folder / TOKENIZER_FILE, model.context_length)
-    return model.eval(), tokenizer, state
-
-
 def _resume_dir(cfg: TrainConfig, env: WorkerEnv):
     """(context manager giving a directory or None): Ray's latest checkpoint wins over
     ``resume_from`` (after a worker failure Ray hands back the last reported one)."""
@@ -235,7 +160,8 @@ class MetricsLog:
 
     def __init__(self, out_dir: str, enabled: bool):
         self.enabled = enabled
-        self.path = Path(out_dir) / METRICS_FILE
+        self.layout = PretrainLayout(out_dir)
+        self.path = Path(self.layout.metrics)
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -260,7 +186,7 @@ class MetricsLog:
         ax2.plot([r["step"] for r in rows], [r["logit_scale"] for r in rows])
         ax2.set(xlabel="step", ylabel="exp(logit_scale)", title="logit scale")
         fig.tight_layout()
-        fig.savefig(self.path.with_name("loss.png"), dpi=100)
+        fig.savefig(self.layout.loss_plot, dpi=100)
         plt.close(fig)
 
 
@@ -287,9 +213,7 @@ def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int,
                 )
             ray.train.report(metrics, checkpoint=checkpoint)
     elif env.rank == 0:
-        ckpt_dir = Path(cfg.out_dir) / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(ckpt_dir / f"step_{step:08d}", model, optimizer, step, cfg)
+        save_checkpoint(PretrainLayout(cfg.out_dir).checkpoint(step), model, optimizer, step, cfg)
 
 
 def train_loop_per_worker(config: dict) -> dict:

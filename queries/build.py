@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.files import atomic_write, join, open_input_text
+from storage.files import atomic_write, open_input_text
+from storage.layout import RunLayout
 from queries.ngrams import COUNT_SCHEMA, WORD_PATTERN
 from queries.text import is_matchable
 
@@ -177,13 +178,13 @@ def merge_sources(entries: dict[str, pa.Table]) -> tuple[pa.Table, dict[str, int
 def write_query_list(out_dir: str | Path, table: pa.Table, stats: dict, config: QueryListConfig) -> str:
     """Write ``queries.parquet``, ``metadata.json`` and ``stats.json`` under ``<out_dir>/queries``
     (a local path or URI; temp name + rename each). Returns that directory."""
-    target = join(str(out_dir), "queries")
-    atomic_write(join(target, "queries.parquet"), lambda f: pq.write_table(table, f, compression="zstd"))
+    target = RunLayout(str(out_dir)).queries
+    atomic_write(target.parquet, lambda f: pq.write_table(table, f, compression="zstd"))
     metadata = json.dumps(table["query"].to_pylist(), ensure_ascii=False) + "\n"
-    atomic_write(join(target, "metadata.json"), lambda f: f.write(metadata.encode("utf-8")))
+    atomic_write(target.metadata, lambda f: f.write(metadata.encode("utf-8")))
     text = json.dumps({**stats, "config": asdict(config)}, indent=2, sort_keys=True) + "\n"
-    atomic_write(join(target, "stats.json"), lambda f: f.write(text.encode("utf-8")))
-    return target
+    atomic_write(target.stats, lambda f: f.write(text.encode("utf-8")))
+    return target.root
 
 
 def load_queries(path: str | Path) -> list[str]:

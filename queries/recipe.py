@@ -25,7 +25,8 @@ from queries.build import (
     write_query_list,
 )
 from queries.corpus import DocumentSource
-from storage.files import atomic_write, file_identity, is_input_file, join, open_input
+from storage.files import atomic_write, file_identity, is_input_file, open_input
+from storage.layout import RunLayout
 from queries.counting import CountingJob
 from queries.ngrams import bigram_pmi, split_counts
 from queries.text import is_matchable
@@ -105,7 +106,7 @@ def counted(count: Count, job: CountingJob, out: str) -> pa.Table:
     identity = {"inputs": [file_identity(s.path) for s in job.sources], "lowercase": job.lowercase,
                 "min_unigram": job.min_unigram, "min_bigram": job.min_bigram}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    table_uri, marker_uri = join(out, "queries", "_counts", f"{key}.parquet"), join(out, "queries", "_counts", key)
+    table_uri, marker_uri = RunLayout(out).queries.counts(key)
     if is_input_file(marker_uri) and is_input_file(table_uri):
         log.info("counts of these %d input files found in %s: not counting again", len(job.sources), table_uri)
         with open_input(table_uri) as f:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO
 
 import fsspec
@@ -89,3 +91,64 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+ASIDE_MARK = ".old-"  # the prefix of the directory :func:`atomic_write_dir` replaces, until the new one is in place
+
+
+def aside_path(path: str | Path) -> Path:
+    """Where :func:`atomic_write_dir` keeps the directory it replaces (``.old-<name>``) until the
+    new one is in place."""
+    path = Path(path)
+    return path.with_name(f"{ASIDE_MARK}{path.name}")
+
+
+def completed_dir(path: str | Path) -> Path:
+    """The directory :func:`atomic_write_dir` last completed at ``path``: ``path`` itself, or,
+    when a replace was interrupted between its two renames (``path`` missing), the previous
+    directory kept aside (:func:`aside_path`). ``path`` if neither exists."""
+    path = Path(path)
+    if not path.exists() and aside_path(path).is_dir():
+        return aside_path(path)
+    return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write the directory ``path`` (local only) so that a crash at any point leaves a complete
+    directory under ``path`` or under its aside name (read it through :func:`completed_dir`):
+    ``write(tmp)`` fills a temp dir beside it (``.<name>.tmp-<hex>``), every file and the dir are
+    fsynced, an existing ``path`` is renamed aside (``.old-<name>``), the temp dir renamed into
+    place, the parent dir fsynced, and only then is the aside copy removed. A failing ``write``
+    leaves ``path`` untouched and no temp dir. Returns ``path``."""
+    if not is_local(str(path)):
+        raise ValueError(f"{path}: atomic_write_dir writes local directories only")
+    path = Path(str(path).removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent))
+    try:
+        write(tmp)
+        for folder, _, files in os.walk(tmp, topdown=False):
+            for name in files:
+                _fsync(Path(folder) / name)
+            _fsync(Path(folder))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = aside_path(path)
+    if path.exists():
+        if old.exists():  # left by a crash after its replacement was in place: stale
+            shutil.rmtree(old)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entry to disk (a rename is durable once its dir is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

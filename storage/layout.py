@@ -396,6 +396,10 @@ class RunLayout(Store):
     def marker(self, index: int) -> str:
         return self.cur("selected", "_done", part_name(index))
 
+    @property
+    def rejects_root(self) -> str:
+        return self.cur("rejects")
+
     def rejects_dir(self, stage: str) -> str:
         return self.cur("rejects", stage)
 
@@ -460,6 +464,12 @@ class RunLayout(Store):
     def checked_part(self, name: str) -> str:
         return self.cur("checked", f"{name}.parquet")
 
+    @staticmethod
+    def checked_name(download_shard: str) -> str:
+        """The checked part's name of a download shard: ``…/pass0/00003.tar`` → ``pass0_00003``."""
+        pass_name, stem = download_shard.rsplit("/", 2)[-2], download_shard.rsplit("/", 1)[-1].removesuffix(".tar")
+        return f"{pass_name}_{stem}"
+
     def checked_node_record(self, name: str) -> str:
         """``checked/_nodes/<name>.json``: which node checked the checked part ``name``."""
         return self.cur("checked", "_nodes", f"{name}.json")
@@ -504,6 +514,10 @@ class RunLayout(Store):
 
     def report_asset(self, name: str) -> str:
         return self.cur("report", name)
+
+    def report_link(self, uri: str) -> str:
+        """``uri`` (a file of the curation dir) as a link relative to ``report.html``."""
+        return posixpath.relpath(uri, self.curation) if uri.startswith(self.curation + "/") else uri
 
 
 SCRATCH = ("dedup", "shardplan")  # curation scratch dirs (RunLayout.scratch)

@@ -22,7 +22,7 @@ from curation.images.dedup import fixed_bytes
 from curation.images.phash import PHASH_BITS, nearest_binary
 from curation.stage import (MapTasks, dropped_rows, in_process, reject_counts, run_task_stage, stage_done,
                             without_rejects, write_rejects)
-from storage.layout import RunLayout, part_name
+from storage.layout import RunLayout, part_name, task_part_name
 
 EVAL_DUPLICATE = "eval_duplicate"
 
@@ -32,7 +32,7 @@ class DecontaminateConfig:
     """Eval decontamination (``build_wit.py --decontaminate DATASET...``): the eval images'
     pHash codes are written to ``layout.eval_index`` (``eval_id``, ``phash``) by the caller."""
 
-    datasets: tuple[str, ...] = ()  # eval sets named on the command line; () = the stage is off
+    datasets: tuple[str, ...] = ()  # keep these eval sets out of training; none: the stages are off
     max_distance: int = 8  # pHash Hamming distance at or below which a training image is an eval copy
 
 
@@ -114,7 +114,7 @@ class DecontaminateTasks:
             "eval_id": evals.column("eval_id").take(pa.array(nearest[hit], pa.int64())),
             "score": pa.array(score[hit], pa.float32()),
             "part": pa.array(np.full(len(hit), index, np.int32)), "row": pa.array(rows[hit].astype(np.int32))})
-        write_rejects(layout, "decontaminate", rejected, part=f"p{index:06d}")
+        write_rejects(layout, "decontaminate", rejected, part=task_part_name(index))
         return {"in": int(len(rows)), "out": int(len(rows) - len(hit)), "rejected": reject_counts(rejected)}
 
 

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from curation.images.phash import PHASH_BITS
 from curation.stage import MapTasks, in_process
+from storage.layout import bucket_name, task_part_name
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class DedupTasks:
         self.layout, self.config, self.buckets = layout, config, int(buckets)
 
     def _scratch(self, *parts: str) -> str:
-        return self.layout.cur("dedup", *parts)
+        return self.layout.scratch("dedup", *parts)
 
     def scatter(self, item: tuple[int, str]) -> int:
         """Round 1: one checked part (index, uri) → exact buckets; returns its rows (counted)."""
@@ -201,13 +202,13 @@ class DedupTasks:
         bucket = _bucket_of(first8, self.buckets)
         for b in range(self.buckets):
             mine = table.filter(pa.array(bucket == b))
-            self.layout.write_parquet(mine, self._scratch("exact", f"b{b:05d}", f"p{index:06d}.parquet"))
+            self.layout.write_parquet(mine, self._scratch("exact", bucket_name(b), f"{task_part_name(index)}.parquet"))
         return n
 
     def exact(self, b: int) -> dict:
         """Round 2: exact duplicates of bucket ``b``; survivors → band buckets. Returns counts."""
         layout, config = self.layout, self.config
-        files = layout.list(self._scratch("exact", f"b{b:05d}"), ".parquet")
+        files = layout.list(self._scratch("exact", bucket_name(b)), ".parquet")
         table = layout.read_parquets(files, ["uid", "pixel_hash", "phash", "part", "row"]) if files else None
         if table is None or not len(table):
             table = pa.table({"uid": pa.array([], pa.string()), "pixel_hash": pa.array([], pa.binary(16)),
@@ -227,7 +228,7 @@ class DedupTasks:
                              "part": rejected.column("part"), "row": rejected.column("row")})
         from curation.stage import write_rejects
 
-        write_rejects(layout, "imagededup", rejected, part=f"exact-b{b:05d}")
+        write_rejects(layout, "imagededup", rejected, part=f"exact-{bucket_name(b)}")
         survivors = table.filter(pa.array(~same)).select(["uid", "phash", "part", "row"])
         if config.threshold >= 0:
             codes = phash_codes(survivors.column("phash"))
@@ -241,13 +242,13 @@ class DedupTasks:
             target = _bucket_of(banded.column("key").to_numpy(), self.buckets)
             for c in range(self.buckets):
                 layout.write_parquet(banded.filter(pa.array(target == c)),
-                                     self._scratch("band", f"c{c:05d}", f"b{b:05d}.parquet"))
+                                     self._scratch("band", bucket_name(c, "c"), f"{bucket_name(b)}.parquet"))
         return {"rejected": len(rejected), "by_part": _by_part(rejected)}
 
     def edges(self, c: int) -> int:
         """Round 3: the near pairs among the rows of band bucket ``c``; returns how many."""
         layout = self.layout
-        files = layout.list(self._scratch("band", f"c{c:05d}"), ".parquet")
+        files = layout.list(self._scratch("band", bucket_name(c, "c")), ".parquet")
         table = layout.read_parquets(files, ["uid", "part", "row", "code", "key"]) if files else None
         if table is None or not len(table):
             edges = pa.table({f"{side}_{col}": pa.array([], t) for side in "ab"
@@ -258,7 +259,7 @@ class DedupTasks:
             left, right = table.take(pa.array(a)), table.take(pa.array(b))  # a < b: left has the smaller uid
             edges = pa.table({**{f"a_{col}": left.column(col) for col in ("uid", "part", "row")},
                               **{f"b_{col}": right.column(col) for col in ("uid", "part", "row")}})
-        layout.write_parquet(edges, self._scratch("edges", f"c{c:05d}.parquet"))
+        layout.write_parquet(edges, self._scratch("edges", f"{bucket_name(c, 'c')}.parquet"))
         return len(edges)
 
     def near(self, _: int = 0) -> dict:
@@ -316,7 +317,7 @@ def deduplicate_distributed(layout, parts: list[str], config: ImageDedupConfig,
     (``rejects/imagededup/{exact-bNNNNN,near}.parquet``: uid, reason, duplicate_of, part, row)
     and returns counts: ``in`` (rows read by the tasks), ``rejected`` by reason, ``by_part``
     (rejects per part index). Scratch files under ``curation/dedup/`` are removed at the end."""
-    layout.remove_tree(layout.cur("dedup"))
+    layout.remove_tree(layout.scratch("dedup"))
     layout.remove_tree(layout.rejects_dir("imagededup"))
     rows = sum(layout.parquet_rows(p) for p in parts)
     buckets = config.buckets or default_buckets(rows)
@@ -331,7 +332,7 @@ def deduplicate_distributed(layout, parts: list[str], config: ImageDedupConfig,
     for result in [*exact, near]:
         for part, n in result["by_part"].items():
             by_part[int(part)] = by_part.get(int(part), 0) + n
-    layout.remove_tree(layout.cur("dedup"))
+    layout.remove_tree(layout.scratch("dedup"))
     rejected = {"exact_duplicate": sum(r["rejected"] for r in exact), "near_duplicate": near["rejected"]}
     return {"in": rows_in, "rejected": {k: v for k, v in rejected.items() if v}, "by_part": by_part,
             "buckets": buckets}

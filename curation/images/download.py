@@ -153,8 +153,7 @@ def rows_by_node(layout: RunLayout, downloaded: pa.Table) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in pc.value_counts(downloaded.column("shard")).to_pylist() if len(downloaded) else []:
         shard, n = item["values"], item["counts"]
-        folder, stem = shard.rsplit("/", 1)
-        record = f"{folder}/_nodes/{stem.removesuffix('.tar')}.json"
+        record = layout.download_node_record(shard)
         node = layout.read_json(record)["node"] if layout.exists(record) else "unknown"
         counts[node] = counts.get(node, 0) + int(n)
     return dict(sorted(counts.items()))

@@ -143,9 +143,10 @@ def node_name() -> str:
 def record_node(output_folder: str, shard_id: int) -> None:
     """Write ``_nodes/NNNNN.json`` = ``{"node": …}`` beside an img2dataset shard (one PUT)."""
     from storage.files import atomic_write
+    from storage.layout import RunLayout
 
     body = json.dumps({"node": node_name(), "host": socket.gethostname()}).encode()
-    atomic_write(f"{output_folder}/_nodes/{int(shard_id):05d}.json", lambda f: f.write(body))
+    atomic_write(RunLayout.download_node_record_in(output_folder, int(shard_id)), lambda f: f.write(body))
 
 
 class GuardedDownloader(Downloader):

@@ -37,7 +37,7 @@ from curation.images.shards import ShardConfig, finish_shards, plan_shards, writ
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (IMAGE_STAGES, MapTasks, StageStats, dropped_rows, in_process, read_stats, reject_counts,
                             run_task_stage, stage_done, without_rejects, without_uids, write_rejects)
-from storage.layout import RunLayout, part_name
+from storage.layout import RunLayout, part_name, task_part_name
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class CheckDownloadShards:
             for column, kind in zip(META_COLUMNS, (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string())):
                 kept = kept.append_column(column, pa.array(task[column], kind).take(at))
             write_rejects(self.layout, "imagecheck", rejected, part=task["name"])
-            self.layout.write_json(self.layout.cur("checked", "_nodes", f"{task['name']}.json"),
+            self.layout.write_json(self.layout.checked_node_record(task["name"]),
                                    {"node": node_name(), "rows": len(images)})
             self.layout.write_parquet(kept, task["out"])  # the completion marker, last
             for key, value in (("out", task["out"]), ("kept", len(kept)), ("rejected", len(rejected))):
@@ -198,8 +198,7 @@ def check_tasks(layout: RunLayout, downloaded: pa.Table, selected: pa.Table) -> 
     rows = []
     for start, stop in zip(starts, [*starts[1:], len(shards)]):
         shard = str(shards[start])
-        pass_name, stem = shard.rsplit("/", 2)[-2], shard.rsplit("/", 1)[-1].removesuffix(".tar")
-        name = f"{pass_name}_{stem}"  # pass0_00000, retry_00000
+        name = layout.checked_name(shard)  # pass0_00000, retry_00000
         piece, piece_meta = ordered.slice(start, stop - start), meta.slice(start, stop - start)
         rows.append({"tar": shard, "uids": piece.column("uid").to_pylist(), "keys": piece.column("key").to_pylist(),
                      "name": name, "out": layout.checked_part(name),
@@ -238,7 +237,7 @@ def check_stage(layout: RunLayout, downloaded: pa.Table, selected: pa.Table, con
     kept = sum(layout.parquet_rows(p) for p in parts)
     by_node: dict[str, int] = {}
     for name in sorted(names):
-        record = layout.cur("checked", "_nodes", f"{name}.json")
+        record = layout.checked_node_record(name)
         body = layout.read_json(record) if layout.exists(record) else {"node": "unknown", "rows": 0}
         by_node[body["node"]] = by_node.get(body["node"], 0) + int(body["rows"])
     StageStats("imagecheck", len(downloaded), kept, reject_counts(rejected), {"by_node": by_node}).write(layout)
@@ -266,7 +265,7 @@ class ShardTasks:
         self.layout, self.config = layout, config
 
     def _plan(self, index: int) -> str:
-        return self.layout.cur("shardplan", f"p{index:06d}.parquet")
+        return self.layout.scratch("shardplan", f"{task_part_name(index)}.parquet")
 
     def mark(self, item: tuple[int, str]) -> dict:
         index, uri = item
@@ -299,7 +298,7 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
     ``holdout_fraction`` a uid-hash share goes to ``heldout/`` instead. ``in`` is what the mark
     tasks count as kept (checked against ``dedup_out`` when given)."""
     tasks = ShardTasks(layout, config)
-    layout.remove_tree(layout.cur("shardplan"))
+    layout.remove_tree(layout.scratch("shardplan"))
     marks = map_tasks(tasks.mark, list(enumerate(parts)))
     rows_in = sum(m["kept"] for m in marks)
     if dedup_out is not None and rows_in != dedup_out:
@@ -318,7 +317,7 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
         for w in written:
             by_node[w["node"]] = by_node.get(w["node"], 0) + w["samples"]
         stats[split] = finish_shards(layout, written, config, split)
-    layout.remove_tree(layout.cur("shardplan"))
+    layout.remove_tree(layout.scratch("shardplan"))
     heldout = stats.get("heldout", {}).get("samples", 0)
     StageStats("shards", rows_in, stats["shards"]["samples"] + heldout, {},
                {"heldout": heldout, "by_node": by_node}).write(layout)

@@ -11,7 +11,6 @@ then renamed. They load unchanged with ``webdataset.WebDataset``, ``ray.data.rea
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterable, Iterator

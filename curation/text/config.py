@@ -112,7 +112,7 @@ def prepare_run(config: CurationConfig) -> bool:
     fingerprint = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
     previous = layout.read_json(layout.config_stamp) if layout.exists(layout.config_stamp) else None
     rejects = [layout.rejects_dir(stage) for stage in config.stage_names()]
-    for directory in (layout.selected_dir, layout.cur("selected", "_done"), layout.stats_dir, layout.curation,
+    for directory in (layout.selected_dir, layout.markers_dir, layout.stats_dir, layout.curation,
                       layout.read_tally_dir, *rejects):
         layout.clean_temp(directory)
     if previous is not None and previous.get("fingerprint") == fingerprint:

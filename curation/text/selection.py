@@ -120,8 +120,8 @@ def verify_parts(layout: RunLayout, num_parts: int) -> list[int]:
 
 def clear_selection(layout: RunLayout) -> None:
     """Forget a selection (a run with a different configuration rewrites everything)."""
-    for name in ("selected", "rejects", "stats", "_read"):
-        layout.remove_tree(layout.cur(name))
+    for directory in (layout.selected_dir, layout.rejects_root, layout.stats_dir, layout.read_tally_dir):
+        layout.remove_tree(directory)
     layout.remove(layout.entry_counts)
 
 

@@ -43,7 +43,7 @@ from fastwarc.warc import ArchiveIterator
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from storage.layout import RunLayout
+from storage.layout import PoolLayout
 from curation.stage import StageStats
 
 RECORD_STAGE = "webpool_records"
@@ -326,49 +326,44 @@ def list_archives(pattern: str) -> list[str]:
     return files
 
 
-def part_name(index: int) -> str:
-    """The name of the output part of the ``index``-th input file."""
-    return f"part-{index:05d}"
-
-
 def write_file_part(uri: str, index: int, kind: str, out_dir: str, config: WebPoolConfig = WebPoolConfig()) -> dict:
     """Extract one file into ``out_dir``: ``pairs/<part>.parquet``, ``rejects/<stage>/<part>.parquet``
     and last the marker ``done/<part>.json`` (the file and both stages' counts), each written
     atomically. A part whose marker exists for the same file is not redone. Returns the marker."""
-    name, io = part_name(index), RunLayout(out_dir)  # the pool dir's I/O (a path or URI)
-    marker = io.join("done", f"{name}.json")
+    pool = PoolLayout(out_dir)  # the pool dir's names and I/O (a path or URI)
+    marker = pool.marker(index)
     settings = {"file": uri, "kind": kind, "config": asdict(config)}
-    if io.exists(marker):
-        done = io.read_json(marker)
+    if pool.exists(marker):
+        done = pool.read_json(marker)
         if all(done.get(k) == v for k, v in settings.items()):
             return done
     result = extract_file(uri, kind, config)
-    io.write_parquet(result.pairs, io.join("pairs", f"{name}.parquet"))
+    pool.write_parquet(result.pairs, pool.pairs(index))
     for stage in (RECORD_STAGE, PAIR_STAGE):
         rows = result.rejects.filter(pc.equal(result.rejects.column("stage"), stage))
-        io.write_parquet(rows, io.join("rejects", stage, f"{name}.parquet"))
+        pool.write_parquet(rows, pool.reject_part(stage, index))
     done = {**settings, **{s.stage: {"in": s.rows_in, "out": s.rows_out, "rejected": s.rejected}
                            for s in (result.records, result.images)}}
-    io.write_json(marker, done)
+    pool.write_json(marker, done)
     return done
 
 
 def write_stats(out_dir: str, files: list[str]) -> dict[str, StageStats]:
     """Merge the parts' markers into ``stats/<stage>.json``. A missing marker, or a part left by
     an earlier run over more files (it would be read as pool), is an error naming it."""
-    io = RunLayout(out_dir)
-    expected = {f"{part_name(i)}.parquet" for i in range(len(files))}
-    names = [u.rsplit("/", 1)[-1] for u in io.list(io.join("pairs"), ".parquet")]
-    stale = sorted(n for n in names if n.startswith("part-") and n not in expected)
+    pool = PoolLayout(out_dir)
+    expected = {pool.pairs(i) for i in range(len(files))}
+    names = [u.rsplit("/", 1)[-1] for u in pool.list(pool.pairs_dir, ".parquet") if u not in expected]
+    stale = sorted(n for n in names if n.startswith("part-"))
     if stale:
         raise FileExistsError(f"{out_dir}/pairs holds {stale[0]} (of an earlier run over other files): "
                               f"remove {out_dir} or use another --out")
     totals = {stage: StageStats(stage) for stage in (RECORD_STAGE, PAIR_STAGE)}
     for index, uri in enumerate(files):
-        marker = io.join("done", f"{part_name(index)}.json")
-        if not io.exists(marker):
+        marker = pool.marker(index)
+        if not pool.exists(marker):
             raise FileNotFoundError(f"{marker} missing: {uri} was not extracted")
-        done = io.read_json(marker)
+        done = pool.read_json(marker)
         for stage, total in totals.items():
             total.rows_in += done[stage]["in"]
             total.rows_out += done[stage]["out"]
@@ -376,5 +371,5 @@ def write_stats(out_dir: str, files: list[str]) -> dict[str, StageStats]:
                 total.rejected[reason] = total.rejected.get(reason, 0) + n
     for total in totals.values():
         total.rejected = dict(sorted(total.rejected.items()))
-        io.write_json(io.join("stats", f"{total.stage}.json"), total.check().body())
+        pool.write_json(pool.stats(total.stage), total.check().body())
     return totals

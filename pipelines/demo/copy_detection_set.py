@@ -1,5 +1,5 @@
 """The sample data's copy-detection images: what the shipped copy detector
-(``contamination/assets/copy_detector.pt``, ``pipelines/train_copy_detector.py``) is trained on and what
+(``contamination/assets/copy_detector.pt``, ``pipelines/demo/train_copy_detector.py``) is trained on and what
 ``tests/contamination/test_copy_detection.py`` measures it on — disjoint by construction.
 
 The sample images hold many true duplicates (the same openclipart drawing filed under two
@@ -18,7 +18,7 @@ gallery of training images), the next ``EVAL`` its held-out eval originals. Fash
 images (upscaled like the demo's planted copies) are added to the detector's training; the
 Fashion-MNIST *test* images (the demo's eval set, whose copies the demo plants) are never trained on.
 
-Planted-copy measurement (:func:`planted_cases`, :func:`measure_planted`; the test and
+Planted-copy measurement (:func:`planted_cases` here, :func:`contamination.planted.measure_planted`; the test and
 ``bench/bench_copy_detection.py``): per eval set, 1,000 eval originals; ``N_PLANT`` of them get a
 planted copy (``make_copy``) for calibration and ``N_PLANT`` others for the measurement; ``N_PLANT``
 + ``N_PLANT`` further eval images have no copy (negatives). Gallery = the ``TRAIN`` training images
@@ -129,25 +129,3 @@ def planted_cases(manifest: dict[str, str], seed: int = 0,
             "fashion": (train, [Image.fromarray(data.images[i]) for i in range(EVAL)], fashion)}
 
 
-def measure_planted(detector, case: tuple[list, list, list], min_precision: float = 0.95) -> list[dict]:
-    """Two measurements, through the report's own ``Detector`` scoring: threshold chosen on the
-    calibration half (highest recall at precision >= ``min_precision``), precision/recall at it
-    on the measurement half; first with the halves as the module doc says, then exchanged. Each
-    also has the rank-1 rate (nearest gallery image = own copy) over all planted copies."""
-    from PIL import Image
-
-    from contamination.overlap import choose_threshold, precision_recall
-
-    train, evals, copies = case
-    gallery = detector.embed([Image.fromarray(a) for a in train + copies])
-    score, idx = detector.nearest(detector.embed_queries(evals), gallery)
-    own = idx[:2 * N_PLANT] == len(train) + np.arange(2 * N_PLANT)
-    halves = [(score[pos], own[pos], score[2 * N_PLANT + pos])
-              for pos in (np.arange(N_PLANT), np.arange(N_PLANT, 2 * N_PLANT))]
-    out = []
-    for (cp, cc, cn), (mp, mc, mn) in (halves, halves[::-1]):
-        chosen = choose_threshold(precision_recall(cp, cc, cn), min_precision)
-        at = precision_recall(mp, mc, mn, thresholds=np.array([chosen["threshold"]]))
-        out.append({"threshold": chosen["threshold"], "calibration": chosen, "precision": float(at["precision"][0]),
-                    "recall": float(at["recall"][0]), "rank1": float(own.mean())})
-    return out

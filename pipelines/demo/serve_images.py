@@ -1,4 +1,4 @@
-"""Serve a directory of images over HTTP on 127.0.0.1 (the sample pool's image host).
+"""Serve the sample images on 127.0.0.1 in the foreground (the sample pool's image host).
 
 The sample pool's URLs are ``http://127.0.0.1:18765/<path under data/sample/images>``; the demo
 serves that tree so img2dataset downloads real images for real, without leaving the machine::
@@ -6,90 +6,32 @@ serves that tree so img2dataset downloads real images for real, without leaving 
     python -m pipelines.demo.serve_images                       # data/sample/images on 127.0.0.1:18765
     python -m pipelines.demo.serve_images --dir DIR --port 0    # any dir, an ephemeral port
 
-In code (tests, ``pipelines/wit_images.py --serve-images``)::
-
-    with serving(root, port=0) as base_url:
-        ...  # GET f"{base_url}/emoji/1f600.png"
-
-The server binds to loopback only (any other host is refused), serves files only (no directory
-listings), never follows a path out of the root, and logs nothing per request.
+The server itself (``serving``, ``make_server``, ``ImageRequestHandler``) is the product's
+:mod:`pipelines.serve_images` (``wit_images.py --serve-images``), re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import http.server
-import ipaddress
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 18765  # the sample pool's URLs use this port
-
-
-class ImageRequestHandler(http.server.SimpleHTTPRequestHandler):
-    """Files under the served root; 404 for directories; quiet."""
-
-    def list_directory(self, path):
-        self.send_error(404, "Not Found")
-        return None
-
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        pass
-
-
-class ImageServer(http.server.ThreadingHTTPServer):
-    """Threaded HTTP server with a backlog big enough for img2dataset's thread pools."""
-
-    daemon_threads = True
-    request_queue_size = 512
-
-
-def make_server(root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                handler: type[http.server.BaseHTTPRequestHandler] = ImageRequestHandler) -> ImageServer:
-    """A server for ``root`` bound to ``host:port`` (``port=0``: ephemeral). ``host`` must be a
-    loopback address; ``root`` must be a directory (ValueError / FileNotFoundError otherwise)."""
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"serve_images binds to loopback only, not {host}")
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory to serve (run `make sample-data`)")
-    if handler is ImageRequestHandler or issubclass(handler, http.server.SimpleHTTPRequestHandler):
-        handler = functools.partial(handler, directory=str(root.resolve()))
-    return ImageServer((host, port), handler)
-
-
-@contextlib.contextmanager
-def serving(root: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-            handler: type[http.server.BaseHTTPRequestHandler] = ImageRequestHandler) -> Iterator[str]:
-    """Serve ``root`` in a background thread for the duration of the block; yields the base
-    URL (``http://127.0.0.1:<port>``)."""
-    server = make_server(root, host, port, handler)
-    thread = threading.Thread(target=server.serve_forever, name="serve_images", daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+from pipelines.serve_images import (DEFAULT_HOST, DEFAULT_PORT, ImageRequestHandler, ImageServer,  # noqa: F401
+                                    make_server, serving)
 
 
 def run(argv: list[str] | None = None) -> int:
     """CLI: serve in the foreground until interrupted."""
-    from pipelines.demo.sample_data import data_dir
+    from storage.datadir import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="directory to serve (default: the sample images)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="loopback address to bind")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (0: ephemeral)")
     args = parser.parse_args(argv)
-    server = make_server(args.dir or data_dir() / "images", args.host, args.port)
-    print(f"[serve_images] serving {args.dir or data_dir() / 'images'} on "
-          f"http://{args.host}:{server.server_address[1]} (Ctrl-C stops)", flush=True)
+    root = args.dir or data_dir() / "images"
+    server = make_server(root, args.host, args.port)
+    print(f"[serve_images] serving {root} on http://{args.host}:{server.server_address[1]} (Ctrl-C stops)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

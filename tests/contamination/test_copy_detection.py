@@ -1,14 +1,14 @@
 """Planted-copy precision/recall of both detector backends on real images, through the report's
-own scoring (``pipelines.contamination_report.Detector``), at a threshold chosen on one planted
+own scoring (``contamination.analysis.Detector``), at a threshold chosen on one planted
 set and measured on another.
 
 Images (``pipelines.demo.copy_detection_set``): mutually distinct openclipart drawings and emoji
 (the sample pool holds true duplicates that would otherwise be "negatives"; see that module).
 The learned detector is the shipped one (``contamination/assets/copy_detector.pt``, trained by
-``pipelines/train_copy_detector.py`` on the first 1,000 distinct images and 3,000 Fashion-MNIST
+``pipelines/demo/train_copy_detector.py`` on the first 1,000 distinct images and 3,000 Fashion-MNIST
 *train* images): the eval originals and every planted copy here are images it never saw.
 
-Protocol (``planted_cases`` / ``measure_planted`` in that module; ``bench/bench_copy_detection.py``
+Protocol (``planted_cases`` in that module, ``contamination.planted.measure_planted``; ``bench/bench_copy_detection.py``
 repeats it over more copy seeds): per eval set, 1,000 eval originals; 250 get a planted copy (crop
 keeping 70-95% of each side, resize 0.5-3x, brightness x0.75-1.25, JPEG q40-90: ``make_copy``) for
 calibration and 250 others for the measurement; 250 + 250 further eval images have no copy
@@ -26,9 +26,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.contamination_report import Detector
-from pipelines.demo.copy_detection_set import measure_planted, planted_cases
-from pipelines.train_copy_detector import SHIPPED
+from contamination.analysis import Detector
+from contamination.planted import measure_planted
+from pipelines.demo.copy_detection_set import N_PLANT, planted_cases
+from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
 from contamination.copydetect import (
     CopyDetector,
     CopyDetectorConfig,
@@ -75,7 +76,7 @@ GOAL = {"clipart": (0.93, 0.93), "fashion": (0.95, 0.95)}  # (precision, recall)
 def test_shipped_detector_finds_planted_copies(case, shipped, cases):
     """This split measured: clipart precision 0.944 / recall 0.940 (rank-1 0.992); Fashion-MNIST
     0.988 / 0.972 (rank-1 0.996)."""
-    result = measure_planted(shipped, cases[case])[0]
+    result = measure_planted(shipped, cases[case], N_PLANT)[0]
     print(json.dumps({case: result}))
     precision, recall = GOAL[case]
     assert result["precision"] >= precision and result["recall"] >= recall, result
@@ -86,7 +87,7 @@ def test_shipped_detector_finds_planted_copies(case, shipped, cases):
 def test_phash_on_planted_copies(case, cases):
     """pHash, stated honestly: a crop moves every DCT coefficient, so the nearest hash is rarely
     the copy's (measured rank-1 0.16 on clipart) and the recall at >= 0.95 precision is small."""
-    result = measure_planted(Detector("phash"), cases[case])[0]
+    result = measure_planted(Detector("phash"), cases[case], N_PLANT)[0]
     print(json.dumps({case: result}))
     assert result["recall"] <= 0.5, result
 

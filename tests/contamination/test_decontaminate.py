@@ -19,12 +19,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from curation.stage import in_process
-from curation.images.recipe import DecontaminateConfig, decontaminate_stage, shard_stage
+from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage
+from curation.images.recipe import shard_stage
 from curation.images.phash import phash_codes
 from storage.layout import RunLayout
 from curation.images.shards import ShardConfig
 from curation.stage import write_rejects
-from pipelines.decontaminate import write_eval_index
+from contamination.evalindex import write_eval_index
 from pretrain.evalsets import load_fashion_mnist
 
 PLANTED = (3, 77, 512, 1999, 4096, 9000)  # Fashion-MNIST test indices copied into the training images
@@ -65,7 +66,7 @@ def test_planted_eval_copies_are_rejected_and_accounted(sample, tmp_path):
         "part": pa.array([0], pa.int32()), "row": pa.array([0], pa.int32())}), part="exact-b00000")
 
     config = DecontaminateConfig(datasets=("fashion-mnist",), max_distance=8)
-    assert write_eval_index(layout, config) == 10_000
+    assert write_eval_index(layout, config.datasets) == 10_000
     kept = decontaminate_stage(layout, [part], config, in_process, dedup_out=n - 1)
     shard_stage(layout, [part], ShardConfig(shard_size=100), in_process, dedup_out=kept)
 

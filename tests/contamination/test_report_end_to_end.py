@@ -20,12 +20,13 @@ from PIL import Image
 from curation.images.check import ImageCheckConfig, check_image
 from pipelines import contamination_report
 from pipelines.demo.copy_detection_set import distinct_sample_images
-from pipelines.train_copy_detector import SHIPPED
+from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
 from contamination.copydetect import copy_source, make_copy
 from pretrain.evalsets import load_fashion_mnist
 from pretrain.factory import create_model
 from pretrain.tokenizer import CaptionTokenizer
-from pretrain.train import TrainConfig, save_checkpoint
+from pretrain.checkpoint import save_checkpoint
+from pretrain.train import TrainConfig
 
 PLANTED = (3, 41, 77, 150, 222, 305)  # Fashion-MNIST test indices with a copy among the training images
 EVAL_LIMIT = 400

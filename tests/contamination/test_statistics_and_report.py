@@ -117,7 +117,7 @@ def test_planted_copies_get_the_training_images_resize():
     """The calibration's planted copies are resized as curation resized the training images:
     the side is found from the shards' image sizes ('auto') or given, and the copy goes through
     curation's own check_image (a white-bordered square)."""
-    from pipelines.contamination_report import as_curated, curated_side
+    from contamination.analysis import as_curated, curated_side
 
     curated = np.array([[256, 256]] * 500)
     assert curated_side("auto", curated) == 256

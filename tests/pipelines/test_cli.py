@@ -57,10 +57,10 @@ def test_every_product_cli_explains_every_flag():
     """No flag of a product CLI goes without help text (pretrain.py and contamination_report.py
     once explained almost none)."""
     from pipelines import (build_pool, build_queries, build_wit, contamination_report, decontaminate, evaluate,
-                           pretrain, train_copy_detector, wit_images)
+                           pretrain, wit_images)
 
-    for module in (build_pool, build_queries, build_wit, contamination_report, evaluate, pretrain,
-                   train_copy_detector, wit_images, decontaminate):
+    for module in (build_pool, build_queries, build_wit, contamination_report, evaluate, pretrain, wit_images,
+                   decontaminate):
         p = module.build_parser()
         silent = [a.option_strings[0] for a in p._actions if a.option_strings and not a.help
                   and a.option_strings[0] != "-h"]

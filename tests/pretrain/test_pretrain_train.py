@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pipelines import pretrain as pretrain_job
-from pretrain.train import TrainConfig, load_checkpoint, load_model, train_loop_per_worker
+from pretrain.checkpoint import load_checkpoint, load_model
+from pretrain.train import TrainConfig, train_loop_per_worker
 
 
 def _config(shards, tokenizer, out, **overrides) -> dict:
@@ -73,7 +74,7 @@ def test_job_two_workers_on_torchtrainer(ray_session, tiny_shards, tmp_path):
     # cumulative data counters, summed over both ranks: 2 workers x 16 pairs per step
     assert [m["data"]["decoded"] for m in rows] == [64, 128]
     # the run directory stands for its last checkpoint in evaluate.py
-    from pipelines.evaluate import resolve_checkpoint
+    from pretrain.checkpoint import resolve_checkpoint
 
     assert resolve_checkpoint(str(out)) == ckpt
 
@@ -96,6 +97,7 @@ def _crash_rank1_once_checkpoint_committed():
 
         import ray.train
 
+        import pretrain.checkpoint as checkpoints
         import pretrain.train as train
 
         rank = ray.train.get_context().get_world_rank()
@@ -126,7 +128,7 @@ def _crash_rank1_once_checkpoint_committed():
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                step = train.load_checkpoint(d)["step"]
+                step = checkpoints.load_checkpoint(d)["step"]
             (out / f"resumed-rank{rank}-step{step}").touch()
         return train.train_loop_per_worker(config)
 
@@ -194,24 +196,25 @@ def _saved_tokenizer(tokenizer, folder) -> Path:
 
 
 def test_checkpoint_save_is_atomic(tiny_shards, tokenizer, tmp_path, monkeypatch):
-    from pretrain import train as train_module
+    from pretrain.checkpoint import save_checkpoint
     from pretrain.factory import create_model
+    from storage import files
 
     cfg = TrainConfig.from_dict(_config(tiny_shards, tokenizer, tmp_path))
     model = create_model("tiny")
     optimizer = torch.optim.AdamW(model.parameters())
     path = tmp_path / "step_00000002"
-    train_module.save_checkpoint(path, model, optimizer, 2, cfg)
+    save_checkpoint(path, model, optimizer, 2, cfg)
     # 1. a crash while writing the new files leaves the old checkpoint in place, no temp dir
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        train_module.save_checkpoint(path, model, optimizer, 3, cfg)
+        save_checkpoint(path, model, optimizer, 3, cfg)
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(path)["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     # 2. a crash between moving the old one aside and moving the new one in: the old one is read
-    real_rename, calls = train_module.os.rename, []
+    real_rename, calls = files.os.rename, []
 
     def rename_then_crash(src, dst):
         calls.append(dst)
@@ -219,14 +222,14 @@ def test_checkpoint_save_is_atomic(tiny_shards, tokenizer, tmp_path, monkeypatch
             raise KeyboardInterrupt("killed between the renames")
         real_rename(src, dst)
 
-    monkeypatch.setattr(train_module.os, "rename", rename_then_crash)
+    monkeypatch.setattr(files.os, "rename", rename_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train_module.save_checkpoint(path, model, optimizer, 3, cfg)
-    monkeypatch.setattr(train_module.os, "rename", real_rename)
+        save_checkpoint(path, model, optimizer, 3, cfg)
+    monkeypatch.setattr(files.os, "rename", real_rename)
     assert not path.exists()
     assert load_checkpoint(path)["step"] == 2
     assert load_model(path)[2]["step"] == 2
     # 3. the next save completes and removes the .old- copy
-    train_module.save_checkpoint(path, model, optimizer, 4, cfg)
+    save_checkpoint(path, model, optimizer, 4, cfg)
     assert load_checkpoint(path)["step"] == 4
     assert not (tmp_path / ".old-step_00000002").exists()

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from pipelines import evaluate as evaluate_job
 from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_digits, load_fashion_mnist, load_mnist_csv
 from pretrain.factory import create_model
-from pretrain.train import TrainConfig, save_checkpoint
+from pretrain.checkpoint import save_checkpoint
+from pretrain.train import TrainConfig
 from pretrain.zeroshot import (
     FASHION_MNIST_TEMPLATES,
     build_classifier,
