@@ -57,22 +57,50 @@ def live_mask(table: pa.Table) -> np.ndarray:
     return np.asarray(pc.equal(table.column(REASON), KEPT).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-# The ordered stage registry: config, reports, both engine adapters and the image runner read it.
-TEXT_STAGES = ("read", "text", "dedup_url", "dedup_text", "match", "balance")
+# The ordered stage registry, the one list of stages: config, reports, gates, both engine
+# adapters and the image runner read it. The exact-dedup stages are one per configured key
+# (``CurationConfig.dedup_keys``): :func:`text_stages` names them.
+DEDUP_KEYS = ("url", "text")  # the exact-dedup keys of a default run, in order
+
+
+def dedup_stage_name(key: str) -> str:
+    """The exact-dedup stage of one key: ``dedup_url``."""
+    return f"dedup_{key}"
+
+
+def dedup_reason(key: str) -> str:
+    """Its reject reason: ``duplicate_url``."""
+    return f"duplicate_{key}"
+
+
+def text_stages(dedup_keys: tuple[str, ...] = DEDUP_KEYS) -> tuple[str, ...]:
+    """The text stages of a run deduplicating on ``dedup_keys``, in data-flow order."""
+    return ("read", "text", *(dedup_stage_name(k) for k in dedup_keys), "match", "balance")
+
+
+WEB_STAGES = ("webpool_records", "webpool")  # pool extraction from web archives (its own pool dir)
+TEXT_STAGES = text_stages()
 IMAGE_STAGES = ("evaltext", "urlguard", "download", "imagecheck", "imagededup", "decontaminate", "shards")
-# the reasons each text stage can give (a reason belongs to exactly one stage); image stages'
-# reasons are mostly open-ended (``http_<code>``…) and named in their modules, except the eval
-# decontamination's (its rejects also carry ``eval_id``, the matched eval image)
+# the reasons each text stage can give (a reason belongs to exactly one stage; a dedup stage's:
+# :func:`stage_reasons`); image stages' reasons are mostly open-ended (``http_<code>``…) and named
+# in their modules, except the eval decontamination's (its rejects also carry ``eval_id``)
 REASONS = {
     "read": ("null_url", "null_text", "invalid_utf8"),
     "text": ("empty_text", "text_too_short", "text_too_long", "not_english"),
-    "dedup_url": ("duplicate_url",),
-    "dedup_text": ("duplicate_text",),
     "match": ("no_match",),
     "balance": ("not_sampled",),
     "evaltext": ("eval_url", "eval_caption"),
     "decontaminate": ("eval_duplicate",),
 }
+
+
+def stage_reasons(stage: str) -> tuple[str, ...]:
+    """The reasons ``stage`` can give (a dedup stage's from its key)."""
+    if stage in REASONS:
+        return REASONS[stage]
+    if stage.startswith(dedup_stage_name("")):
+        return (dedup_reason(stage.removeprefix(dedup_stage_name(""))),)
+    return ()
 
 
 @dataclass

@@ -28,36 +28,15 @@ if __name__ == "__main__":
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import json
-from dataclasses import dataclass
 
 from pipelines.cli import add_config_flags, config_from_args
 from pipelines.runtime import configure_environment
-from pretrain.checkpoint import load_model, resolve_checkpoint
-from storage.datadir import data_manifest
-from storage.files import atomic_write, is_local
-
-IN_DOMAIN = ("openclipart",)  # labelled held-out pairs of the training data's own domain
-TRANSFER = ("fashion-mnist", "mnist", "digits")  # zero-shot transfer to other data
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir, local or URI
-    out: str  # JSON file to write (local path or URI)
-    dataset: str = ""  # openclipart | fashion-mnist | mnist | digits ('' = no zero-shot classification)
-    limit: int = 0  # evaluate the first N images only (0 = all)
-    eval_shards: str = ""  # held-out shards (dir or pattern) the in-domain sets (openclipart) read
-    min_per_class: int = 5  # in-domain sets: classes with fewer held-out images are left out
-    retrieval_shards: str = ""  # WebDataset shards of held-out pairs for retrieval ('' = none)
-    retrieval_limit: int = 1000  # pairs used for retrieval
-    batch_size: int = 256  # images per forward pass
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    data_dir: str = ""  # data directory with manifest.json, where --dataset's sets are ('' = $OPENWIT_DATA, else data/sample)
+from pretrain.evaluate import IN_DOMAIN, TRANSFER, EvalConfig, evaluate, summary_lines
+from storage.layout import RunLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per :class:`EvalConfig` field (help and defaults from the fields)."""
+    """One flag per :class:`~pretrain.evaluate.EvalConfig` field (help and defaults from the fields)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_flags(p, EvalConfig, choices={"dataset": ("", *IN_DOMAIN, *TRANSFER)})
     return p
@@ -70,55 +49,14 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     if not cfg.dataset and not cfg.retrieval_shards:
         p.error("give --dataset and/or --retrieval-shards")
     if cfg.dataset in IN_DOMAIN and not cfg.eval_shards:
-        p.error(f"--dataset {cfg.dataset} reads held-out pairs: give --eval-shards (e.g. OUT/curation/heldout)")
+        p.error(f"--dataset {cfg.dataset} reads held-out pairs: give --eval-shards "
+                f"(e.g. {RunLayout('OUT').split_dir('heldout')})")
     return cfg
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluations of ``cfg``; return the result dict (also written to ``cfg.out``)."""
-    import torch
-
-    from pretrain.evalsets import load_eval_set, load_openclipart_heldout, read_shard_pairs
-    from pretrain.transform import ImageTransform
-    from pretrain.zeroshot import TEMPLATES, encode_images, retrieval_metrics, zero_shot_eval
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    checkpoint = resolve_checkpoint(cfg.checkpoint)
-    model, tokenizer, state = load_model(checkpoint)
-    size = model.visual.image_size
-    result: dict = {"checkpoint": str(checkpoint) if is_local(cfg.checkpoint) else cfg.checkpoint,
-                    "step": int(state["step"])}
-    if cfg.dataset:
-        manifest = data_manifest(cfg.data_dir or None)
-        if cfg.dataset == "openclipart":
-            data = load_openclipart_heldout(cfg.eval_shards, manifest["sample_pool"], cfg.min_per_class)
-            result.update(kind="in-domain zero-shot (held-out pairs)", skipped=data.skipped)
-        else:
-            data = load_eval_set(cfg.dataset, manifest)
-            result.update(kind="zero-shot transfer (not the training data's domain)")
-        n = cfg.limit or len(data.labels)
-        images = [data.pil(i) for i in range(min(n, len(data.labels)))]
-        templates = TEMPLATES[cfg.dataset]
-        metrics = zero_shot_eval(model, tokenizer, images, data.labels[: len(images)], data.classnames,
-                                 templates, size, cfg.batch_size)
-        result.update(metrics, dataset=cfg.dataset, classes=list(data.classnames), templates=list(templates))
-    if cfg.retrieval_shards:
-        pairs = read_shard_pairs(cfg.retrieval_shards, cfg.retrieval_limit)
-        captions = [p["caption"] for p in pairs]
-        with torch.no_grad():
-            image_features = encode_images(model, [p["image"] for p in pairs], ImageTransform(size, train=False),
-                                           cfg.batch_size)
-            text_features = torch.cat([model.encode_text(tokenizer(captions[i : i + cfg.batch_size]))
-                                       for i in range(0, len(captions), cfg.batch_size)])
-        result["retrieval"] = {**retrieval_metrics(image_features, text_features), "kind": "held-out retrieval"}
-    body = json.dumps(result, indent=2).encode()
-    atomic_write(cfg.out, lambda f: f.write(body))  # a local path or a URI
-    return result
-
-
 def run(argv: list[str] | None = None) -> dict:
-    """Entry point: parse, evaluate, write the JSON, print a one-line summary."""
+    """Entry point: parse, evaluate (:func:`pretrain.evaluate.evaluate`), write the JSON, print a
+    summary."""
     configure_environment()
     cfg = parse_args(argv)
     result = evaluate(cfg)
@@ -126,22 +64,6 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"[evaluate] {line}")
     print(f"[evaluate] -> {cfg.out}")
     return result
-
-
-def summary_lines(result: dict) -> list[str]:
-    """Human-readable results, each figure with its chance level beside it."""
-    lines = []
-    if "top1" in result:
-        chance = result["chance"]
-        figures = ", ".join(f"{k} {result[k]:.3f} (chance {chance[k]:.3f})" for k in chance)
-        lines.append(f"{result['dataset']} [{result['kind']}], {len(result['classes'])} classes, "
-                     f"n={result['n']}: {figures}")
-    if "retrieval" in result:
-        r = result["retrieval"]
-        for direction, name in (("i2t", "image->text"), ("t2i", "text->image")):
-            figures = ", ".join(f"{k} {v:.3f} (chance {r['chance'][k]:.3f})" for k, v in r[direction].items())
-            lines.append(f"held-out retrieval {name}, n={r['n']}: {figures}")
-    return lines
 
 
 if __name__ == "__main__":

@@ -29,24 +29,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 
 from pipelines.cli import add_config_flags, field_default, field_help
 from pipelines.runtime import configure_environment, init_ray
 from pretrain.checkpoint import step_checkpoints, write_result
-from pretrain.train import PRECISIONS, TrainConfig, train_loop_per_worker
+from pretrain.train import PRECISIONS, PretrainJob, TrainConfig, train_loop_per_worker
 from storage.files import is_local
 from storage.layout import CHECKPOINTS, PretrainLayout
-
-
-@dataclass
-class PretrainJob:
-    train: TrainConfig  # what every worker runs
-    workers: int = 1  # Ray Train workers (0 = run the loop in this process, no Ray)
-    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
-    tokenizer: str = ""  # existing tokenizer.json ('' = train one on the shards' captions)
-    tokenizer_captions: int = 100_000  # captions read from the shards to train the BPE
-    vocab_size: int = 0  # BPE vocabulary size (0 = the model's token embedding rows)
 
 
 JOB_KEYS = {f.name for f in fields(PretrainJob)} - {"train"}  # the job's own fields in the flat config

@@ -31,9 +31,8 @@ class ImageRequestHandler(http.server.SimpleHTTPRequestHandler):
 
     def list_directory(self, path):
         self.send_error(404, "Not Found")
-        return None
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+    def log_message(self, format, *args):  # the base class's signature
         pass
 
 

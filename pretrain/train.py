@@ -10,6 +10,7 @@ them); the run's files are named by :class:`storage.layout.PretrainLayout`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -79,6 +80,19 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+@dataclass
+class PretrainJob:
+    """A pretraining job: the training config every worker runs and how the job runs it
+    (``pipelines/pretrain.py``'s flags; the DAGs read its defaults)."""
+
+    train: TrainConfig  # what every worker runs
+    workers: int = 1  # Ray Train workers (0 = run the loop in this process, no Ray)
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up
+    tokenizer: str = ""  # existing tokenizer.json ('' = train one on the shards' captions)
+    tokenizer_captions: int = 100_000  # captions read from the shards to train the BPE
+    vocab_size: int = 0  # BPE vocabulary size (0 = the model's token embedding rows)
 
 
 @dataclass
@@ -186,8 +200,10 @@ class MetricsLog:
         ax2.plot([r["step"] for r in rows], [r["logit_scale"] for r in rows])
         ax2.set(xlabel="step", ylabel="exp(logit_scale)", title="logit scale")
         fig.tight_layout()
-        fig.savefig(self.layout.loss_plot, dpi=100)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
+        self.layout.write_bytes(self.layout.loss_plot, buffer.getvalue())  # atomic
 
 
 def _reduce_counts(counts: Counter, env: WorkerEnv) -> dict[str, int]:

@@ -1,5 +1,11 @@
 """Shared fixtures: the real sample data, one local Ray runtime for the whole session, and an S3
-API server (moto's standalone server) on 127.0.0.1 for object-store runs."""
+API server (moto's standalone server) on 127.0.0.1 for object-store runs.
+
+Markers (a fast loop: ``pytest -m "not slow and not ray"``; without the sample data:
+``-m "not sample_data"``): ``sample_data`` is put on every test that uses the ``sample`` fixture
+(directly or through another fixture); ``ray`` must be written on every test that starts Ray or
+uses a Ray fixture: such a test without it fails at collection, and an unmarked test that starts
+Ray anyway fails when it does (so ``-m "not ray"`` really runs without Ray)."""
 
 from __future__ import annotations
 
@@ -36,6 +42,36 @@ S3_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 os.environ.update(S3_ENV)
+
+
+RAY_FIXTURES = {"ray_session", "ray_head"}  # fixtures that start (or share) a Ray runtime
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = []
+    for item in items:
+        if "sample" in item.fixturenames:
+            item.add_marker(pytest.mark.sample_data)
+        if RAY_FIXTURES & set(item.fixturenames) and item.get_closest_marker("ray") is None:
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError("tests using a Ray fixture without @pytest.mark.ray: " + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_when_marked(request, monkeypatch):
+    """An unmarked test that starts or joins Ray in this process fails, naming itself."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.ray")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ class DownloadConfig:
     distributor: str = "ray"  # img2dataset distributor: "ray" (a task per shard, over the cluster) or "multiprocessing"
     shard_attempts: int = 3  # img2dataset runs per pass while shards are unfinished (a lost worker/node)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
+    # X-Robots-Tag directives that refuse an image (img2dataset's disallowed_header_directives)
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
     respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
 

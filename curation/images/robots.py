@@ -50,7 +50,8 @@ class RespectConfig:
 
     robots: bool = True  # honour robots.txt (off: --ignore-robots; Crawl-delay is then ignored too)
     token: str = "openwit"  # product token matched against robots.txt User-agent lines
-    contact_url: str = "https://github.com/openwit/openwit#fetching-respectfully"  # in the User-Agent
+    # contact URL sent in the User-Agent ('openwit/1.0 (+URL)')
+    contact_url: str = "https://github.com/openwit/openwit#fetching-respectfully"
     max_crawl_delay_s: float = 30.0  # longer Crawl-delay values are capped to this
     robots_timeout_s: float = 10.0  # robots.txt fetch timeout
     opt_out_ledger: str | None = None  # ledger file (domains, URL prefixes, SHA-256 image hashes)
@@ -72,9 +73,9 @@ class RespectRefusal(urllib.error.URLError):
 class OptOutLedger:
     """Domains, URL prefixes and SHA-256 image hashes that are always refused."""
 
-    domains: frozenset[str] = frozenset()
-    prefixes: tuple[str, ...] = ()
-    hashes: frozenset[str] = frozenset()
+    domains: frozenset[str] = frozenset()  # hosts refused with all their subdomains
+    prefixes: tuple[str, ...] = ()  # URL prefixes refused
+    hashes: frozenset[str] = frozenset()  # SHA-256 hex digests of image bytes refused after the download
 
     @classmethod
     def read(cls, path: str | None) -> OptOutLedger:

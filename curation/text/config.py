@@ -20,7 +20,7 @@ import pyarrow as pa
 from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
 from storage.layout import RunLayout
 from curation.text.selection import clear_selection, part_marker, verify_parts
-from curation.stage import KEPT, REASONS, StageStats, merge_counts, write_rejects
+from curation.stage import DEDUP_KEYS, KEPT, StageStats, merge_counts, stage_reasons, text_stages, write_rejects
 from curation.text.textfilter import TextConfig
 
 
@@ -31,10 +31,12 @@ class CurationConfig:
     queries: str  # queries.parquet (query_id, query) or a text file, one query per line
     pool: tuple[str, ...]  # pool files or directories (local paths or URIs)
     curation_dir: str  # output dir: <out>/curation
-    t: float | None = None  # balancing threshold (~t pairs kept per entry); None: scaled to the pool
+    # balancing threshold: at most ~t pairs kept per entry; None (unset): scaled to the pool as
+    # MetaCLIP's t=20k is to its pool, the same tail share of matches (curation/text/threshold.py)
+    t: float | None = None
     seed: int = 0  # seed of the deterministic balancing draw
     num_parts: int = 8  # selected/ part files (rows go to xxh3_64(uid) % num_parts)
-    dedup_keys: tuple[str, ...] = ("url", "text")  # exact dedup keys, applied in order
+    dedup_keys: tuple[str, ...] = DEDUP_KEYS  # exact dedup keys, applied in order
     dedup_buckets: int = 16  # hash buckets of the dedup shuffle (any value gives the same result)
     batch_size: int = 4096  # rows per engine batch
     parallelism: int | None = None  # engine workers (None: engine default)
@@ -53,12 +55,11 @@ class CurationConfig:
 
     def stage_names(self) -> tuple[str, ...]:
         """The stages this configuration runs, in order."""
-        dedup = tuple(f"dedup_{k}" for k in self.dedup_keys)
-        return ("read", "text", *dedup, "match", "balance")
+        return text_stages(self.dedup_keys)
 
     def reason_stages(self) -> dict[str, str]:
         """``{reason: stage}`` for the stages this configuration runs."""
-        return {r: stage for stage in self.stage_names() for r in REASONS.get(stage, (f"duplicate_{stage[6:]}",))}
+        return {r: stage for stage in self.stage_names() for r in stage_reasons(stage)}
 
     def fingerprint_parts(self) -> dict:
         """Everything that changes the selection, by name (not parallelism or batch size):

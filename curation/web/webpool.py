@@ -44,10 +44,9 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
 from storage.layout import PoolLayout
-from curation.stage import StageStats
+from curation.stage import WEB_STAGES, StageStats
 
-RECORD_STAGE = "webpool_records"
-PAIR_STAGE = "webpool"
+RECORD_STAGE, PAIR_STAGE = WEB_STAGES  # every archive record; every <img> of the kept records
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 POOL_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
                          ("title", pa.string()), ("page_url", pa.string()), ("source", pa.string()),
@@ -74,10 +73,10 @@ class WebPoolConfig:
 class FileResult:
     """The output of one archive file: pool rows, reject rows and both stages' accounting."""
 
-    pairs: pa.Table
-    rejects: pa.Table
-    records: StageStats
-    images: StageStats
+    pairs: pa.Table  # pool rows of the file (POOL_SCHEMA)
+    rejects: pa.Table  # dropped records and images (REJECT_SCHEMA: stage, reject_reason, page_url, …)
+    records: StageStats  # accounting of the webpool_records stage (the archive records)
+    images: StageStats  # accounting of the webpool stage (the image candidates of the kept pages)
 
 
 class _Collector:

@@ -11,6 +11,7 @@ from airflow.sdk import Asset, Param, get_current_context, task
 
 from curation.gates import GateBands, evaluate_gate, failure_message
 from pipelines.dags.ray_operator import DEFAULT_RAY_ADDRESS
+from storage.layout import RunLayout
 
 # The curation DAG's shards gate emits this Asset when a run's shards pass it; the event's extra
 # names the run dir (``run_dir``), so wit_pretrain trains on the shards that triggered it.
@@ -60,6 +61,18 @@ def run_dir_of(context: dict) -> str:
     return context["params"]["out"]
 
 
+def balancing_threshold(params, run_dir: str) -> float:
+    """The t the run balanced with: ``params.t`` when set, else the t ``build_wit.py`` scaled to
+    the pool (its ``stats/summary.json``; MetaCLIP's t before any selection)."""
+    from curation.text.threshold import METACLIP_T
+
+    t = params.get("t")
+    if t is not None:
+        return float(t)
+    layout = RunLayout(run_dir)
+    return float(layout.read_json(layout.summary)["t"]) if layout.exists(layout.summary) else float(METACLIP_T)
+
+
 def check_gate(gate: str, context: dict) -> dict:
     """Evaluate ``gate`` on this run, log the decision and figures, push them as the XCom
     ``gate``; fail the task (no retry: the data will not change) when a figure leaves its band."""
@@ -67,7 +80,7 @@ def check_gate(gate: str, context: dict) -> dict:
 
     params = context["params"]
     run_dir = run_dir_of(context)
-    result = evaluate_gate(gate, run_dir, bands_from_params(params), t=float(params.get("t", 20_000)))
+    result = evaluate_gate(gate, run_dir, bands_from_params(params), t=balancing_threshold(params, run_dir))
     for figure in result.figures:
         task_log(figure.describe())
     decision = result.to_dict()

@@ -19,9 +19,14 @@ from datetime import datetime
 from airflow.providers.apache.beam.operators.beam import BeamDataflowMixin, BeamRunPythonPipelineOperator
 from airflow.sdk import DAG, Param
 
+from curation.text.config import CurationConfig
+from pipelines.cli import field_default, field_help
 from pipelines.dags.openwit_common import (PROJECT_ROOT, SHARDS_ASSET, band_params, common_params, gate_task,
                                            python_command, run_dir_of)
 from pipelines.dags.ray_operator import RayJobOperator
+from pipelines.jobs import ENGINES, Engine, QueryEngine
+from pipelines.runtime import DEFAULT_BEAM_RUNNER
+from storage.layout import RunLayout
 
 SCHEDULE = os.environ.get("OPENWIT_CURATION_SCHEDULE", "@weekly")
 
@@ -56,22 +61,29 @@ def build_wit_command(context: dict, until: str) -> str:
     """``python pipelines/build_wit.py`` with this run's params, stopping after ``until``."""
     p = context["params"]
     out = run_dir_of(context)
-    args = ["--out", out, "--queries", f"{out.rstrip('/')}/queries/queries.parquet",
-            "--t", p["t"], "--seed", p["seed"], "--runner", p["engine"], "--until", until]
-    args += ["--pool", *p["pool"]] if p["pool"] else ["--sample"]  # no pool: the demo's sample pool
+    args = ["--out", out, "--queries", RunLayout(out).queries_parquet, "--seed", p["seed"], "--runner", p["engine"],
+            "--until", until]
+    args += ["--t", p["t"]] if p["t"] is not None else []  # unset: t scaled to the pool (build_wit.py's default)
+    args += ["--pool", *p["pool"]] if p["pool"] else ["--sample"]  # no pool: the data dir's sample pool
     return python_command("pipelines/build_wit.py", args + list(p["build_wit_options"]))
 
 
 def curation_params() -> dict:
-    """The DAG's params: defaults are build_wit.py's and build_queries.py's CLI defaults."""
+    """The DAG's params: defaults and descriptions are the config fields' (those of build_wit.py's
+    and build_queries.py's flags)."""
     return {
         **common_params(),
-        "t": Param(20_000, type="number", exclusiveMinimum=0, description="balancing threshold per entry"),
-        "seed": Param(0, type="integer", minimum=0, description="seed of the balancing draw"),
+        "t": Param(field_default(CurationConfig, "t"), type=["number", "null"], exclusiveMinimum=0,
+                   description=field_help(CurationConfig, "t").replace("None (unset)", "null")),
+        "seed": Param(field_default(CurationConfig, "seed"), type="integer", minimum=0,
+                      description=field_help(CurationConfig, "seed")),
         "pool": Param([], type="array", items={"type": "string"},
-                      description="candidate pool files/dirs/URIs (empty: the demo's sample pool, --sample)"),
-        "engine": Param("ray", enum=["ray", "beam"], description="selection engine inside the Ray job"),
-        "beam_runner": Param("DirectRunner", type="string", description="Beam runner of the query-list task"),
+                      description=f"candidate {field_help(CurationConfig, 'pool')} (empty: the data dir's sample "
+                                  "pool, --sample)"),
+        "engine": Param(field_default(Engine, "runner"), enum=list(ENGINES),
+                        description=f"selection {field_help(Engine, 'runner')}, inside the Ray job"),
+        "beam_runner": Param(field_default(QueryEngine, "beam_runner") or DEFAULT_BEAM_RUNNER, type="string",
+                             description=f"query-list task: {field_help(QueryEngine, 'beam_runner')}"),
         "query_options": Param({}, type="object",
                                description="build_queries.py options: at least one source (wiki_dump, text, "
                                            "unigram_counts, titles/pageviews, wordnet) or {\"sample\": true}; "

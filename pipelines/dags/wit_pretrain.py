@@ -14,27 +14,34 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 
+from pipelines.cli import field_default, field_help
 from pipelines.dags.openwit_common import PROJECT_ROOT, SHARDS_ASSET, common_params, python_command, run_dir_of
 from pipelines.dags.ray_operator import RayJobOperator
+from pretrain.evaluate import TRANSFER, EvalConfig
+from pretrain.train import PretrainJob, TrainConfig
+from storage.layout import PretrainLayout, RunLayout
 
-EVAL_SETS = ("fashion-mnist", "mnist", "digits")
+EVAL_SETS = TRANSFER  # the eval sets that need no held-out shards
 CONTAMINATION_SCRIPT = PROJECT_ROOT / "pipelines" / "contamination_report.py"
 
 
 def shard_pattern(run_dir: str) -> str:
-    """``<run_dir>/curation/shards/{00000..NNNNN}.tar`` over the shards present (error if none)."""
-    import fsspec
+    """The brace pattern of the run's training shards present (:meth:`RunLayout.shard_pattern`);
+    none is an error saying to run wit_curation first."""
+    layout = RunLayout(run_dir)
+    try:
+        return layout.shard_pattern()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"no shards in {layout.shards_dir}: run wit_curation first") from err
 
-    shards = f"{run_dir.rstrip('/')}/curation/shards"
-    fs, path = fsspec.core.url_to_fs(shards)
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.tar"))
-    if not names:
-        raise FileNotFoundError(f"no shards in {shards}: run wit_curation first")
-    return f"{shards}/{{{names[0][:-4]}..{names[-1][:-4]}}}.tar"
+
+def pretrain_layout(context: dict) -> PretrainLayout:
+    """``<out>/pretrain/<run_name>``: the pretrain run of this DAG run."""
+    return RunLayout(run_dir_of(context)).pretrain(context["params"]["run_name"])
 
 
 def pretrain_dir(context: dict) -> str:
-    return f"{run_dir_of(context).rstrip('/')}/pretrain/{context['params']['run_name']}"
+    return pretrain_layout(context).root
 
 
 def pretrain_command(context: dict) -> str:
@@ -48,40 +55,46 @@ def pretrain_command(context: dict) -> str:
 
 def evaluate_command(context: dict) -> str:
     """One ``python pipelines/evaluate.py`` per eval set, joined with ``&&`` (one Ray job)."""
-    p, run = context["params"], pretrain_dir(context)
+    p, run = context["params"], pretrain_layout(context)
     return " && ".join(
-        python_command("pipelines/evaluate.py", ["--checkpoint", run, "--dataset", name,
-                                                 "--limit", p["eval_limit"], "--out", f"{run}/eval/{name}.json"])
+        python_command("pipelines/evaluate.py", ["--checkpoint", run.root, "--dataset", name,
+                                                 "--limit", p["eval_limit"], "--out", run.eval_result(name)])
         for name in p["eval_sets"])
 
 
 def contamination_command(context: dict) -> str:
     """The contamination report (CLIP §5) of the run's eval sets against its training shards,
-    written to ``<out>/reports/contamination/`` (DESIGN's run layout)."""
+    written to ``<out>/reports/contamination/`` (the run layout's ``contamination_report``)."""
     p = context["params"]
-    run_dir = run_dir_of(context).rstrip("/")
+    run_dir = run_dir_of(context)
     args = ["--train-data", shard_pattern(run_dir), "--checkpoint", pretrain_dir(context),
-            "--dataset", *p["eval_sets"], "--out", f"{run_dir}/reports/contamination",
+            "--dataset", *p["eval_sets"], "--out", RunLayout(run_dir).contamination_report.root,
             *(["--eval-limit", p["eval_limit"]] if p["eval_limit"] else []),
             *(["--detector-weights", p["detector_weights"]] if p["detector_weights"] else [])]
     return python_command("pipelines/contamination_report.py", args)
 
 
+def _param(cls: type, name: str, **schema) -> Param:
+    """A param mirroring config field ``name`` of ``cls``: its default and its comment."""
+    return Param(field_default(cls, name), description=field_help(cls, name), **schema)
+
+
 def pretrain_params() -> dict:
-    """The DAG's params: defaults are pretrain.py's and evaluate.py's CLI defaults."""
+    """The DAG's params: defaults and descriptions are those of the config fields that
+    pretrain.py's and evaluate.py's flags set (TrainConfig, PretrainJob, EvalConfig)."""
     return {
         **common_params(),
         "run_name": Param("wit", type="string", pattern="^[A-Za-z0-9._-]+$", description="<out>/pretrain/<run_name>"),
-        "model": Param("tiny", type="string", description="architecture in pretrain/model_configs/"),
-        "steps": Param(100, type="integer", minimum=1, description="optimizer steps"),
-        "batch_size": Param(32, type="integer", minimum=1, description="pairs per worker per step"),
-        "workers": Param(1, type="integer", minimum=0, description="Ray Train workers"),
-        "seed": Param(0, type="integer", minimum=0),
+        "model": _param(TrainConfig, "model", type="string"),
+        "steps": _param(TrainConfig, "steps", type="integer", minimum=1),
+        "batch_size": _param(TrainConfig, "batch_size", type="integer", minimum=1),
+        "workers": _param(PretrainJob, "workers", type="integer", minimum=0),
+        "seed": _param(TrainConfig, "seed", type="integer", minimum=0),
         "pretrain_options": Param([], type="array", items={"type": "string"},
                                   description="extra pretrain.py flags, e.g. [\"--use-gpu\"]"),
         "eval_sets": Param(["fashion-mnist"], type="array", items={"enum": list(EVAL_SETS)}, minItems=1,
                            description="zero-shot eval sets"),
-        "eval_limit": Param(0, type="integer", minimum=0, description="first N eval images (0 = all)"),
+        "eval_limit": _param(EvalConfig, "limit", type="integer", minimum=0),
         "detector_weights": Param("contamination/assets/copy_detector.pt", type="string",
                                   description="copy-detector weights for the contamination report (a path in the "
                                               "job's working dir or a URI; empty: train one on the shards)"),

@@ -15,8 +15,8 @@ dedup would drop them), served like the rest on ``SAMPLE_BASE_URL``. Manifest ke
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from storage.files import atomic_write
 
 PLANTED = 40  # copies planted in the demo pool
 PLANTED_FROM = 2000  # ... of the first this many test images (the demo's report reads these: --eval-limit)
@@ -58,7 +58,7 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
         rows.append({"uid": xxhash.xxh3_128_hexdigest(url.encode()), "url": url, "text": text,
                      "source": "planted_fashion_mnist", "path": path})
     table = pa.Table.from_pylist(rows)
-    pq.write_table(table.replace_schema_metadata({b"openwit_planted": settings}), str(pool) + ".part")
-    os.replace(str(pool) + ".part", pool)
+    table = table.replace_schema_metadata({b"openwit_planted": settings})
+    atomic_write(str(pool), lambda f: pq.write_table(table, f))
     print(f"[sample-data] {len(rows)} planted Fashion-MNIST test copies -> {folder}", flush=True)
     return {"sample_planted_pool": str(pool)}

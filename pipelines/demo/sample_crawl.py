@@ -13,11 +13,11 @@ pool from it (``build_wit.py --warc``) and runs the chain on it; the parquet dem
 from __future__ import annotations
 
 import html
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from storage.files import atomic_write
 
 IMAGES_PER_PAGE = 100
 IMAGE_BASE = "http://127.0.0.1:18765/"  # pipelines.demo.serve_images.DEFAULT_HOST/DEFAULT_PORT
@@ -78,7 +78,7 @@ def build_sample_crawl(root: Path, manifest: dict[str, str]) -> dict[str, str]:
         pages = write_site(manifest["sample_pool"], site)
         built = crawl(site, Path(tmp) / "crawl")
         warc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, f"{warc}.part")
-        os.replace(f"{warc}.part", warc)
+        with open(built, "rb") as src:
+            atomic_write(str(warc), lambda f: shutil.copyfileobj(src, f))
     print(f"[sample-data] crawled {pages} sample pages -> {warc}", flush=True)
     return entries

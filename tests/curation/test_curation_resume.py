@@ -90,6 +90,7 @@ def test_lost_rows_are_an_error_not_a_balanced_ledger(pool_and_queries, tmp_path
         stage_stats(config)
 
 
+@pytest.mark.ray
 def test_duplicate_rows_with_other_metadata_same_bytes_everywhere(tmp_path, pool_and_queries, ray_session):
     """Rows with the same url+text (so the same hashed uid) but different metadata: which one is
     kept no longer depends on arrival order. Ray == Beam at Beam parallelism 1 and 2 and two Ray
@@ -153,7 +154,7 @@ def test_bad_pool_files_name_file_column_and_type(tmp_path):
     assert read_pool_file(str(tmp_path / "empty.jsonl")).num_rows == 0
 
 
-@pytest.mark.parametrize("runner", ["beam", "ray"])
+@pytest.mark.parametrize("runner", ["beam", pytest.param("ray", marks=pytest.mark.ray)])
 def test_bad_pool_files_stop_the_run_or_are_counted_skips(tmp_path, pool_and_queries, runner, request):
     pool, queries, _ = pool_and_queries
     if runner == "ray":

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import evaluate as evaluate_job
+from pretrain.checkpoint import save_checkpoint
 from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_digits, load_fashion_mnist, load_mnist_csv
 from pretrain.factory import create_model
-from pretrain.checkpoint import save_checkpoint
 from pretrain.train import TrainConfig
 from pretrain.zeroshot import (
     FASHION_MNIST_TEMPLATES,

@@ -232,6 +232,7 @@ def test_50mb_page_and_100kb_alt_are_counted_rejects(tmp_path):
 
 # ---------- engines ----------
 
+@pytest.mark.ray
 def test_ray_and_beam_write_the_same_bytes(ray_session, iana_warc, crawl, tmp_path):
     from pipelines.webpool_beam import run_beam
     from pipelines.webpool_ray import run_ray

@@ -45,7 +45,7 @@ def test_params_defaults_valid_and_bad_values_refused(dagbag):
     curation = dagbag.dags["wit_curation"]
     params = curation.params
     params.validate()  # defaults are valid
-    assert params["t"] == 20_000 and params["seed"] == 0 and params["band_download_success"] == [0.5, 1.0]
+    assert params["t"] is None and params["seed"] == 0 and params["band_download_success"] == [0.5, 1.0]  # t: scaled
     assert params["band_shard_samples"] == [1, None]
     for key, bad in (("band_download_success", [0.5]), ("t", -1), ("engine", "spark"), ("out", "")):
         copy = ParamsDict({k: params.get_param(k) for k in params})

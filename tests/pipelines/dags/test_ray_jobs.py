@@ -162,5 +162,6 @@ def test_sigterm_of_the_follower_stops_the_job(ray_head, tmp_path):
     assert _job_status(ray_head, job_id) == "STOPPED"
 
 
+@pytest.mark.ray
 def test_stop_job_of_unknown_id_is_none(ray_head):
     assert stop_job(ray_head, _unique("never-submitted")) is None

@@ -1,0 +1,227 @@
+"""The jobs the product CLIs compose: build the query list with an engine, extract a web pool,
+select the pairs, run the image stages. Each takes typed configs (never an argv), so one CLI
+reuses another's job without calling its entry point::
+
+    build_queries.py       → build_query_list
+    build_pool.py          → extract_pool
+    build_wit.py           → build_query_list (no query list yet), extract_pool (--warc/--wat),
+                             select, run_image_stages
+    build_queries_beam.py  → build_query_list
+    wit_images.py          → run_image_stages
+
+The engine adapters (``curation_ray`` / ``curation_beam``, ``queries_ray`` / ``queries_beam``,
+``webpool_ray`` / ``webpool_beam``, ``images_ray``) are imported when a job runs on them; the
+sample inputs (``--sample``) are read from the data dir's manifest (:mod:`storage.datadir`).
+This module imports no engine at import time (the DAGs read its engine dataclasses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from storage.layout import PoolLayout, RunLayout
+
+log = logging.getLogger("build_queries")
+
+ENGINES = ("ray", "beam")  # engines of the selection and of the web-pool extraction
+QUERY_ENGINES = ("beam", "ray", "local")  # engines of the query list's counting job
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The engine of the text-side selection and of the web-pool extraction."""
+
+    runner: str = "ray"  # engine: "ray" (Ray Data) or "beam" (Apache Beam)
+    beam_runner: str | None = None  # Beam runner with --runner beam (None: the offline DirectRunner)
+
+
+@dataclass(frozen=True)
+class QueryEngine:
+    """How to run the counting job of the query list."""
+
+    runner: str = "beam"  # counting engine: "beam", "ray" or "local" (in-process reference)
+    beam_runner: str | None = None  # Beam runner (None: the offline DirectRunner)
+    beam_args: tuple[str, ...] = ()  # extra Beam pipeline flags (Flink/Spark/Dataflow options)
+    beam_temp_dir: str | None = None  # where Beam workers write the counts (shared path/URI on a cluster; None: local temp)
+    ray_address: str | None = None  # Ray cluster address (None: $RAY_ADDRESS or a local Ray)
+    batch_size: int = 256  # documents per counting batch
+    progress: bool = True  # progress bars / logs on long stages, and the summary printed
+
+
+# -- the query list --------------------------------------------------------------------------
+
+
+def query_counter(engine: QueryEngine):
+    """The ``count`` callable of :func:`queries.recipe.build_query_list` for the chosen engine."""
+    if engine.runner == "ray":
+        from pipelines.queries_ray import count_with_ray
+        from pipelines.runtime import init_ray
+
+        def count(job):
+            init_ray(engine.ray_address)
+            return count_with_ray(job)
+
+        return count
+    if engine.runner == "beam":
+        from pipelines.queries_beam import count_with_beam
+
+        return lambda job: count_with_beam(job, engine.beam_runner, list(engine.beam_args), engine.beam_temp_dir)
+    if engine.runner == "local":
+        from queries.counting import count_locally
+
+        return lambda job: count_locally(job, progress=engine.progress).sort_by("ngram")
+    raise ValueError(f"unknown runner {engine.runner!r} (beam, ray or local)")
+
+
+def query_logging(quiet: bool = False) -> None:
+    """Our stage logs (and the adapters') at INFO; the engines' own INFO chatter stays off."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("build_queries", "pipelines.queries_beam", "pipelines.queries_ray"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def sample_query_sources(data_dir: str | None = None):
+    """The query sources of the sample data (``make sample-data``): the gensim enwiki dump + the
+    lead paragraphs as the counted corpus, pywordfreq's unigram counts, the Vital Articles titles
+    and WordNet, read from the data dir's manifest (``data_dir``, else ``$OPENWIT_DATA``)."""
+    from queries.recipe import QuerySources
+    from storage.datadir import data_manifest
+
+    m = data_manifest(data_dir)
+    log.info("no source flags: using the sample data")
+    return QuerySources((m["wiki_dump"],), (m["wiki_summaries_en"],), m["unigram_counts"], m["wiki_titles"], (),
+                        m["wordnet_dir"])
+
+
+def build_query_list(sources, config, engine: QueryEngine, out: str) -> dict:
+    """Build the query list from ``sources`` (:class:`queries.recipe.QuerySources`) with
+    ``config`` (:class:`queries.build.QueryListConfig`) on ``engine`` into ``<out>/queries/``;
+    returns the stats written to ``stats.json`` (and prints them unless ``engine.progress`` is off)."""
+    from pipelines.runtime import configure_environment
+    from queries.recipe import build_query_list as build
+
+    configure_environment()
+    start = time.time()
+    stats = build(sources, config, query_counter(engine), out, engine.runner, engine.batch_size)
+    if engine.progress:
+        print(f"[build_queries] {stats['rows']} queries in {time.time() - start:.1f} s -> {RunLayout(out).queries.root}/")
+        for source, n in stats["sources"].items():
+            print(f"  {source:8s} {n:8d}")
+        print(f"  dropped: {json.dumps(stats['dropped'], sort_keys=True)}")
+    return stats
+
+
+# -- the web pool ----------------------------------------------------------------------------
+
+
+def extract_pool(kind: str, pattern: str, out: str, engine: Engine = Engine(), config=None) -> dict:
+    """Extract every ``kind`` ("warc" or "wat") file matching ``pattern`` into the pool dir
+    ``out`` (:class:`storage.layout.PoolLayout`) with ``config``
+    (:class:`curation.web.webpool.WebPoolConfig`, default: its defaults) on ``engine``; return a
+    summary (also printed)."""
+    from curation.web.webpool import WebPoolConfig, list_archives
+    from pipelines.runtime import configure_environment
+
+    configure_environment()
+    config = config or WebPoolConfig()
+    started = time.time()
+    files = list_archives(pattern)
+    if engine.runner == "ray":
+        from pipelines.runtime import init_ray
+        from pipelines.webpool_ray import run_ray
+
+        init_ray()
+        stats = run_ray(files, kind, out, config)
+    else:
+        from pipelines.webpool_beam import run_beam
+
+        stats = run_beam(files, kind, out, config, engine.beam_runner)
+    summary = {"files": len(files), "kind": kind, "runner": engine.runner, "seconds": round(time.time() - started, 2),
+               "pairs_dir": PoolLayout(out).pairs_dir,
+               **{s.stage: {"in": s.rows_in, "out": s.rows_out, "rejected": s.rejected} for s in stats.values()}}
+    print(f"[build_pool] {json.dumps(summary)}", flush=True)
+    return summary
+
+
+# -- selection and the image stages ----------------------------------------------------------
+
+
+def sample_pool(data_dir: str | None = None) -> list[str]:
+    """The sample pool of the data dir (``make sample-data``) and its planted eval copies, which
+    go through curation like every other candidate (what survives balancing is what the
+    contamination report finds)."""
+    from storage.datadir import data_manifest
+
+    manifest = data_manifest(data_dir)
+    if "sample_pool" not in manifest:
+        raise SystemExit("no --pool given and the data dir has no 'sample_pool' (run `make sample-data`)")
+    return [manifest["sample_pool"]] + ([manifest["sample_planted_pool"]] if "sample_planted_pool" in manifest else [])
+
+
+def select(config, runner: str = "ray", beam_runner: str | None = None, beam_args: list[str] | None = None) -> dict:
+    """Run the text-side stages of ``config`` (:class:`curation.text.config.CurationConfig`;
+    skipped when a complete, identical selection exists) and the before/after plot; return the
+    summary written to ``stats/summary.json``."""
+    from curation.text.config import (
+        plot_entry_counts,
+        prepare_run,
+        read_entry_counts,
+        selected_entry_counts,
+        stage_stats,
+    )
+    from curation.text.match import load_queries
+    from curation.text.threshold import resolve_threshold
+    from pipelines.runtime import configure_environment
+
+    configure_environment()
+    started = time.time()
+    if prepare_run(config):
+        if runner == "ray":
+            from pipelines.curation_ray import run_ray
+            from pipelines.runtime import init_ray
+
+            init_ray()
+            run_ray(config)
+        else:
+            from pipelines.curation_beam import run_beam
+
+            run_beam(config, beam_runner, beam_args)
+    layout = config.layout
+    num_queries = len(load_queries(config.queries))
+    before = read_entry_counts(layout, num_queries)
+    after = selected_entry_counts(layout, config.num_parts, num_queries)
+    t = resolve_threshold(before, config.t)
+    plot_entry_counts(before, after, t, layout)
+    stages = {name: stats.body() for name, stats in stage_stats(config).items()}
+    summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
+               "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
+               "entries_selected": int((after > 0).sum())}
+    layout.write_json(layout.summary, summary)
+    return summary
+
+
+def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, serve_port: int | None = None,
+                     until: str = "all", data_dir: str | None = None) -> dict:
+    """Run the image stages (:class:`curation.images.recipe.ImageStagesConfig` ``config``) on
+    ``curation_dir`` (holding ``selected/*.parquet``; a path or URI), the check and the tasks on
+    Ray; return the summary of :func:`curation.images.recipe.run_image_stages`. ``serve_dir``:
+    served on 127.0.0.1:``serve_port`` during the download (:mod:`pipelines.serve_images`);
+    ``until="download"`` stops after the download stage (a later run resumes from there);
+    ``data_dir``: where built-in eval sets of ``config.decontaminate`` are read."""
+    from contamination.evalindex import write_eval_index
+    from curation.images.recipe import run_image_stages as run
+    from pipelines.images_ray import ray_check_tasks, ray_map_tasks
+    from pipelines.runtime import configure_environment, init_ray
+    from pipelines.serve_images import DEFAULT_PORT, serving
+
+    configure_environment()
+    layout = RunLayout.of_curation(curation_dir)
+    if config.download.distributor == "ray":
+        init_ray()  # the downloads become Ray tasks on the cluster's nodes
+    if config.decontaminate.datasets:  # its URL/caption half runs before the download
+        write_eval_index(layout, config.decontaminate.datasets, data_dir)
+    server = serving(serve_dir, port=DEFAULT_PORT if serve_port is None else serve_port) if serve_dir else None
+    return run(layout, config, ray_check_tasks(layout), server, until=until, map_tasks=ray_map_tasks)
