@@ -90,8 +90,11 @@ class CaptionTokenizer:
         return self.tokenizer.to_str()
 
     def save(self, path: str | Path) -> None:
-        """Write ``tokenizer.json``."""
-        self.tokenizer.save(str(path))
+        """Write ``tokenizer.json`` (a local path or URI), atomically."""
+        from storage.files import atomic_write
+
+        text = self.tokenizer.to_str(pretty=True).encode()
+        atomic_write(str(path), lambda f: f.write(text))
 
     @property
     def vocab_size(self) -> int:

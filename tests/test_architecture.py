@@ -20,7 +20,7 @@ ALLOWED = (
     ("queries", {"storage"}),
     ("curation.text", {"storage", "queries", "curation.stage", "curation.xxh3"}),
     ("curation.web", {"storage", "queries", "curation.stage"}),
-    ("curation.images", {"storage", "queries", "curation.stage", "curation.xxh3", "curation.text"}),
+    ("curation.images", {"storage", "queries", "curation.stage", "curation.xxh3", "curation.text", "curation.report"}),
     ("curation", {"storage", "queries", "curation"}),
     ("pretrain", {"storage"}),
     ("contamination", {"storage", "curation", "pretrain"}),
@@ -156,7 +156,7 @@ def run_path_literals(path: Path) -> list[tuple[int, str]]:
             if RUN_PATH.search(text) and "/" in text or re.search(r"\{\w*:0[56]d\}|part-\{", text):
                 found.append((node.lineno, text))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and RUN_PATH.search(node.value) and (
-                "/" in node.value or "." in node.value):
+                "/" in node.value or "." in node.value) and not node.value.startswith("openwit://"):  # Asset names
             found.append((node.lineno, node.value))
     return found
 

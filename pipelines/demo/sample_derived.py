@@ -24,13 +24,13 @@ Images go to ``<data>/images/{openclipart,emoji}/``; ``<data>/images/pool.parque
 from __future__ import annotations
 
 import collections
-import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
+from storage.files import atomic_write_dir
 
 Builder = Callable[[Path, dict[str, str]], dict[str, str]]
 
@@ -132,24 +132,22 @@ def build_sample_images(root: Path, manifest: dict[str, str]) -> dict[str, str]:
     entries = {"sample_images_dir": str(images), "sample_pool": str(pool)}
     if pool.exists():
         return entries
-    part = root / "images.part"
-    shutil.rmtree(part, ignore_errors=True)
     print("[sample-data] building sample images (openclipart + emoji)", flush=True)
-    records = openclipart_records(Path(manifest["openclipart_dir"]), part)
-    records += emoji_records(Path(manifest["emoji_font"]), part)
-    urls = [f"{SAMPLE_BASE_URL}/{quote(r['path'])}" for r in records]
-    table = pa.table({
-        "uid": [xxhash.xxh3_128_hexdigest(u.encode()) for u in urls],
-        "url": urls,
-        "text": [r["text"] for r in records],
-        "source": [r["source"] for r in records],
-        "path": [r["path"] for r in records],
-    })
-    pq.write_table(table, part / "pool.parquet.part")
-    os.replace(part / "pool.parquet.part", part / "pool.parquet")
-    shutil.rmtree(images, ignore_errors=True)
-    os.replace(part, images)
-    print(f"[sample-data] {len(table)} sample images -> {images}", flush=True)
+
+    def build(part: Path) -> None:
+        records = openclipart_records(Path(manifest["openclipart_dir"]), part)
+        records += emoji_records(Path(manifest["emoji_font"]), part)
+        urls = [f"{SAMPLE_BASE_URL}/{quote(r['path'])}" for r in records]
+        pq.write_table(pa.table({
+            "uid": [xxhash.xxh3_128_hexdigest(u.encode()) for u in urls],
+            "url": urls,
+            "text": [r["text"] for r in records],
+            "source": [r["source"] for r in records],
+            "path": [r["path"] for r in records],
+        }), part / "pool.parquet")
+
+    atomic_write_dir(images, build)  # the folder appears whole or not at all
+    print(f"[sample-data] {pq.ParquetFile(pool).metadata.num_rows} sample images -> {images}", flush=True)
     return entries
 
 

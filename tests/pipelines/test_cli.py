@@ -56,11 +56,11 @@ def test_help_is_the_field_comment_with_the_default():
 def test_every_product_cli_explains_every_flag():
     """No flag of a product CLI goes without help text (pretrain.py and contamination_report.py
     once explained almost none)."""
-    from pipelines import (build_pool, build_queries, build_wit, contamination_report, decontaminate, evaluate,
+    from pipelines import (build_pool, build_queries, build_queries_beam, build_wit, contamination_report, evaluate,
                            pretrain, wit_images)
 
-    for module in (build_pool, build_queries, build_wit, contamination_report, evaluate, pretrain, wit_images,
-                   decontaminate):
+    for module in (build_pool, build_queries, build_queries_beam, build_wit, contamination_report, evaluate, pretrain,
+                   wit_images):
         p = module.build_parser()
         silent = [a.option_strings[0] for a in p._actions if a.option_strings and not a.help
                   and a.option_strings[0] != "-h"]
