@@ -1,1 +1,1 @@
-"""Entry points: parse args -> typed config -> call the libraries (queries, curation, pretrain)."""
+"""Entry points and their plumbing: parse args -> typed config -> call the libraries (storage, queries, curation, pretrain, contamination)."""

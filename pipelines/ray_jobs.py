@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What a job needs of the repo: the packages and the project file. Nothing else travels.
-PROJECT_PACKAGES = ("queries", "curation", "pretrain", "pipelines")
+PROJECT_PACKAGES = ("storage", "queries", "curation", "pretrain", "contamination", "pipelines")
 PROJECT_FILES = ("pyproject.toml",)
 # Variables the job must see as the submitter does (the sample data dir, offline switches).
 FORWARDED_ENV = (

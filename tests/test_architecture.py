@@ -42,9 +42,15 @@ MODULES = product_modules()
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import of one of our packages, at any depth of the file."""
+    """(line, module) of every import of one of our packages, at any depth of the file (those
+    under ``if TYPE_CHECKING:`` are annotations only and are left out)."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -177,3 +183,50 @@ def test_the_run_path_check_finds_literals(tmp_path, source, hits):
     sample = tmp_path / "m.py"
     sample.write_text(source + "\n")
     assert len(run_path_literals(sample)) == hits
+
+
+def import_cycles() -> list[list[str]]:
+    """Groups of our modules that import each other in a circle (function-level imports too)."""
+    graph = {m: {n for _, n in imports_of(p) if n in MODULES and n != m} for m, p in MODULES.items()}
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(m):  # Tarjan's strongly connected components
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for n in graph[m]:
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            group = []
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                group.append(n)
+                if n == m:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for m in graph:
+        if m not in index:
+            visit(m)
+    return groups
+
+
+def test_no_import_circles():
+    """No circle of imports anywhere, the demo included (it had a five-file one)."""
+    assert import_cycles() == []
+
+
+def test_jobs_upload_every_package():
+    """``ray job submit`` (.rayignore) and the DAGs' jobs (ray_jobs.PROJECT_PACKAGES) carry every
+    package of the map: a package left out fails only on a cluster."""
+    from pipelines.ray_jobs import PROJECT_PACKAGES
+
+    assert set(PROJECT_PACKAGES) == set(PACKAGES)
+    rayignore = (ROOT / ".rayignore").read_text().split()
+    assert all(f"!/{p}" in rayignore and f"!/{p}/**" in rayignore for p in PACKAGES)

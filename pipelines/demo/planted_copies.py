@@ -35,7 +35,7 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     import pyarrow.parquet as pq
     import xxhash
 
-    from pipelines.demo.sample_derived import SAMPLE_BASE_URL
+    from pipelines.demo.serve_images import SAMPLE_BASE_URL
     from contamination.copydetect import copy_source, make_copy
     from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
 

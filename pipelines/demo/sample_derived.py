@@ -31,10 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 from storage.files import atomic_write_dir
+from pipelines.demo.serve_images import SAMPLE_BASE_URL
 
 Builder = Callable[[Path, dict[str, str]], dict[str, str]]
 
-SAMPLE_BASE_URL = "http://127.0.0.1:18765"  # pipelines.demo.serve_images.DEFAULT_HOST/DEFAULT_PORT
 COLLECTION_TITLE_MIN = 20  # a title on more images than this names a collection, not the image
 EMOJI_FONT_SIZE = 109  # Noto Color Emoji's only bitmap strike
 _RDF = {"dc": "http://purl.org/dc/elements/1.1/", "cc": "http://web.resource.org/cc/",

@@ -24,7 +24,8 @@ from pipelines.serve_images import (
     serving,
 )
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ImageRequestHandler", "ImageServer", "make_server", "run", "serving"]
+SAMPLE_BASE_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"  # the sample pool's URLs start with it
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "SAMPLE_BASE_URL", "ImageRequestHandler", "ImageServer", "make_server", "run", "serving"]
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -80,7 +80,7 @@ def test_submit_while_root_file_grows(ray_head, growing_root_file):
                             runtime_env=project_runtime_env(), log=lines.append, config=FAST)
     assert _job_status(ray_head, job) == "SUCCEEDED"
     out = "\n".join(lines)
-    assert "pkg-ok ['curation', 'pipelines', 'pretrain', 'pyproject.toml', 'queries']" in out, out
+    assert "pkg-ok ['contamination', 'curation', 'pipelines', 'pretrain', 'pyproject.toml', 'queries', 'storage']" in out, out
 
 
 @pytest.mark.ray
@@ -93,7 +93,7 @@ def test_submit_local_while_root_file_grows(growing_root_file, capfd):
     check = "import os, curation.images.recipe; print('job-ok', sorted(os.listdir('.')))"
     assert submit_local.run(["--num-cpus", "1", "--", "python", "-c", check]) == 0
     out = capfd.readouterr().out
-    assert "job-ok ['curation', 'pipelines', 'pretrain', 'pyproject.toml', 'queries']" in out, out[-3000:]
+    assert "job-ok ['contamination', 'curation', 'pipelines', 'pretrain', 'pyproject.toml', 'queries', 'storage']" in out, out[-3000:]
 
 
 @pytest.mark.ray
