@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
 
     from contamination.analysis import Detector
+    from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
+    from contamination.copydetect import load_copy_detector
     from contamination.planted import measure_planted
     from pipelines.demo.copy_detection_set import N_PLANT, distinct_sample_images, planted_cases
     from pipelines.demo.sample_data import load_manifest
-    from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
-    from contamination.copydetect import load_copy_detector
 
     started = time.perf_counter()
     detectors = {"learned": Detector("learned", load_copy_detector(a.weights or SHIPPED))}

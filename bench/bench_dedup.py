@@ -76,9 +76,9 @@ def bench_distributed(table, config, parts: int, expected) -> dict[str, float]:
 
     from curation.images.dedup import deduplicate_distributed
     from curation.stage import in_process
-    from storage.layout import RunLayout
     from pipelines.runtime import configure_environment, init_ray
     from pipelines.wit_images import ray_map_tasks
+    from storage.layout import RunLayout
 
     def rejects(layout):
         got = layout.read_parquets(layout.list(layout.rejects_dir("imagededup"), ".parquet"),

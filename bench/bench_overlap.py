@@ -85,8 +85,8 @@ def sample_images(n: int) -> list[np.ndarray]:
     import cv2
     from PIL import Image
 
-    from pipelines.demo.sample_data import load_manifest
     from contamination.copydetect import to_rgb_array
+    from pipelines.demo.sample_data import load_manifest
 
     root = Path(load_manifest()["sample_images_dir"])
     paths = sorted(root.glob("openclipart/**/*.png"))[:n // 2] + sorted(root.glob("emoji/*.png"))[:n - n // 2]

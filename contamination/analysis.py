@@ -30,7 +30,14 @@ import numpy as np
 from PIL import Image
 
 from contamination.evalsources import BUILTIN, EvalImages, load_eval_source
-from contamination.overlap import SearchConfig, bonferroni, choose_threshold, nearest, precision_recall, split_statistics
+from contamination.overlap import (
+    SearchConfig,
+    bonferroni,
+    choose_threshold,
+    nearest,
+    precision_recall,
+    split_statistics,
+)
 from contamination.report import write_report
 from curation.images.phash import nearest_binary, phash_codes
 from storage.datadir import data_manifest

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from curation.text.threshold import METACLIP_T
 from storage.layout import RunLayout
 
 GATES = ("selection", "download", "shards")
@@ -118,8 +119,11 @@ def _share(num: int, den: int) -> float:
     return num / den if den else 0.0
 
 
-def selection_figures(run_dir: str, t: float, bands: GateBands) -> list[Figure]:
-    """English share (stage text), matched share (stage match), share of entries at the cap."""
+def selection_figures(run_dir: str, t: float, bands: GateBands, t_scaled: bool = False) -> list[Figure]:
+    """English share (stage text), matched share (stage match), share of entries at the cap.
+    With ``t_scaled`` (the run's t was scaled to its pool, so that the entries under t hold
+    MetaCLIP's tail share of the matches) the cap share follows from that choice: it is reported,
+    in the band [0, 1], not judged."""
     text = read_stage_stats(run_dir, "text")
     not_en = int(text["rejected"].get("not_english", 0))
     match = read_stage_stats(run_dir, "match")
@@ -129,8 +133,9 @@ def selection_figures(run_dir: str, t: float, bands: GateBands) -> list[Figure]:
                f"{text['in'] - not_en} of {text['in']} not rejected as not_english"),
         Figure("match", "matched_share", _share(match["out"], match["in"]), bands.matched_share,
                f"{match['out']} of {match['in']} matched"),
-        Figure("balance", "cap_share", _share(at_cap, matched), bands.cap_share,
-               f"{at_cap} of {matched} matched entries with count >= t={t:g}"),
+        Figure("balance", "cap_share", _share(at_cap, matched), Band(0.0, 1.0) if t_scaled else bands.cap_share,
+               f"{at_cap} of {matched} matched entries with count >= t={t:g}"
+               + (" (t scaled to the pool: reported, not judged)" if t_scaled else "")),
     ]
 
 
@@ -162,10 +167,12 @@ def shard_figures(run_dir: str, bands: GateBands) -> list[Figure]:
                    f"{stats['out']} samples from {stats['in']} kept images")]
 
 
-def evaluate_gate(gate: str, run_dir: str, bands: GateBands = GateBands(), t: float = 20_000) -> GateResult:
-    """Compute ``gate``'s figures on ``run_dir`` (FileNotFoundError if a stage's stats are missing)."""
+def evaluate_gate(gate: str, run_dir: str, bands: GateBands = GateBands(), t: float = METACLIP_T,
+                  t_scaled: bool = False) -> GateResult:
+    """Compute ``gate``'s figures on ``run_dir`` (FileNotFoundError if a stage's stats are missing);
+    ``t``: the balancing threshold the run used (``t_scaled``: see :func:`selection_figures`)."""
     if gate == "selection":
-        figures = selection_figures(run_dir, t, bands)
+        figures = selection_figures(run_dir, t, bands, t_scaled)
     elif gate == "download":
         figures = download_figures(run_dir, bands)
     elif gate == "shards":
@@ -181,10 +188,11 @@ def failure_message(result: GateResult, run_dir: str) -> str:
     return f"gate {result.gate} failed on {run_dir}: {failed}"
 
 
-def run_gate(gate: str, run_dir: str, bands: GateBands = GateBands(), t: float = 20_000) -> GateResult:
+def run_gate(gate: str, run_dir: str, bands: GateBands = GateBands(), t: float = METACLIP_T,
+             t_scaled: bool = False) -> GateResult:
     """:func:`evaluate_gate`, then raise :class:`GateFailed` (see :func:`failure_message`) unless
     every figure is in its band."""
-    result = evaluate_gate(gate, run_dir, bands, t)
+    result = evaluate_gate(gate, run_dir, bands, t, t_scaled)
     if not result.passed:
         raise GateFailed(failure_message(result, run_dir))
     return result

@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from storage.layout import RunLayout  # noqa: E402
 from curation.stage import IMAGE_STAGES, TEXT_STAGES  # noqa: E402
+from storage.layout import RunLayout  # noqa: E402
 
 STAGE_ORDER = TEXT_STAGES + IMAGE_STAGES  # the stage registry's data-flow order
 

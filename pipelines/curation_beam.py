@@ -18,10 +18,10 @@ from curation.text.config import CurationConfig, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, read_counted
-from storage.layout import RunLayout
 from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.text.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
+from storage.layout import RunLayout
 
 
 class ReadPoolDoFn(beam.DoFn):

@@ -23,9 +23,9 @@ from curation.text.config import CurationConfig, read_tallies, rows_read, write_
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
-from storage.layout import RunLayout
 from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
 from curation.text.textfilter import TextConfig, TextFilter
+from storage.layout import RunLayout
 
 BUCKET = "_bucket"
 

@@ -32,6 +32,7 @@ from pretrain.optim import param_groups
 from pretrain.schedule import cosine_lr
 from pretrain.tokenizer import CaptionTokenizer
 from storage.layout import PretrainLayout
+
 PRECISIONS = ("auto", "fp32", "bf16")  # the implemented --precision values
 COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
               "partial_batch")

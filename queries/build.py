@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.files import atomic_write, open_input_text
-from storage.layout import RunLayout
 from queries.ngrams import COUNT_SCHEMA, WORD_PATTERN
 from queries.text import is_matchable
+from storage.files import atomic_write, open_input_text
+from storage.layout import RunLayout
 
 SOURCES = ("unigram", "bigram", "title", "wordnet")
 QUERY_SCHEMA = pa.schema(

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from storage.files import is_input_file, open_input_text
 from queries.wikidump import DOCUMENT_SCHEMA, DumpStats, iter_dump_batches
+from storage.files import is_input_file, open_input_text
 
 _TEXT_KEYS = ("extract", "text")
 

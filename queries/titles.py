@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from storage.files import open_input, open_input_text
 from queries.text import is_matchable
+from storage.files import open_input, open_input_text
 
 ENGLISH_PROJECTS = frozenset({b"en", b"en.m"})
 VIEWS_SCHEMA = pa.schema([("title", pa.string()), ("views", pa.int64())])

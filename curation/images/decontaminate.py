@@ -20,8 +20,16 @@ import pyarrow.compute as pc
 
 from curation.images.dedup import fixed_bytes
 from curation.images.phash import PHASH_BITS, nearest_binary
-from curation.stage import (MapTasks, dropped_rows, in_process, reject_counts, run_task_stage, stage_done,
-                            without_rejects, write_rejects)
+from curation.stage import (
+    MapTasks,
+    dropped_rows,
+    in_process,
+    reject_counts,
+    run_task_stage,
+    stage_done,
+    without_rejects,
+    write_rejects,
+)
 from storage.layout import RunLayout, part_name, task_part_name
 
 EVAL_DUPLICATE = "eval_duplicate"

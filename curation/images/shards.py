@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import webdataset as wds
 
-from storage.layout import RunLayout, shard_name
 from storage.files import atomic_write
+from storage.layout import RunLayout, shard_name
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height")

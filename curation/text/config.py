@@ -17,11 +17,11 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
-from storage.layout import RunLayout
-from curation.text.selection import clear_selection, part_marker, verify_parts
 from curation.stage import DEDUP_KEYS, KEPT, StageStats, merge_counts, stage_reasons, text_stages, write_rejects
+from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
+from curation.text.selection import clear_selection, part_marker, verify_parts
 from curation.text.textfilter import TextConfig
+from storage.layout import RunLayout
 
 
 @dataclass(frozen=True)

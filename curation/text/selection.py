@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.stage import KEPT, REASON, kept_rows, reason_counts
 from curation.text.balance import uid_hashes
 from storage.layout import RunLayout, part_name
-from curation.stage import KEPT, REASON, kept_rows, reason_counts
 
 PART_COLUMN = "_part"
 

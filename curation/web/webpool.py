@@ -43,8 +43,8 @@ from fastwarc.warc import ArchiveIterator
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from storage.layout import PoolLayout
 from curation.stage import WEB_STAGES, StageStats
+from storage.layout import PoolLayout
 
 RECORD_STAGE, PAIR_STAGE = WEB_STAGES  # every archive record; every <img> of the kept records
 HTML_TYPES = ("text/html", "application/xhtml+xml")

@@ -80,7 +80,8 @@ def check_gate(gate: str, context: dict) -> dict:
 
     params = context["params"]
     run_dir = run_dir_of(context)
-    result = evaluate_gate(gate, run_dir, bands_from_params(params), t=balancing_threshold(params, run_dir))
+    result = evaluate_gate(gate, run_dir, bands_from_params(params), t=balancing_threshold(params, run_dir),
+                           t_scaled=params.get("t") is None)
     for figure in result.figures:
         task_log(figure.describe())
     decision = result.to_dict()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from storage.files import atomic_write
 
 PLANTED = 40  # copies planted in the demo pool
@@ -35,8 +36,8 @@ def build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str]
     import pyarrow.parquet as pq
     import xxhash
 
-    from pipelines.demo.serve_images import SAMPLE_BASE_URL
     from contamination.copydetect import copy_source, make_copy
+    from pipelines.demo.serve_images import SAMPLE_BASE_URL
     from pretrain.evalsets import FASHION_MNIST_CAPTIONS, load_fashion_mnist
 
     pool = root / "images" / "planted.parquet"

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
 from storage.files import atomic_write
 
 IMAGES_PER_PAGE = 100

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
 from storage.files import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

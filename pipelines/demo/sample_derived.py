@@ -30,8 +30,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
-from storage.files import atomic_write_dir
+
 from pipelines.demo.serve_images import SAMPLE_BASE_URL
+from storage.files import atomic_write_dir
 
 Builder = Callable[[Path, dict[str, str]], dict[str, str]]
 

@@ -27,14 +27,13 @@ import json
 from pipelines.runtime import configure_environment
 
 
-
 def run(argv: list[str] | None = None) -> dict:
     """Parse, train, save; return the training summary."""
     import torch
 
+    from contamination.copydetect import SHIPPED_WEIGHTS, CopyDetectorConfig, save_copy_detector, train_copy_detector
     from pipelines.demo.copy_detection_set import FASHION_TRAIN, detector_training_images
     from pipelines.demo.sample_data import load_manifest
-    from contamination.copydetect import SHIPPED_WEIGHTS, CopyDetectorConfig, save_copy_detector, train_copy_detector
 
     d = CopyDetectorConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

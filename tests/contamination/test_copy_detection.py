@@ -27,8 +27,6 @@ import torch
 from PIL import Image
 
 from contamination.analysis import Detector
-from contamination.planted import measure_planted
-from pipelines.demo.copy_detection_set import N_PLANT, planted_cases
 from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
 from contamination.copydetect import (
     CopyDetector,
@@ -44,6 +42,8 @@ from contamination.copydetect import (
     train_copy_detector,
     unborder,
 )
+from contamination.planted import measure_planted
+from pipelines.demo.copy_detection_set import N_PLANT, planted_cases
 from pretrain.evalsets import load_fashion_mnist
 
 

@@ -18,15 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.stage import in_process
-from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage
-from curation.images.recipe import shard_stage
-from curation.images.phash import phash_codes
-from storage.layout import RunLayout
-from curation.images.shards import ShardConfig
-from curation.stage import write_rejects
 from contamination.evalindex import write_eval_index
+from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage
+from curation.images.phash import phash_codes
+from curation.images.recipe import shard_stage
+from curation.images.shards import ShardConfig
+from curation.stage import in_process, write_rejects
 from pretrain.evalsets import load_fashion_mnist
+from storage.layout import RunLayout
 
 PLANTED = (3, 77, 512, 1999, 4096, 9000)  # Fashion-MNIST test indices copied into the training images
 

@@ -17,15 +17,15 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
+from contamination.copydetect import copy_source, make_copy
 from curation.images.check import ImageCheckConfig, check_image
 from pipelines import contamination_report
 from pipelines.demo.copy_detection_set import distinct_sample_images
-from contamination.copydetect import SHIPPED_WEIGHTS as SHIPPED
-from contamination.copydetect import copy_source, make_copy
+from pretrain.checkpoint import save_checkpoint
 from pretrain.evalsets import load_fashion_mnist
 from pretrain.factory import create_model
 from pretrain.tokenizer import CaptionTokenizer
-from pretrain.checkpoint import save_checkpoint
 from pretrain.train import TrainConfig
 
 PLANTED = (3, 41, 77, 150, 222, 305)  # Fashion-MNIST test indices with a copy among the training images

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.images.holdout import heldout_mask
-from curation.stage import in_process
 from curation.images.shards import ShardConfig
+from curation.stage import in_process
 
 
 def test_mask_is_a_function_of_uid_and_seed_with_the_requested_share():
@@ -35,8 +35,8 @@ def test_mask_is_a_function_of_uid_and_seed_with_the_requested_share():
 
 def test_shard_stage_writes_heldout_pairs_apart(tmp_path):
     from curation.images.recipe import shard_stage
-    from storage.layout import RunLayout
     from curation.stage import write_rejects
+    from storage.layout import RunLayout
     from tests.curation.images.conftest import jpeg_bytes
 
     n = 200

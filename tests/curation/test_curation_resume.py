@@ -14,9 +14,9 @@ import pytest
 
 from curation.text.config import CurationConfig
 from curation.text.pool import PoolFormatError, read_pool_file
-from storage.layout import RunLayout
 from curation.text.selection import fill_empty_parts
 from pipelines import build_wit
+from storage.layout import RunLayout
 
 
 def _argv(pool, queries, out, *extra):

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.stage import REASON, kept_rows, reason_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.pool import PoolConfig, PoolFormatError, list_pool_files, read_pool_file
-from curation.stage import REASON, kept_rows, reason_counts
 from curation.text.textfilter import LanguageIdentifier, TextConfig, TextFilter, normalize_texts
 
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.text.config import read_entry_counts, selected_entry_counts
-from storage.layout import RunLayout
 from curation.text.threshold import METACLIP_TAIL_SHARE, resolve_threshold, scaled_threshold, tail_share
 from pipelines import build_wit
+from storage.layout import RunLayout
 
 
 def test_scaled_threshold_keeps_metaclips_tail_share():

@@ -56,8 +56,16 @@ def test_help_is_the_field_comment_with_the_default():
 def test_every_product_cli_explains_every_flag():
     """No flag of a product CLI goes without help text (pretrain.py and contamination_report.py
     once explained almost none)."""
-    from pipelines import (build_pool, build_queries, build_queries_beam, build_wit, contamination_report, evaluate,
-                           pretrain, wit_images)
+    from pipelines import (
+        build_pool,
+        build_queries,
+        build_queries_beam,
+        build_wit,
+        contamination_report,
+        evaluate,
+        pretrain,
+        wit_images,
+    )
 
     for module in (build_pool, build_queries, build_queries_beam, build_wit, contamination_report, evaluate, pretrain,
                    wit_images):

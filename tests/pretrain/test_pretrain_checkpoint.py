@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import (CHECKPOINT_FILE, TOKENIZER_FILE, load_checkpoint, load_model, read_result,
-                                 resolve_checkpoint, save_checkpoint, step_checkpoints, write_result)
+from pretrain.checkpoint import (
+    CHECKPOINT_FILE,
+    TOKENIZER_FILE,
+    load_checkpoint,
+    load_model,
+    read_result,
+    resolve_checkpoint,
+    save_checkpoint,
+    step_checkpoints,
+    write_result,
+)
 from pretrain.factory import create_model
 from pretrain.train import TrainConfig
 from storage.files import aside_path, atomic_write_dir, completed_dir, is_temp_name

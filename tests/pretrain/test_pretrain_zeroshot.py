@@ -123,8 +123,8 @@ def heldout_openclipart(sample, tmp_path_factory):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from storage.layout import RunLayout
     from curation.images.shards import ShardConfig, write_shards
+    from storage.layout import RunLayout
 
     pool = pq.read_table(sample["sample_pool"]).to_pandas()
     folder = pool.path.str.split("/").str[1]

@@ -21,9 +21,9 @@ def main() -> None:
     import pyarrow.dataset as ds
 
     from curation.images import recipe as images
-    from storage.layout import RunLayout
     from pipelines import wit_images
     from pipelines.demo.serve_images import serving
+    from storage.layout import RunLayout
     from tests.curation.images.conftest import METADATA_URL, SiteHandler, write_selection, write_site
     from tests.curation.images.test_images_pipeline import image_args
 

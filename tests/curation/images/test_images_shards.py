@@ -8,8 +8,8 @@ import tarfile
 import pyarrow as pa
 import webdataset as wds
 
-from storage.layout import RunLayout
 from curation.images.shards import ShardConfig, rebatch, sanitize_key, write_shards
+from storage.layout import RunLayout
 from tests.curation.images.conftest import jpeg_bytes
 
 
@@ -86,8 +86,8 @@ def test_plan_cuts_like_rebatch():
 def test_shard_tasks_write_the_bytes_of_the_one_process_writer(tmp_path):
     """The shard stage as tasks (mark + one task per shard, no dedup rejects) writes the bytes
     write_shards writes from the same rows in one process."""
-    from curation.stage import in_process
     from curation.images.recipe import shard_stage
+    from curation.stage import in_process
 
     table = samples(23)
     one = shards_dir(tmp_path, "one")

@@ -54,6 +54,8 @@ def test_each_selection_figure_can_fail(tmp_path):
         run_gate("selection", run, t=20_000)
     result = evaluate_gate("selection", run, GateBands(cap_share=Band(0, 1)), t=20_000)
     assert result.passed  # bands are configurable
+    scaled = {f.name: f for f in evaluate_gate("selection", run, t=20_000, t_scaled=True).figures}["cap_share"]
+    assert scaled.value == 2 / 3 and scaled.passed and "reported, not judged" in scaled.detail  # t fitted to the pool
     run = write_run(tmp_path / "c", shards=(0, 0, {}))
     with pytest.raises(GateFailed, match=r"stage shards: shard_samples = 0 .*band \[1, inf\]"):
         run_gate("shards", run)

@@ -56,8 +56,8 @@ def test_dags_test_gate_fails_then_rerun_completes(tmp_path, ray_head, sample):
     env.pop("RAY_ADDRESS", None)
     migrate = airflow(["db", "migrate"], env, timeout=300)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    # t pinned: the default (unset) scales t to this 64-row pool's counts (t = 1), where every
-    # matched entry is at the cap and the cap_share gate fails by construction
+    # t pinned to MetaCLIP's 20k, so that the cap_share gate is judged (with the DAG's default, t
+    # scaled to the pool, it is reported only: tests/pipelines/dags/test_gates.py)
     conf = {"out": str(out), "ray_address": ray_head, "pool": [str(pool)], "t": 20_000,
             "query_options": {"unigram_counts": sample["unigram_counts"], "min_count": 200000, "quiet": True},
             "build_wit_options": ["--serve-images", sample["sample_images_dir"], "--serve-port", str(port),
