@@ -43,8 +43,7 @@ demo: venv sample-data
 	$(PY) pipelines/build_queries.py --out $(DEMO_OUT) --sample
 	$(PY) -m pipelines.demo.submit_local --num-cpus 2 -- \
 	    python pipelines/build_wit.py --out $(DEMO_ABS) --sample --serve-images $(OPENWIT_DATA)/images --holdout-fraction 0.15
-	last=$$(ls $(DEMO_OUT)/curation/shards | grep -E '^[0-9]+[.]tar$$' | sort | tail -1); \
-	$(PY) pipelines/pretrain.py --train-data "$(DEMO_ABS)/curation/shards/{00000..$${last%.tar}}.tar" \
+	$(PY) pipelines/pretrain.py --train-data $(DEMO_ABS)/curation/shards \
 	    --model tiny --steps $(DEMO_STEPS) --batch-size 64 --workers 2 --out $(DEMO_ABS)/pretrain/tiny
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_RUN) --retrieval-shards $(DEMO_OUT)/curation/heldout \
 	    --out $(DEMO_RUN)/eval/heldout-retrieval.json
@@ -52,7 +51,7 @@ demo: venv sample-data
 	    --out $(DEMO_RUN)/eval/openclipart-zeroshot.json
 	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_RUN) --dataset fashion-mnist \
 	    --out $(DEMO_RUN)/eval/fashion-mnist-transfer.json
-	$(PY) pipelines/contamination_report.py --train-data '$(DEMO_ABS)/curation/shards/*.tar' --checkpoint $(DEMO_RUN) \
+	$(PY) pipelines/contamination_report.py --train-data $(DEMO_ABS)/curation/shards --checkpoint $(DEMO_RUN) \
 	    --dataset fashion-mnist --eval-limit 2000 --detector learned --detector-weights contamination/assets/copy_detector.pt \
 	    --out $(DEMO_OUT)/reports/contamination
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"

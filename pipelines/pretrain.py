@@ -35,8 +35,8 @@ from pipelines.cli import add_config_flags, field_default, field_help
 from pipelines.runtime import configure_environment, init_ray
 from pretrain.checkpoint import step_checkpoints, write_result
 from pretrain.train import PRECISIONS, PretrainJob, TrainConfig, train_loop_per_worker
-from storage.files import is_local
-from storage.layout import CHECKPOINTS, PretrainLayout
+from storage.files import is_dir, is_local
+from storage.layout import CHECKPOINTS, PretrainLayout, shard_pattern
 
 
 JOB_KEYS = {f.name for f in fields(PretrainJob)} - {"train"}  # the job's own fields in the flat config
@@ -110,10 +110,14 @@ def prepare_tokenizer(job: dict, model_name: str, out_dir: Path) -> str:
 
 
 def absolute_shard_pattern(pattern: str) -> str:
-    """Make each local part of a ``::``-joined brace pattern absolute: Ray Train workers do not
-    run in the submitter's working directory. URIs (``s3://``, ``pipe:``) are left alone."""
+    """Each part of a ``::``-joined shard spec as a brace pattern workers can open: a shard
+    directory becomes the pattern of its shards (:func:`storage.layout.shard_pattern`), a local
+    part is made absolute (Ray Train workers do not run in the submitter's working directory);
+    URIs (``s3://``, ``pipe:``) are otherwise left alone."""
     parts = []
     for part in pattern.split("::"):
+        if not part.startswith("pipe:") and not any(c in part for c in "{*?[") and is_dir(part):
+            part = shard_pattern(part)
         local = "://" not in part and not part.startswith("pipe:") and not os.path.isabs(part)
         parts.append(os.path.join(os.getcwd(), part) if local else part)
     return "::".join(parts)

@@ -40,7 +40,7 @@ COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "c
 
 @dataclass
 class TrainConfig:
-    train_data: str  # WebDataset shards: brace pattern, several joined by '::'
+    train_data: str  # WebDataset shards: a shard directory or brace pattern, several joined by '::'
     tokenizer_json: str  # the caption tokenizer as a JSON string (CaptionTokenizer.to_str())
     out_dir: str  # run directory: metrics.jsonl, loss.png, local checkpoints (rank 0 writes)
     model: str = "tiny"  # registered architecture name (pretrain/model_configs/*.json)

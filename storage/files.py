@@ -29,6 +29,12 @@ def open_input_text(path: str) -> IO[str]:
     return io.TextIOWrapper(open_input(path), encoding="utf-8")
 
 
+def is_dir(path: str) -> bool:
+    """Whether ``path`` (a local path or URI) names an existing directory."""
+    fs, local = url_to_fs(path)
+    return fs.isdir(local)
+
+
 def is_input_file(path: str) -> bool:
     """Whether ``path`` names an existing file."""
     fs, local = url_to_fs(path)

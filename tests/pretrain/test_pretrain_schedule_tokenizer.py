@@ -57,3 +57,17 @@ def test_shard_pattern_made_absolute_for_train_workers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = absolute_shard_pattern("shards/{00000..00002}.tar::s3://b/{0..1}.tar::/abs/a.tar")
     assert got == f"{tmp_path}/shards/{{00000..00002}}.tar::s3://b/{{0..1}}.tar::/abs/a.tar"
+
+
+def test_a_shard_directory_becomes_the_pattern_of_its_shards(tmp_path, monkeypatch):
+    """``--train-data <run>/curation/shards``: the shards found there (the demo passes the directory)."""
+    from pipelines.pretrain import absolute_shard_pattern
+
+    shards = tmp_path / "run" / "curation" / "shards"
+    shards.mkdir(parents=True)
+    for name in ("00000.tar", "00001.tar", "00000.parquet", "stats.json"):
+        (shards / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_shard_pattern("run/curation/shards") == f"{tmp_path}/run/curation/shards/{{00000..00001}}.tar"
+    with pytest.raises(FileNotFoundError, match="no NNNNN.tar shards"):
+        absolute_shard_pattern(str(tmp_path))
