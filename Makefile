@@ -71,7 +71,7 @@ demo-web: venv sample-data
 	@echo "pool:     $(DEMO_WEB_OUT)/pool/pairs/   shards: $(DEMO_WEB_OUT)/curation/shards/"
 
 test: venv $(VENV)/.installed-airflow sample-data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # Every bench runs; exit status 77 means skipped (e.g. no open_clip venv, no GPU): listed, and
 # `make bench` fails if any bench failed or was skipped, so a skip never reads as a pass.
