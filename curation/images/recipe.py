@@ -35,9 +35,22 @@ from curation.images.fetch import node_name
 from curation.images.holdout import heldout_mask
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
-from curation.stage import (IMAGE_STAGES, MapTasks, StageStats, dropped_rows, in_process, read_stats, reject_counts,
-                            run_task_stage, stage_done, without_rejects, without_uids, write_rejects)
-from storage.layout import RunLayout, part_name, task_part_name
+from curation.stage import (
+    IMAGE_STAGES,
+    MapTasks,
+    StageStats,
+    dropped_rows,
+    in_process,
+    read_stats,
+    reject_counts,
+    run_task_stage,
+    stage_done,
+    without_rejects,
+    without_uids,
+    write_rejects,
+)
+from curation.text.balance import splitmix64, uid_hashes
+from storage.layout import RunLayout, bucket_name, part_name, task_part_name
 
 
 @dataclass(frozen=True)
@@ -184,8 +197,8 @@ class CheckDownloadShards:
 
 def check_tasks(layout: RunLayout, downloaded: pa.Table, selected: pa.Table) -> pa.Table:
     """One task row per download shard holding fetched images, in shard order, each with its
-    images in key order (so the shards do not depend on download timing) and their metadata
-    from the selection."""
+    images in key order and their metadata from the selection (checked parts are named after
+    their download shards; the final shards' order is :func:`sample_order`'s, not this one)."""
     if "source" not in selected.column_names:
         selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
     if "query_ids" not in selected.column_names:
@@ -255,35 +268,71 @@ def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig, m
     return result
 
 
+_ORDER_SALT = 0x73686172646F7264  # "shardord": the shard order's own draw (apart from holdout and balance)
+MAX_ORDER_BUCKETS = 4096  # scatter buckets of the shard stage at most (about one per final shard)
+
+
+def sample_order(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The order of samples in the final shards: ``splitmix64(xxh3_64(uid) ^ salt)`` (uint64,
+    ties broken by the uid), a pure function of the uid. Shard bytes and keys therefore depend
+    only on the final samples and the shard size: never on download order, retries, node count,
+    the download's shard size or parallelism."""
+    if not len(uids):
+        return np.zeros(0, np.uint64)
+    salt = splitmix64(np.array([_ORDER_SALT], dtype=np.uint64))[0]
+    return splitmix64(uid_hashes(uids) ^ salt)
+
+
+def order_bucket(order: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each order key: ``order * buckets / 2**64``, monotone in the key, so bucket
+    ``b``'s samples all sort before bucket ``b + 1``'s."""
+    return ((order >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
+
+
 class ShardTasks:
-    """The shard stage's task bodies (picklable): ``mark`` (a task per checked part: which of
-    its rows survived the dedup and which of those are held out, written to
-    ``curation/shardplan/``) and ``write`` (a task per final shard: its rows, read from the
-    checked parts, streamed into the tar)."""
+    """The shard stage's task bodies (picklable). ``mark``: a task per checked part; its rows
+    that survived the dedup (and the decontamination), each with its order key
+    (:func:`sample_order`) and split (held out or not), are scattered by order bucket to
+    ``curation/shardplan/<split>/bNNNNN/pNNNNNN.parquet``; returns the rows per bucket.
+    ``write``: a task per final shard; it reads the buckets its ranks fall in, sorts them by
+    (order, uid) and streams its slice into the tar."""
 
-    def __init__(self, layout: RunLayout, config: ShardConfig):
-        self.layout, self.config = layout, config
+    def __init__(self, layout: RunLayout, config: ShardConfig, buckets: int = 1):
+        self.layout, self.config, self.buckets = layout, config, max(1, int(buckets))
 
-    def _plan(self, index: int) -> str:
-        return self.layout.scratch("shardplan", f"{task_part_name(index)}.parquet")
+    def _bucket_dir(self, split: str, bucket: int) -> str:
+        return self.layout.scratch("shardplan", split, bucket_name(bucket))
 
     def mark(self, item: tuple[int, str]) -> dict:
         index, uri = item
         layout = self.layout
-        uids = layout.read_parquet(uri, ["uid"]).column("uid")
-        dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(uids))
-        kept = np.flatnonzero(~dropped)
-        held = heldout_mask(uids.take(pa.array(kept)), self.config.holdout_fraction) if len(kept) else np.zeros(0, bool)
-        layout.write_parquet(pa.table({"row": pa.array(kept, pa.int64()), "heldout": pa.array(held)}), self._plan(index))
-        return {"kept": int(len(kept)), "heldout": int(held.sum()), "node": node_name()}
+        table = layout.read_parquet(uri, list(SAMPLE_COLUMNS))
+        dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(table))
+        table = table.filter(pa.array(~dropped))
+        uids = table.column("uid")
+        held = heldout_mask(uids, self.config.holdout_fraction) if len(table) else np.zeros(0, bool)
+        order = sample_order(uids)
+        bucket = order_bucket(order, self.buckets).astype(np.int64)
+        table = table.append_column("order", pa.array(order, pa.uint64()))
+        counts = {}
+        for split, mask in (("shards", ~held), ("heldout", held)):
+            counts[split] = np.bincount(bucket[mask], minlength=self.buckets).tolist()
+            for b in np.flatnonzero(counts[split]):
+                rows = pa.array(mask & (bucket == b))
+                layout.write_parquet(table.filter(rows), f"{self._bucket_dir(split, int(b))}/{task_part_name(index)}.parquet")
+        return {"kept": len(table), "heldout": int(held.sum()), "counts": counts, "node": node_name()}
 
-    def write(self, item: tuple[str, int, list[tuple[int, str, int, int]]]) -> dict:
+    def write(self, item: tuple[str, int, list[tuple[int, int, int]]]) -> dict:
         split, shard_id, ranges = item
         layout, pieces = self.layout, []
-        for index, uri, start, stop in ranges:
-            plan = layout.read_parquet(self._plan(index))
-            rows = plan.filter(pc.equal(plan.column("heldout"), split == "heldout")).column("row")
-            pieces.append(layout.read_parquet(uri, list(SAMPLE_COLUMNS)).take(rows.slice(start, stop - start)))
+        for bucket, start, stop in ranges:
+            files = layout.list(self._bucket_dir(split, bucket), ".parquet")
+            rows = layout.read_parquets(files, [*SAMPLE_COLUMNS, "order"]).sort_by([("order", "ascending"),
+                                                                                     ("uid", "ascending")])
+            if len(rows) < stop:
+                raise RuntimeError(f"shards: bucket {self._bucket_dir(split, bucket)} holds {len(rows)} rows, "
+                                   f"the marks counted at least {stop}")
+            pieces.append(rows.slice(start, stop - start).drop_columns(["order"]))
         table = pa.concat_tables(pieces) if pieces else None
         return {**write_shard(layout, shard_id, table, split), "node": node_name()}
 
@@ -293,11 +342,16 @@ SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_widt
 
 def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_tasks: MapTasks,
                 dedup_out: int | None = None) -> dict:
-    """Stage ``shards`` as tasks: the kept images + captions/metadata of the checked ``parts``
-    (in order: download shards, then img2dataset key order) as WebDataset shards; with
-    ``holdout_fraction`` a uid-hash share goes to ``heldout/`` instead. ``in`` is what the mark
-    tasks count as kept (checked against ``dedup_out`` when given)."""
-    tasks = ShardTasks(layout, config)
+    """Stage ``shards`` as tasks: the kept images + captions/metadata of the checked ``parts`` as
+    WebDataset shards, in the order of :func:`sample_order` (a pure function of the uids), cut
+    every ``shard_size`` samples; with ``holdout_fraction`` a uid-hash share goes to
+    ``heldout/`` instead. The marks scatter the samples to order buckets (about one per final
+    shard, at most :data:`MAX_ORDER_BUCKETS`; the driver keeps the rows per bucket, never
+    rows); shard ``k`` takes ranks ``k*shard_size..`` of the concatenated buckets. ``in`` is
+    what the mark tasks count as kept (checked against ``dedup_out`` when given)."""
+    expected = dedup_out if dedup_out is not None else sum(layout.parquet_rows(p) for p in parts)
+    buckets = min(MAX_ORDER_BUCKETS, max(1, -(-expected // config.shard_size)))
+    tasks = ShardTasks(layout, config, buckets)
     layout.remove_tree(layout.scratch("shardplan"))
     marks = map_tasks(tasks.mark, list(enumerate(parts)))
     rows_in = sum(m["kept"] for m in marks)
@@ -306,21 +360,20 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
                            f"leave {rows_in}: rows were lost")
     stats, by_node = {}, {}
     for split in ("shards", "heldout"):
-        counts = [m["heldout"] if split == "heldout" else m["kept"] - m["heldout"] for m in marks]
+        counts = np.sum([m["counts"][split] for m in marks], axis=0, dtype=np.int64).tolist() if marks else []
         if split == "heldout" and not config.holdout_fraction:
             layout.remove_tree(layout.split_dir("heldout"))
             continue
         layout.clean_temp(layout.split_dir(split))
         plan = plan_shards(counts, config.shard_size)
-        items = [(split, k, [(i, parts[i], a, b) for i, a, b in ranges]) for k, ranges in enumerate(plan)]
-        written = map_tasks(tasks.write, items)
+        written = map_tasks(tasks.write, [(split, k, ranges) for k, ranges in enumerate(plan)])
         for w in written:
             by_node[w["node"]] = by_node.get(w["node"], 0) + w["samples"]
         stats[split] = finish_shards(layout, written, config, split)
     layout.remove_tree(layout.scratch("shardplan"))
     heldout = stats.get("heldout", {}).get("samples", 0)
     StageStats("shards", rows_in, stats["shards"]["samples"] + heldout, {},
-               {"heldout": heldout, "by_node": by_node}).write(layout)
+               {"heldout": heldout, "by_node": by_node, "order_buckets": buckets}).write(layout)
     return stats["shards"]
 
 

@@ -83,15 +83,24 @@ def test_plan_cuts_like_rebatch():
         assert got == expected
 
 
+def in_sample_order(table: pa.Table) -> pa.Table:
+    from curation.images.recipe import sample_order
+
+    order = pa.array(sample_order(table.column("uid")), pa.uint64())
+    return table.append_column("order", order).sort_by([("order", "ascending"), ("uid", "ascending")]).drop_columns(
+        ["order"])
+
+
 def test_shard_tasks_write_the_bytes_of_the_one_process_writer(tmp_path):
-    """The shard stage as tasks (mark + one task per shard, no dedup rejects) writes the bytes
-    write_shards writes from the same rows in one process."""
+    """The shard stage as tasks (mark + scatter by order bucket + one task per shard, no dedup
+    rejects) writes the bytes write_shards writes from the same rows, in sample order, in one
+    process."""
     from curation.images.recipe import shard_stage
     from curation.stage import in_process
 
     table = samples(23)
     one = shards_dir(tmp_path, "one")
-    write_shards([table.slice(0, 9), table.slice(9)], one, ShardConfig(shard_size=5))
+    write_shards([in_sample_order(table)], one, ShardConfig(shard_size=5))
     tasks = shards_dir(tmp_path, "tasks")
     parts = []
     for i, (a, b) in enumerate(((0, 9), (9, 9), (9, 23))):  # an empty checked part too
@@ -103,3 +112,50 @@ def test_shard_tasks_write_the_bytes_of_the_one_process_writer(tmp_path):
         assert tasks.read_bytes(tasks.shard_tar(k)) == one.read_bytes(one.shard_tar(k))
         assert tasks.read_parquet(tasks.shard_index(k)).equals(one.read_parquet(one.shard_index(k)))
     assert not tasks.exists(tasks.split_dir("heldout")) and not tasks.exists(tasks.cur("shardplan"))
+
+
+def test_shard_bytes_depend_only_on_the_final_samples(tmp_path):
+    """The same samples in other checked parts, in another order, with other dedup rejects
+    around them and another bucket count give the same shard bytes (as after retried downloads,
+    another node count or another download shard size)."""
+    import numpy as np
+
+    from curation.images import recipe
+    from curation.stage import in_process, write_rejects
+
+    table = samples(31)
+    runs = []
+    for name, cuts, seed, extra in (("a", (0, 10, 31), None, 0), ("b", (0, 3, 3, 20, 31), 7, 0),
+                                    ("c", (0, 31), 11, 4)):
+        layout = shards_dir(tmp_path, name)
+        rows = table if seed is None else table.take(np.random.default_rng(seed).permutation(len(table)))
+        parts = []
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            part = rows.slice(a, b - a)
+            if extra and i == 0:  # rows the image dedup rejected: never in the shards
+                part = pa.concat_tables([samples(extra + 31).slice(31), part])
+                write_rejects(layout, "imagededup", pa.table({
+                    "uid": part.column("uid").slice(0, extra), "reason": ["exact_duplicate"] * extra,
+                    "part": pa.array([i] * extra, pa.int32()), "row": pa.array(range(extra), pa.int32())}),
+                    part="exact-b00000")
+            parts.append(layout.checked_part(f"pass0_{i:05d}"))
+            layout.write_parquet(part, parts[-1])
+        if name == "c":  # another bucket count: one bucket for everything
+            recipe.MAX_ORDER_BUCKETS, keep = 1, recipe.MAX_ORDER_BUCKETS
+        try:
+            stats = recipe.shard_stage(layout, parts, ShardConfig(shard_size=4, holdout_fraction=0.3), in_process,
+                                       dedup_out=31)
+        finally:
+            if name == "c":
+                recipe.MAX_ORDER_BUCKETS = keep
+        runs.append((layout, stats))
+    first, stats = runs[0]
+    assert stats["samples"] + first.read_json(first.shard_stats_of("heldout"))["samples"] == 31
+    for layout, other in runs[1:]:
+        assert other == stats
+        for split in ("shards", "heldout"):
+            names = [u.rsplit("/", 1)[-1] for u in first.list(first.split_dir(split))]
+            assert names == [u.rsplit("/", 1)[-1] for u in layout.list(layout.split_dir(split))]
+            for n in names:
+                assert layout.read_bytes(f"{layout.split_dir(split)}/{n}") == first.read_bytes(
+                    f"{first.split_dir(split)}/{n}"), (split, n)
