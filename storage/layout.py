@@ -76,15 +76,21 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:05d}"
 
 
+def numbered_shards(directory: str) -> list[str]:
+    """The ``NNNNN.tar`` shards in ``directory`` (local or URI), in order; none is an error naming it."""
+    found = [p for p in expand_glob(posixpath.join(directory.rstrip("/"), "*.tar"))
+             if posixpath.basename(p)[:-4].isdigit()]
+    if not found:
+        raise FileNotFoundError(f"no NNNNN.tar shards in {directory}")
+    return found
+
+
 def shard_pattern(directory: str) -> str:
     """The brace pattern of the numbered ``.tar`` shards in ``directory`` (local or URI), as
     open_clip, webdataset and ``pretrain.py --train-data`` take it: ``DIR/{00000..00042}.tar``.
     No shard is an error naming the directory."""
-    names = sorted(posixpath.basename(p) for p in expand_glob(posixpath.join(directory.rstrip("/"), "*.tar")))
-    numbered = [n[:-4] for n in names if n[:-4].isdigit()]
-    if not numbered:
-        raise FileNotFoundError(f"no NNNNN.tar shards in {directory}")
-    return f"{directory.rstrip('/')}/{{{numbered[0]}..{numbered[-1]}}}.tar"
+    stems = [posixpath.basename(p)[:-4] for p in numbered_shards(directory)]
+    return f"{directory.rstrip('/')}/{{{stems[0]}..{stems[-1]}}}.tar"
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -96,16 +102,17 @@ def expand_shards(spec: str) -> list[str]:
     files: list[str] = []
     for part in spec.split("::"):
         fs, local = url_to_fs(part)
-        if any(c in part for c in "*?["):
+        if any(c in part for c in "*?["):  # a glob: what it finds exists
             found = expand_glob(part)
+            if not found:
+                raise FileNotFoundError(f"{part}: no shards")
         elif "{" not in part and fs.isdir(local):
-            found = [f for f in expand_glob(posixpath.join(part.rstrip("/"), "*.tar"))
-                     if posixpath.basename(f)[:-4].isdigit()]
-        else:
+            found = numbered_shards(part)
+        else:  # a brace pattern or a file: every name it spells must exist
             found = list(wds.SimpleShardList(part).urls)
-        missing = [f for f in found if not url_to_fs(f)[0].isfile(url_to_fs(f)[1])]
-        if not found or missing:
-            raise FileNotFoundError(f"{part}: no shards" if not found else f"{missing[0]}: shard not found")
+            missing = next((f for f in found if not fs.isfile(url_to_fs(f)[1])), None)
+            if missing:
+                raise FileNotFoundError(f"{missing}: shard not found")
         files.extend(found)
     return files
 

@@ -19,11 +19,12 @@ import warnings
 from dataclasses import dataclass
 
 import cv2
-import imagehash
 import numpy as np
 import pyarrow as pa
 import xxhash
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from curation.images.phash import phash_code
 
 RESIZE_MODES = ("border", "keep_ratio")
 KEPT_SCHEMA = pa.schema([
@@ -118,7 +119,7 @@ def check_image(data: bytes, config: ImageCheckConfig) -> dict | str:
     digest.update(np.ascontiguousarray(pixels).data)
     resized = _resize(_to_bgr(pixels), config)
     rgb = Image.fromarray(cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
-    phash = np.packbits(imagehash.phash(rgb).hash.flatten()).tobytes()
+    phash = phash_code(rgb)
     ok, jpg = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     if not ok:
         return "corrupt_image"

@@ -13,15 +13,19 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curation.text.balance import splitmix64, uid_hashes
+from curation.text.balance import salted_hashes, uid_hashes
 
 _HOLDOUT_SALT = 0x686F6C646F7574  # "holdout": keeps this draw apart from the balancing draw
 
 
 def heldout_mask(uids: pa.Array | pa.ChunkedArray | list[str], fraction: float, seed: int = 0) -> np.ndarray:
     """Boolean mask: which of ``uids`` are held out (about ``fraction`` of them, in [0, 1])."""
+    return heldout_of_hashes(uid_hashes(uids), fraction, seed)
+
+
+def heldout_of_hashes(uid_hash: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """:func:`heldout_mask` from the uids' ``xxh3_64`` (:func:`~curation.text.balance.uid_hashes`)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1], got {fraction}")
-    salt = splitmix64(np.array([_HOLDOUT_SALT + int(seed)], dtype=np.uint64))[0]
-    bits = splitmix64(uid_hashes(uids) ^ salt)
+    bits = salted_hashes(uid_hash, _HOLDOUT_SALT + int(seed))
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < fraction

@@ -14,13 +14,14 @@ from PIL import Image
 PHASH_BITS = 64
 
 
+def phash_code(image: Image.Image) -> bytes:
+    """The 64-bit DCT perceptual hash (imagehash.phash, on the grey image) as 8 bytes."""
+    return np.packbits(imagehash.phash(image.convert("L")).hash.flatten()).tobytes()
+
+
 def phash_codes(images: Sequence[Image.Image]) -> np.ndarray:
-    """(N, 8) uint8 64-bit DCT perceptual hashes (imagehash.phash) of PIL images."""
-    out = np.zeros((len(images), PHASH_BITS // 8), np.uint8)
-    for i, image in enumerate(images):
-        bits = imagehash.phash(image.convert("L")).hash.flatten()
-        out[i] = np.packbits(bits)
-    return out
+    """(N, 8) uint8 :func:`phash_code` of PIL images."""
+    return np.frombuffer(b"".join(phash_code(im) for im in images), np.uint8).reshape(len(images), PHASH_BITS // 8).copy()
 
 
 def nearest_binary(queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

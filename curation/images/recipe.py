@@ -32,7 +32,7 @@ from curation.images.decontaminate import DecontaminateConfig, decontaminate_sta
 from curation.images.dedup import ImageDedupConfig, deduplicate_distributed
 from curation.images.download import DownloadConfig, download, read_download_shard, rows_by_node
 from curation.images.fetch import node_name
-from curation.images.holdout import heldout_mask
+from curation.images.holdout import heldout_of_hashes
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
@@ -49,8 +49,8 @@ from curation.stage import (
     without_uids,
     write_rejects,
 )
-from curation.text.balance import splitmix64, uid_hashes
-from storage.layout import RunLayout, bucket_name, part_name, task_part_name
+from curation.text.balance import salted_hashes, uid_hashes
+from storage.layout import SPLITS, RunLayout, bucket_name, part_name, task_part_name
 
 
 @dataclass(frozen=True)
@@ -277,10 +277,7 @@ def sample_order(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     ties broken by the uid), a pure function of the uid. Shard bytes and keys therefore depend
     only on the final samples and the shard size: never on download order, retries, node count,
     the download's shard size or parallelism."""
-    if not len(uids):
-        return np.zeros(0, np.uint64)
-    salt = splitmix64(np.array([_ORDER_SALT], dtype=np.uint64))[0]
-    return splitmix64(uid_hashes(uids) ^ salt)
+    return salted_hashes(uid_hashes(uids), _ORDER_SALT) if len(uids) else np.zeros(0, np.uint64)
 
 
 def order_bucket(order: np.ndarray, buckets: int) -> np.ndarray:
@@ -309,17 +306,22 @@ class ShardTasks:
         table = layout.read_parquet(uri, list(SAMPLE_COLUMNS))
         dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(table))
         table = table.filter(pa.array(~dropped))
-        uids = table.column("uid")
-        held = heldout_mask(uids, self.config.holdout_fraction) if len(table) else np.zeros(0, bool)
-        order = sample_order(uids)
+        uid_hash = uid_hashes(table.column("uid")) if len(table) else np.zeros(0, np.uint64)
+        held = heldout_of_hashes(uid_hash, self.config.holdout_fraction)
+        order = salted_hashes(uid_hash, _ORDER_SALT)  # = sample_order(uids), the uids hashed once
         bucket = order_bucket(order, self.buckets).astype(np.int64)
         table = table.append_column("order", pa.array(order, pa.uint64()))
-        counts = {}
-        for split, mask in (("shards", ~held), ("heldout", held)):
-            counts[split] = np.bincount(bucket[mask], minlength=self.buckets).tolist()
-            for b in np.flatnonzero(counts[split]):
-                rows = pa.array(mask & (bucket == b))
-                layout.write_parquet(table.filter(rows), f"{self._bucket_dir(split, int(b))}/{task_part_name(index)}.parquet")
+        # one sort by (split, bucket), then a file per run of equal keys
+        key = bucket + held.astype(np.int64) * self.buckets
+        ranked = np.argsort(key, kind="stable")
+        table, key = table.take(pa.array(ranked)), key[ranked]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+        for start, stop in zip(starts, [*starts[1:], len(key)]):
+            split, b = divmod(int(key[start]), self.buckets)
+            layout.write_parquet(table.slice(start, stop - start),
+                                 f"{self._bucket_dir(SPLITS[split], b)}/{task_part_name(index)}.parquet")
+        counts = {split: np.bincount(bucket[mask], minlength=self.buckets).tolist()
+                  for split, mask in (("shards", ~held), ("heldout", held))}
         return {"kept": len(table), "heldout": int(held.sum()), "counts": counts, "node": node_name()}
 
     def write(self, item: tuple[str, int, list[tuple[int, int, int]]]) -> dict:

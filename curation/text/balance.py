@@ -14,6 +14,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from curation.stage import with_reasons
 from curation.text.threshold import resolve_threshold
 from curation.xxh3 import xxh3_64_column
@@ -32,6 +33,13 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     z *= _M2
     z ^= z >> np.uint64(31)
     return z
+
+
+def salted_hashes(uid_hash: np.ndarray, salt: int) -> np.ndarray:
+    """``splitmix64(uid_hash ^ splitmix64(salt))``: a draw of its own per uid under ``salt`` (the
+    hold-out and the shard order each have a salt; the balancing draw salts per entry instead,
+    :func:`entry_salts`)."""
+    return splitmix64(np.asarray(uid_hash, np.uint64) ^ splitmix64(np.array([salt], dtype=np.uint64))[0])
 
 
 def uid_hashes(uids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
