@@ -10,6 +10,7 @@ import socket
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 import xxhash
 
 from curation.images.check import ImageCheckConfig
@@ -56,6 +57,7 @@ def run(root, images_dir, selection: pa.Table, port: int, handler, download_shar
     return layout
 
 
+@pytest.mark.slow  # ~26 s: three img2dataset runs
 def test_retried_downloads_and_download_shard_size_leave_shard_bytes_unchanged(tmp_path, sample):
     port = free_port()
     pool = pq.read_table(sample["sample_pool"]).slice(0, 60)
