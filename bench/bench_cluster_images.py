@@ -3,9 +3,9 @@ one node with the same CPUs, on the same real sample images: images/s and the ra
 
 Each layout runs in its own process (a process holds one Ray connection): ``ray.cluster_utils
 .Cluster`` with (a) one node of 2 CPUs, (b) two nodes of 1 CPU each, each node its own raylet;
-the sample images served on 127.0.0.1; ``pipelines/wit_images.py``'s run (Ray distributor for
-the downloads, the check on an actor pool, the dedup and shards as Ray tasks) over a selection
-of N real (url, caption) rows. On a 2-core machine the point is that the work spreads over the
+the sample images served on 127.0.0.1; ``pipelines/wit_images.py``'s run (the per-part pipeline as Ray
+tasks: a task per part, then one per download shard, fetched and checked; the dedup and shards
+as Ray tasks) over a selection of N real (url, caption) rows. On a 2-core machine the point is that the work spreads over the
 nodes (``by_node``) at no loss, not a speed-up. The shards of both layouts must be identical.
 
     python bench/bench_cluster_images.py [--rows 2000]

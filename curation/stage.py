@@ -17,7 +17,8 @@ against that count (a lost part or row is an error, never a balanced ledger).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,6 +183,63 @@ MapTasks = Callable[[Callable, list], list]  # map_tasks(fn, items) -> [fn(item)
 def in_process(fn: Callable, items: list) -> list:
     """A ``map_tasks`` without an engine."""
     return [fn(item) for item in items]
+
+
+PipeTasks = Callable[[Callable, Callable, list], Iterator[tuple[str, dict]]]
+"""``pipe(first, then, items)``: runs ``first(item)`` for every item and, as each finishes,
+``then(x)`` for every ``x`` in its result's ``"then"`` list, while other items' first tasks
+still run; yields ``("first" | "then", result)`` as tasks finish (the caller sums counts and
+keeps no per-row data). The per-part pipeline of the image stages runs on it."""
+
+
+def pipelined_in_process(first: Callable, then: Callable, items: list) -> Iterator[tuple[str, dict]]:
+    """A ``pipe`` without an engine: each item's first task, then its follow-ups, in order."""
+    for item in items:
+        result = first(item)
+        yield "first", result
+        for follow in result["then"]:
+            yield "then", then(follow)
+
+
+def windowed_pipe(submit: Callable, wait: Callable, window: int) -> PipeTasks:
+    """A ``pipe`` on an engine: ``submit(kind, fn, item)`` starts a task and returns its handle,
+    ``wait(handles)`` blocks until at least one finished and returns ``[(handle, result)]``. At
+    most ``window`` tasks are in flight; follow-ups go first (a part's downloads before the next
+    part's guard), and one first task more is started whenever fewer than ``window`` follow-ups
+    wait, so the next part is prepared while this one downloads."""
+
+    def pipe(first: Callable, then: Callable, items: list) -> Iterator[tuple[str, dict]]:
+        firsts, thens, pending = list(reversed(items)), deque(), {}
+        while firsts or thens or pending:
+            while thens and len(pending) < window:
+                pending[submit("then", then, thens.popleft())] = "then"
+            if firsts and len(thens) < window and (len(pending) < window or "first" not in pending.values()):
+                pending[submit("first", first, firsts.pop())] = "first"
+                continue
+            for handle, result in wait(list(pending)):
+                kind = pending.pop(handle)
+                if kind == "first":
+                    thens.extend(result["then"])
+                yield kind, result
+
+    return pipe
+
+
+def process_pipe(processes: int) -> PipeTasks:
+    """A ``pipe`` on a local pool of ``processes`` spawned worker processes (no Ray)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    def pipe(first: Callable, then: Callable, items: list) -> Iterator[tuple[str, dict]]:
+        with cf.ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
+            def wait(handles):
+                done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+                return [(f, f.result()) for f in done]
+
+            yield from windowed_pipe(lambda kind, fn, item: pool.submit(fn, item), wait, max(1, processes))(
+                first, then, items)
+
+    return pipe
 
 
 def run_task_stage(layout, stage: str, task: Callable[[object], dict], items: list, map_tasks: MapTasks,

@@ -53,7 +53,8 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="stop after selection, or after the download (a later run resumes from there)")
     sel = p.add_argument_group("selection (text stages)")
     cli.add_config_flags(sel, CurationConfig, prefix="select_", flags={"num_parts": "--parts"},
-                         only=("t", "seed", "num_parts", "batch_size", "parallelism", "on_bad_file"),
+                         only=("t", "seed", "num_parts", "max_part_rows", "batch_size", "parallelism",
+                               "on_bad_file"),
                          choices={"on_bad_file": ("error", "skip")},
                          help_extra={"on_bad_file": "(skipped files are recorded in rejects/read/ and stats/read.json)"})
     sel.add_argument("--dedup", default=",".join(cli.field_default(CurationConfig, "dedup_keys")),

@@ -14,11 +14,19 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, rows_read, write_entry_counts
+from curation.text.config import CurationConfig, part_plan, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, read_counted
-from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
+from curation.text.selection import (
+    PART_COLUMN,
+    BalanceAndPart,
+    balance_inputs,
+    fill_empty_parts,
+    record_parts_plan,
+    recorded_num_parts,
+    write_part,
+)
 from curation.text.textfilter import TextFilter
 from pipelines.runtime import beam_pipeline_options
 from storage.layout import RunLayout
@@ -53,14 +61,15 @@ class StageDoFn(beam.DoFn):
 
 class BalanceDoFn(beam.DoFn):
     """The balance stage plus each row's output part; the probabilities come from the global
-    counts side input (built on the first batch a worker sees)."""
+    counts side input, the part count from the part plan side input (built on the first batch
+    a worker sees)."""
 
-    def __init__(self, t: float, seed: int, num_parts: int):
-        self.t, self.seed, self.num_parts, self.stage = t, seed, num_parts, None
+    def __init__(self, t: float, seed: int):
+        self.t, self.seed, self.stage = t, seed, None
 
-    def process(self, table: pa.Table, counts: np.ndarray):
+    def process(self, table: pa.Table, counts: np.ndarray, plan: dict):
         if self.stage is None:
-            self.stage = BalanceAndPart(counts, self.t, self.seed, self.num_parts)
+            self.stage = BalanceAndPart(counts, self.t, self.seed, plan["num_parts"])
         yield self.stage(table)
 
 
@@ -82,6 +91,13 @@ class SumCounts(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
+
+
+def _plan_and_record(counts: np.ndarray, inputs: np.ndarray, config: CurationConfig) -> dict:
+    """The part plan (from the global counts and balance inputs), recorded in ``selected/``."""
+    plan = part_plan(config, counts, inputs)
+    record_parts_plan(config.layout, plan)
+    return plan
 
 
 def _by_key(key_fn):
@@ -119,12 +135,16 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
                   | "Counts/Batch" >> beam.Map(lambda t: count_entries(t.column("query_ids"), num_queries))
                   | "Counts/Sum" >> beam.CombineGlobally(SumCounts(num_queries)))
         _ = counts | "Counts/Write" >> beam.Map(write_entry_counts, layout)
+        inputs = (matched
+                  | "Inputs/Batch" >> beam.Map(balance_inputs)
+                  | "Inputs/Sum" >> beam.CombineGlobally(SumCounts(2)))
+        plan = counts | "Plan" >> beam.Map(_plan_and_record, beam.pvalue.AsSingleton(inputs), config)
         parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
         _ = (matched
-             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.num_parts),
-                                       counts=beam.pvalue.AsSingleton(counts))
+             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed), counts=beam.pvalue.AsSingleton(counts),
+                                       plan=beam.pvalue.AsSingleton(plan))
              | "Output/Part" >> beam.FlatMap(parts)
              | "Output/Group" >> beam.GroupByKey()
              | "Output/Write" >> beam.MapTuple(
-                 lambda part, ts: write_part(pa.concat_tables(list(ts)), layout, part, reasons)))
-    fill_empty_parts(layout, config.num_parts, rows_read(config))
+                 lambda part, ts: write_part(pa.concat_tables(list(ts)), layout, part, reasons, config.max_part_rows)))
+    fill_empty_parts(layout, recorded_num_parts(layout), rows_read(config))

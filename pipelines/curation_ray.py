@@ -19,11 +19,18 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, read_tallies, rows_read, write_entry_counts
+from curation.text.config import CurationConfig, part_plan, read_tallies, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
-from curation.text.selection import PART_COLUMN, BalanceAndPart, fill_empty_parts, write_part
+from curation.text.selection import (
+    PART_COLUMN,
+    BalanceAndPart,
+    balance_inputs,
+    fill_empty_parts,
+    record_parts_plan,
+    write_part,
+)
 from curation.text.textfilter import TextConfig, TextFilter
 from storage.layout import RunLayout
 
@@ -103,12 +110,12 @@ def _apply(batch: pa.Table, shared: list) -> pa.Table:
     return stage(batch)
 
 
-def _write_part(layout: RunLayout, reasons: dict[str, str]):
+def _write_part(layout: RunLayout, reasons: dict[str, str], max_rows: int):
     """Writes one output part (a ``_part`` group): selection, rejects, marker."""
 
     def write(group: pa.Table) -> pa.Table:
         index = int(group.column(PART_COLUMN)[0].as_py())
-        tally = write_part(group, layout, index, reasons)
+        tally = write_part(group, layout, index, reasons, max_rows)
         return pa.table({"part": [index], "rows": [tally.get("", 0)]})
 
     return write
@@ -128,11 +135,11 @@ def _build_match_stage(queries: str) -> MatchStage:
     return MatchStage(queries)
 
 
-def _block_counts(block: pa.Table, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse entry counts of one block: (entry ids, counts)."""
+def _block_counts(block: pa.Table, num_queries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse entry counts of one block: (entry ids, counts, its balance inputs)."""
     counts = count_entries(block.column("query_ids"), num_queries)
     ids = np.flatnonzero(counts)
-    return ids, counts[ids]
+    return ids, counts[ids], balance_inputs(block)
 
 
 def run_ray(config: CurationConfig, shuffle_strategy: str | None = "sort_shuffle_pull_based") -> dict[str, float]:
@@ -197,18 +204,25 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
     clock.lap("read_text_dedup_match")
     # 2. the global per-entry counts c_e: sparse counts per block (tasks), summed here
     counts = np.zeros(num_queries, dtype=np.int64)
+    inputs = np.zeros(2, dtype=np.int64)
     count_block = ray.remote(_block_counts)
-    for ids, block_counts in ray.get([count_block.remote(ref, num_queries) for ref in matched.to_arrow_refs()]):
+    for ids, block_counts, block_inputs in ray.get([count_block.remote(ref, num_queries)
+                                                     for ref in matched.to_arrow_refs()]):
         counts[ids] += block_counts
+        inputs += block_inputs
     write_entry_counts(counts, config.layout)
+    plan = part_plan(config, counts, inputs)  # parts sized by rows, known before any is written
+    record_parts_plan(config.layout, plan)
+    num_parts = plan["num_parts"]
     clock.lap("counts")
     # 3. balance + part (tasks over the shared tables), then one writer per part
-    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, config.num_parts))
+    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, num_parts))
     (matched.map_batches(_apply, fn_args=([balance],), **batched)
-     .groupby(PART_COLUMN, num_partitions=config.num_parts)
-     .map_groups(_write_part(config.layout, config.reason_stages()), batch_format="pyarrow").take_all())
+     .groupby(PART_COLUMN, num_partitions=num_parts)
+     .map_groups(_write_part(config.layout, config.reason_stages(), config.max_part_rows),
+                 batch_format="pyarrow").take_all())
     del balance
-    fill_empty_parts(config.layout, config.num_parts, rows_read(config))
+    fill_empty_parts(config.layout, num_parts, rows_read(config))
     clock.lap("balance_write")
     return clock.laps
 

@@ -1,30 +1,33 @@
-"""Ray adapter of the image stages (``curation.images.recipe``): the image check on a Ray Data
-actor pool and the dedup's and shards' tasks as Ray tasks spread over the nodes."""
+"""Ray adapter of the image stages (``curation.images.recipe``): the per-part pipeline (a task
+per selection part, then a task per download shard: fetch + check) and the global steps'
+tasks (digests, dedup, decontamination, shards) as Ray tasks spread over the nodes."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-
-from curation.images.check import ImageCheckConfig
-from curation.images.recipe import CheckDownloadShards
 from pipelines.runtime import init_ray
-from storage.layout import RunLayout
+
+TASK_NAMES = {"first": "prepare_part", "then": "download_shard"}  # process titles: ray::download_shard
 
 
-def ray_check_tasks(layout: RunLayout):
-    """``map_check_tasks`` on Ray Data: one block per download shard on an actor pool sized to
-    the cluster's CPUs (each actor loads the checker once)."""
+def ray_pipe_tasks(window: int | None = None):
+    """``pipe`` on Ray (:func:`curation.stage.windowed_pipe`): every task 1 CPU, spread over the
+    nodes, retried when its worker or node dies (the tasks are idempotent: a retry finds what
+    the lost try finished); at most ``window`` in flight (default: twice the cluster's CPUs),
+    so a 400M-row run never queues 400k tasks at once."""
+    from curation.stage import windowed_pipe
 
-    def run(tasks: pa.Table, config: ImageCheckConfig) -> None:
-        ray = init_ray()
-        workers = max(1, min(len(tasks), int(ray.cluster_resources().get("CPU", 1))))
-        blocks = [tasks.slice(i, 1) for i in range(len(tasks))]  # one block per shard: parallel, no shuffle
-        ray.data.from_arrow(blocks).map_batches(
-            CheckDownloadShards, fn_constructor_kwargs={"config": config, "layout": layout}, batch_size=1,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-        ).materialize()
+    ray = init_ray()
+    size = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_call)
 
-    return run
+    def submit(kind: str, fn, item):
+        return remote.options(name=TASK_NAMES[kind]).remote(fn, item)
+
+    def wait(handles: list) -> list:
+        done, _ = ray.wait(handles, num_returns=1)
+        return [(ref, ray.get(ref)) for ref in done]
+
+    return windowed_pipe(submit, wait, size)
 
 
 def ray_map_tasks(fn, items: list) -> list:

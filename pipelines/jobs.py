@@ -192,12 +192,13 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
     layout = config.layout
     num_queries = len(load_queries(config.queries))
     before = read_entry_counts(layout, num_queries)
-    after = selected_entry_counts(layout, config.num_parts, num_queries)
+    after = selected_entry_counts(layout, None, num_queries)  # the recorded part count
     t = resolve_threshold(before, config.t)
     plot_entry_counts(before, after, t, layout)
     stages = {name: stats.body() for name, stats in stage_stats(config).items()}
     summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
-               "selected": int(stages["balance"]["out"]), "entries_matched": int((before > 0).sum()),
+               "selected": int(stages["balance"]["out"]), "parts": layout.read_json(layout.parts_plan)["num_parts"],
+               "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum())}
     layout.write_json(layout.summary, summary)
     return summary
@@ -206,22 +207,25 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
 def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, serve_port: int | None = None,
                      until: str = "all", data_dir: str | None = None) -> dict:
     """Run the image stages (:class:`curation.images.recipe.ImageStagesConfig` ``config``) on
-    ``curation_dir`` (holding ``selected/*.parquet``; a path or URI), the check and the tasks on
-    Ray; return the summary of :func:`curation.images.recipe.run_image_stages`. ``serve_dir``:
-    served on 127.0.0.1:``serve_port`` during the download (:mod:`pipelines.serve_images`);
-    ``until="download"`` stops after the download stage (a later run resumes from there);
+    ``curation_dir`` (holding ``selected/*.parquet``; a path or URI), the tasks on Ray (the
+    download pipeline too, unless ``config.download.distributor`` is "multiprocessing": a
+    local process pool); return the summary of :func:`curation.images.recipe.run_image_stages`.
+    ``serve_dir``: served on 127.0.0.1:``serve_port`` during the download
+    (:mod:`pipelines.serve_images`); ``until="download"`` stops after the download and check
+    (a later run resumes from there);
     ``data_dir``: where built-in eval sets of ``config.decontaminate`` are read."""
     from contamination.evalindex import write_eval_index
     from curation.images.recipe import run_image_stages as run
-    from pipelines.images_ray import ray_check_tasks, ray_map_tasks
+    from curation.stage import process_pipe
+    from pipelines.images_ray import ray_map_tasks, ray_pipe_tasks
     from pipelines.runtime import configure_environment, init_ray
     from pipelines.serve_images import DEFAULT_PORT, serving
 
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)
-    if config.download.distributor == "ray":
-        init_ray()  # the downloads become Ray tasks on the cluster's nodes
+    init_ray()  # the global steps' tasks run on Ray; the downloads too with the "ray" distributor
+    pipe = ray_pipe_tasks() if config.download.distributor == "ray" else process_pipe(config.download.processes)
     if config.decontaminate.datasets:  # its URL/caption half runs before the download
         write_eval_index(layout, config.decontaminate.datasets, data_dir)
     server = serving(serve_dir, port=DEFAULT_PORT if serve_port is None else serve_port) if serve_dir else None
-    return run(layout, config, ray_check_tasks(layout), server, until=until, map_tasks=ray_map_tasks)
+    return run(layout, config, pipe, server, until=until, map_tasks=ray_map_tasks)

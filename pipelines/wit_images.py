@@ -23,15 +23,15 @@ if __package__ in (None, ""):  # `python pipelines/wit_images.py` (also under `r
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines import jobs
-from pipelines.images_ray import ray_check_tasks, ray_map_tasks
+from pipelines.images_ray import ray_map_tasks, ray_pipe_tasks
 from pipelines.options import add_data_dir_flag, add_image_flags, image_config_from_args
 from pipelines.runtime import configure_environment
 from pipelines.serve_images import DEFAULT_HOST as LOOPBACK
 from pipelines.serve_images import DEFAULT_PORT as SERVE_PORT
 
 # the Ray adapter and the server's address stay importable from here (bench/, tests/)
-__all__ = ["LOOPBACK", "SERVE_PORT", "add_arguments", "build_parser", "config_from_args", "main", "ray_check_tasks",
-           "ray_map_tasks", "run"]
+__all__ = ["LOOPBACK", "SERVE_PORT", "add_arguments", "build_parser", "config_from_args", "main", "ray_map_tasks",
+           "ray_pipe_tasks", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, curation_dir: str, until: str = "all") -> dict
     """Run the image stages on ``curation_dir`` (holding ``selected/*.parquet``; a path or URI)
     with the parsed image flags ``args``; return the summary of
     :func:`curation.images.recipe.run_image_stages`. ``until="download"`` stops after the
-    download stage (its stats written; a later run resumes from there)."""
+    download and check (their stats written; a later run resumes from there)."""
     configure_environment()
     return jobs.run_image_stages(curation_dir, config_from_args(args), args.serve_images, args.serve_port,
                                  until=until, data_dir=getattr(args, "data_dir", None))

@@ -12,15 +12,18 @@ classes below name every file of a run; nothing outside this package builds a ru
     <out>/curation/_read/<file-hash>.json             rows read per pool file (counted by the reader)
     <out>/curation/selected/part-NNNNN.parquet        the selection
     <out>/curation/selected/_done/part-NNNNN          completion marker + reason tally of a part
+    <out>/curation/selected/_parts.json               the part count, derived from the rows (max_part_rows)
     <out>/curation/entry_counts.parquet               c_e per entry
     <out>/curation/rejects/<stage>/<part>.parquet     dropped rows: uid, reason (+ stage columns)
     <out>/curation/stats/<stage>.json                 {stage, in, out, rejected: {reason: n}}
     <out>/curation/stats/summary.json, entry_counts.png
     <out>/curation/images_fingerprint.json            what the image stages' results depend on
-    <out>/curation/download/<pass>/NNNNN.tar|.parquet img2dataset output (pass0, retry)
-    <out>/curation/download/<pass>/_nodes/NNNNN.json  which node fetched a download shard
-    <out>/curation/checked/<pass>_NNNNN.parquet       checked, resized images + hashes
-    <out>/curation/checked/_nodes/<pass>_NNNNN.json   which node checked it
+    <out>/curation/download/pNNNNNN/_part.json        a selection part's guard counts + download shards (written last)
+    <out>/curation/download/pNNNNNN/rows/KKKKK.parquet a download shard's rows: uid, url, text, query_ids, source
+    <out>/curation/download/pNNNNNN/<pass>/KKKKK.tar|.parquet   img2dataset output (pass0, retry)
+    <out>/curation/download/pNNNNNN/<pass>/_nodes/KKKKK.json    which node fetched a download shard
+    <out>/curation/checked/pNNNNNN_KKKKK.parquet      checked, resized images + hashes + metadata (last)
+    <out>/curation/checked/_nodes/pNNNNNN_KKKKK.json  the shard task's node and counts
     <out>/curation/dedup/…, shardplan/pNNNNNN.parquet scratch of image dedup and shard planning
     <out>/curation/decontaminate/eval_index.parquet   eval ids + pHash codes (--decontaminate)
     <out>/curation/decontaminate/eval_text.parquet    eval ids + URLs + caption keys (--decontaminate)
@@ -404,6 +407,11 @@ class RunLayout(Store):
         return self.cur("selected", "_done", part_name(index))
 
     @property
+    def parts_plan(self) -> str:
+        """``selected/_parts.json``: the selection's part count, derived from the balance inputs."""
+        return self.cur("selected", "_parts.json")
+
+    @property
     def rejects_root(self) -> str:
         return self.cur("rejects")
 
@@ -440,15 +448,26 @@ class RunLayout(Store):
     def download_dir(self) -> str:
         return self.cur("download")
 
-    def download_pass(self, name: str) -> str:
-        """img2dataset's output folder of one pass (``pass0``, ``retry``)."""
-        return self.cur("download", name)
+    def download_part(self, index: int) -> str:
+        """``download/pNNNNNN``: everything the download of selection part ``index`` writes."""
+        return self.cur("download", task_part_name(index))
 
-    def download_node_record(self, shard: str) -> str:
-        """``download/<pass>/_nodes/NNNNN.json`` beside the download shard ``…/<pass>/NNNNN.tar``
-        (also a pass folder + shard id: :meth:`download_node_record_in`)."""
-        folder, stem = shard.rsplit("/", 1)
-        return self.download_node_record_in(folder, int(stem.removesuffix(".tar")))
+    def download_manifest(self, index: int) -> str:
+        """``download/pNNNNNN/_part.json``: the part task's counts and download shards (its
+        completion marker)."""
+        return self.cur("download", task_part_name(index), "_part.json")
+
+    def download_rows(self, index: int, shard: int) -> str:
+        """``download/pNNNNNN/rows/KKKKK.parquet``: the rows of one download shard."""
+        return self.cur("download", task_part_name(index), "rows", f"{shard:05d}.parquet")
+
+    def download_pass(self, index: int, name: str) -> str:
+        """img2dataset's output folder of one pass (``pass0``, ``retry``) of part ``index``."""
+        return self.cur("download", task_part_name(index), name)
+
+    def download_input(self, index: int, name: str, shard: int) -> str:
+        """The feather file img2dataset's downloader reads (and deletes) for one shard and pass."""
+        return self.cur("download", task_part_name(index), "_input", f"{name}_{shard:05d}.feather")
 
     @staticmethod
     def download_node_record_in(pass_folder: str, shard_id: int) -> str:
@@ -472,13 +491,12 @@ class RunLayout(Store):
         return self.cur("checked", f"{name}.parquet")
 
     @staticmethod
-    def checked_name(download_shard: str) -> str:
-        """The checked part's name of a download shard: ``…/pass0/00003.tar`` → ``pass0_00003``."""
-        pass_name, stem = download_shard.rsplit("/", 2)[-2], download_shard.rsplit("/", 1)[-1].removesuffix(".tar")
-        return f"{pass_name}_{stem}"
+    def checked_name(index: int, shard: int) -> str:
+        """The checked part of download shard ``shard`` of selection part ``index``: ``p000003_00007``."""
+        return f"{task_part_name(index)}_{shard:05d}"
 
     def checked_node_record(self, name: str) -> str:
-        """``checked/_nodes/<name>.json``: which node checked the checked part ``name``."""
+        """``checked/_nodes/<name>.json``: the node and counts of the task that wrote checked part ``name``."""
         return self.cur("checked", "_nodes", f"{name}.json")
 
     def scratch(self, stage: str, *parts: str) -> str:

@@ -1,10 +1,10 @@
 """Eval decontamination inside the image stages (``build_wit.py --decontaminate DATASET...``).
 
-Two stages, each a task per part through :func:`curation.stage.run_task_stage`:
-``evaltext`` (before download: selected rows whose URL is an eval image's, reason ``eval_url``,
-or whose normalised caption is an eval caption's, ``eval_caption``; never downloaded) and
-``decontaminate`` (after image dedup: training images whose pHash is within ``max_distance``
-bits of an eval image's, reason ``eval_duplicate``). Every reject carries the matched
+Two stages: ``evaltext`` (in the image stages' task per selection part, before download:
+selected rows whose URL is an eval image's, reason ``eval_url``, or whose normalised caption is
+an eval caption's, ``eval_caption``; never downloaded) and ``decontaminate`` (a task per checked
+group through :func:`curation.stage.run_task_stage`, after image dedup: training images whose
+pHash is within ``max_distance`` bits of an eval image's, reason ``eval_duplicate``). Every reject carries the matched
 ``eval_id``. The eval side comes as files the caller writes before the run
 (``layout.eval_index``, ``layout.eval_text_index``: :mod:`contamination.evalindex`), so this
 module knows no eval set.
@@ -18,19 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.images.dedup import fixed_bytes
+from curation.images.dedup import fixed_bytes, read_group
 from curation.images.phash import PHASH_BITS, nearest_binary
 from curation.stage import (
     MapTasks,
     dropped_rows,
-    in_process,
     reject_counts,
     run_task_stage,
-    stage_done,
-    without_rejects,
     write_rejects,
 )
-from storage.layout import RunLayout, part_name, task_part_name
+from storage.layout import RunLayout, task_part_name
 
 EVAL_DUPLICATE = "eval_duplicate"
 
@@ -44,57 +41,33 @@ class DecontaminateConfig:
     max_distance: int = 8  # pHash Hamming distance at or below which a training image is an eval copy
 
 
-class EvalTextTasks:
-    """The pre-download decontamination's task body (picklable), one task per selection part:
-    rows whose URL is an eval image's URL (reason ``eval_url``) or whose caption has the same
-    :func:`~curation.text.textfilter.caption_key` as an eval caption (``eval_caption``) become that
-    part's rejects, with the matched ``eval_id``. Only eval sets that carry URLs or captions
-    (WebDataset ``url`` in ``json``, ``txt``) contribute; the others are matched after download
-    by image (``decontaminate``)."""
+def evaltext_rejects(layout: RunLayout, table: pa.Table) -> pa.Table:
+    """The pre-download decontamination of one selection part's rows (``uid``, ``url``,
+    ``text``): rows whose URL is an eval image's URL (reason ``eval_url``) or whose caption has
+    the same :func:`~curation.text.textfilter.caption_key` as an eval caption (``eval_caption``),
+    as rejects with the matched ``eval_id``. Only eval sets that carry URLs or captions
+    (WebDataset ``url`` in ``json``, ``txt``) contribute; the others are matched after
+    download by image (``decontaminate``). Run inside the image stages' part task
+    (:class:`curation.images.recipe.PartTasks`); its stats are ``stats/evaltext.json``."""
+    from curation.text.textfilter import caption_key
 
-    def __init__(self, layout: RunLayout):
-        self.layout = layout
-
-    def __call__(self, item: tuple[int, str]) -> dict:
-        from curation.text.textfilter import caption_key
-
-        index, uri = item
-        layout = self.layout
-        table = layout.read_parquet(uri, ["uid", "url", "text"])
-        evals = layout.read_parquet(layout.eval_text_index)
-        reason = np.full(len(table), "", object)
-        eval_id = np.full(len(table), "", object)
-        for name, mine, theirs in (("eval_caption", caption_key(table.column("text")), evals.column("caption_key")),
-                                   ("eval_url", table.column("url"), evals.column("url"))):  # url wins: last
-            known = pc.not_equal(pc.fill_null(theirs, ""), "")  # eval rows that carry this field
-            at = pc.index_in(mine, value_set=theirs.filter(known))
-            hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
-            reason[hit] = name
-            eval_id[hit] = evals.column("eval_id").filter(known).take(at.filter(pc.is_valid(at))).to_numpy(
-                zero_copy_only=False)
-        hit = np.flatnonzero(reason != "")
-        rejected = pa.table({"uid": table.column("uid").take(pa.array(hit, pa.int64())),
-                             "reason": pa.array(reason[hit].tolist(), pa.string()),
-                             "eval_id": pa.array(eval_id[hit].tolist(), pa.string())})
-        write_rejects(layout, "evaltext", rejected, part=part_name(index))
-        return {"in": len(table), "out": len(table) - len(hit), "rejected": reject_counts(rejected)}
-
-
-def evaltext_stage(layout: RunLayout, selected: pa.Table, selected_parts: list[str],
-                   map_tasks: MapTasks = in_process) -> pa.Table:
-    """Stage ``evaltext`` (with ``--decontaminate``) as a task per selection part
-    (:class:`EvalTextTasks`): the selected rows no eval URL or caption matches. ``in`` is what
-    the tasks read (checked against the selection the driver read)."""
     if not layout.exists(layout.eval_text_index):
         raise FileNotFoundError(f"{layout.eval_text_index}: decontamination needs the eval URLs/captions index")
-    if not stage_done(layout, "evaltext"):
-        evals = layout.read_parquet(layout.eval_text_index, ["url", "caption_key"])
-        run_task_stage(layout, "evaltext", EvalTextTasks(layout), list(enumerate(selected_parts)), map_tasks,
-                       expect_in=len(selected),
-                       extra={"eval_urls": evals.column("url").length() - evals.column("url").null_count,
-                              "eval_captions": evals.column("caption_key").length()
-                              - evals.column("caption_key").null_count})
-    return without_rejects(layout, "evaltext", selected)
+    evals = layout.read_parquet(layout.eval_text_index)
+    reason = np.full(len(table), "", object)
+    eval_id = np.full(len(table), "", object)
+    for name, mine, theirs in (("eval_caption", caption_key(table.column("text")), evals.column("caption_key")),
+                               ("eval_url", table.column("url"), evals.column("url"))):  # url wins: last
+        known = pc.not_equal(pc.fill_null(theirs, ""), "")  # eval rows that carry this field
+        at = pc.index_in(mine, value_set=theirs.filter(known))
+        hit = pc.is_valid(at).to_numpy(zero_copy_only=False)
+        reason[hit] = name
+        eval_id[hit] = evals.column("eval_id").filter(known).take(at.filter(pc.is_valid(at))).to_numpy(
+            zero_copy_only=False)
+    hit = np.flatnonzero(reason != "")
+    return pa.table({"uid": table.column("uid").take(pa.array(hit, pa.int64())),
+                     "reason": pa.array(reason[hit].tolist(), pa.string()),
+                     "eval_id": pa.array(eval_id[hit].tolist(), pa.string())})
 
 
 class DecontaminateTasks:
@@ -106,10 +79,10 @@ class DecontaminateTasks:
     def __init__(self, layout: RunLayout, config: DecontaminateConfig):
         self.layout, self.config = layout, config
 
-    def __call__(self, item: tuple[int, str]) -> dict:
-        index, uri = item
+    def __call__(self, item: tuple[int, str | list[str]]) -> dict:
+        index, group = item
         layout = self.layout
-        table = layout.read_parquet(uri, ["uid", "phash"])
+        table = read_group(layout, group, ["uid", "phash"])
         rows = np.flatnonzero(~dropped_rows(layout, ("imagededup",), index, len(table)))
         evals = layout.read_parquet(layout.eval_index)
         codes = np.ascontiguousarray(fixed_bytes(table.column("phash"), PHASH_BITS // 8)[rows])
@@ -126,9 +99,9 @@ class DecontaminateTasks:
         return {"in": int(len(rows)), "out": int(len(rows) - len(hit)), "rejected": reject_counts(rejected)}
 
 
-def decontaminate_stage(layout: RunLayout, parts: list[str], config: DecontaminateConfig, map_tasks: MapTasks,
+def decontaminate_stage(layout: RunLayout, parts: list, config: DecontaminateConfig, map_tasks: MapTasks,
                         dedup_out: int) -> int:
-    """Stage ``decontaminate`` as a task per checked part (:class:`DecontaminateTasks`) over the
+    """Stage ``decontaminate`` as a task per checked part or group (:class:`DecontaminateTasks`) over the
     dedup's survivors, against ``layout.eval_index``; returns the rows it keeps. ``in`` is what
     the tasks count as live (checked against the dedup's ``dedup_out``)."""
     if not layout.exists(layout.eval_index):

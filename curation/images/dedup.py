@@ -191,10 +191,10 @@ class DedupTasks:
     def _scratch(self, *parts: str) -> str:
         return self.layout.scratch("dedup", *parts)
 
-    def scatter(self, item: tuple[int, str]) -> int:
-        """Round 1: one checked part (index, uri) → exact buckets; returns its rows (counted)."""
-        index, uri = item
-        table = self.layout.read_parquet(uri, ["uid", "pixel_hash", "phash"])
+    def scatter(self, item: tuple[int, str | list[str]]) -> int:
+        """Round 1: one checked group (index, files) → exact buckets; returns its rows (counted)."""
+        index, group = item
+        table = read_group(self.layout, group, ["uid", "pixel_hash", "phash"])
         n = len(table)
         table = table.append_column("part", pa.array(np.full(n, index, np.int32))).append_column(
             "row", pa.array(np.arange(n, dtype=np.int32)))
@@ -307,19 +307,31 @@ def _by_part(rejected: pa.Table) -> dict[int, int]:
     return {int(p): int(n) for p, n in zip(parts, counts)}
 
 
+def group_files(group: str | list[str]) -> list[str]:
+    """The files of a checked group (one checked part, or a list of them)."""
+    return [group] if isinstance(group, str) else list(group)
+
+
+def read_group(layout, group: str | list[str], columns: list[str]) -> pa.Table:
+    """A checked group's rows, its files concatenated in order (a group's row ``r`` is what
+    the ``part``/``row`` columns of the rejects name)."""
+    return pa.concat_tables([layout.read_parquet(f, columns) for f in group_files(group)])
+
+
 def default_buckets(rows: int) -> int:
     return max(2, min(256, -(-rows // 100_000)))
 
 
-def deduplicate_distributed(layout, parts: list[str], config: ImageDedupConfig,
-                            map_tasks: MapTasks = in_process) -> dict:
-    """Image dedup of the checked ``parts`` as tasks (see the rounds above); writes the rejects
+def deduplicate_distributed(layout, parts: list, config: ImageDedupConfig,
+                            map_tasks: MapTasks = in_process, rows: int | None = None) -> dict:
+    """Image dedup of the checked ``parts`` (checked groups: :func:`read_group`; ``rows``:
+    their rows, counted from the footers when not given) as tasks (see the rounds above); writes the rejects
     (``rejects/imagededup/{exact-bNNNNN,near}.parquet``: uid, reason, duplicate_of, part, row)
     and returns counts: ``in`` (rows read by the tasks), ``rejected`` by reason, ``by_part``
     (rejects per part index). Scratch files under ``curation/dedup/`` are removed at the end."""
     layout.remove_tree(layout.scratch("dedup"))
     layout.remove_tree(layout.rejects_dir("imagededup"))
-    rows = sum(layout.parquet_rows(p) for p in parts)
+    rows = rows if rows is not None else sum(layout.parquet_rows(f) for p in parts for f in group_files(p))
     buckets = config.buckets or default_buckets(rows)
     tasks = DedupTasks(layout, config, buckets)
     rows_in = sum(map_tasks(tasks.scatter, list(enumerate(parts))))

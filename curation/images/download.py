@@ -1,18 +1,22 @@
-"""Download the guarded selection with img2dataset, then retry failed URLs across all shards.
+"""Download one shard of the guarded selection with img2dataset's downloader, then retry its
+transiently failed URLs once more.
 
-Layout under ``<curation_dir>/download/``::
+The image stages hand out download shards as tasks (:mod:`curation.images.recipe`): each task
+fetches its shard here, into ``<curation>/download/pNNNNNN/``::
 
-    input/urls.parquet          the rows to fetch (uid, url), as img2dataset's input
-    pass0/NNNNN.tar|.parquet    img2dataset output (webdataset; per-shard parquet + stats)
-    retry/input/urls.parquet    rows whose failure looks transient, re-fetched once more
-    retry/NNNNN.tar|.parquet
+    rows/KKKKK.parquet          the shard's rows (uid, url + the metadata the shards carry)
+    pass0/KKKKK.tar|.parquet    img2dataset's output (webdataset; per-shard parquet + stats)
+    retry/KKKKK.tar|.parquet    the rows whose failure looks transient, fetched once more
 
-img2dataset is asked to keep the bytes it fetched (``disable_all_reencoding``): decoding,
-the decompression-bomb check and the resize happen in :mod:`curation.images.check` with Pillow,
+The fetching is img2dataset's own ``Downloader`` (its thread pool, User-Agent, X-Robots-Tag
+opt-out), built the way ``img2dataset.download`` builds it and run on one shard file at a time,
+so no img2dataset reader runs in the driver: the task writes the shard's input itself. A
+finished pass (its ``KKKKK_stats.json``) is not fetched again, so a retried task resumes.
+img2dataset is asked to keep the bytes it fetched (``disable_all_reencoding``): decoding, the
+decompression-bomb check and the resize happen in :mod:`curation.images.check` with Pillow,
 because img2dataset's resizer decodes the whole image with OpenCV *before* its area check (a
 bomb costs up to 2^30 pixels of memory per worker thread), and reports every decode failure as
-one "Image decoding error", so HTML, a truncated file and a bomb could not be told apart. img2dataset keeps its X-Robots-Tag opt-out
-(``disallowed_header_directives``) and its incremental mode: a rerun skips finished shards.
+one "Image decoding error", so HTML, a truncated file and a bomb could not be told apart.
 """
 
 from __future__ import annotations
@@ -26,25 +30,27 @@ import pyarrow.compute as pc
 
 from curation.images.robots import REASONS as RESPECT_REASONS
 from curation.images.robots import RespectConfig
+from storage.files import is_local
 from storage.layout import RunLayout
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
 RETRYABLE_REASONS = ("timeout", "connection_error", "http_408", "http_429", "http_5xx", "download_error")
 RESULT_COLUMNS = ("uid", "key", "status", "error_message")
+PASSES = ("pass0", "retry")
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     """img2dataset settings for the download stage."""
 
-    processes: int = 2  # img2dataset processes_count (spawned worker processes)
-    threads: int = 64  # img2dataset thread_count per process
+    processes: int = 2  # download tasks at once without Ray (--distributor multiprocessing)
+    threads: int = 64  # img2dataset thread_count per download task
     timeout_s: int = 10  # per-request timeout
-    shard_size: int = 1000  # img2dataset number_sample_per_shard (the unit of resumption)
+    shard_size: int = 1000  # rows per download shard (the task, the unit of resumption)
     retries: int = 0  # img2dataset's immediate per-URL retries
-    retry_pass: bool = True  # re-fetch transiently failed URLs of all shards once more, at the end
-    distributor: str = "ray"  # img2dataset distributor: "ray" (a task per shard, over the cluster) or "multiprocessing"
-    shard_attempts: int = 3  # img2dataset runs per pass while shards are unfinished (a lost worker/node)
+    retry_pass: bool = True  # re-fetch a shard's transiently failed URLs once more, after the shard
+    distributor: str = "ray"  # where the download tasks run: "ray" (Ray tasks over the cluster) or "multiprocessing"
+    shard_attempts: int = 3  # runs of a download task while it fails (a lost worker/node)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     # X-Robots-Tag directives that refuse an image (img2dataset's disallowed_header_directives)
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
@@ -99,65 +105,46 @@ def download_reject_reason(error_message: str | None) -> str:
     return "download_error"
 
 
-def read_pass_results(layout: RunLayout, output_folder: str) -> pa.Table:
-    """All rows img2dataset recorded in one pass: uid, key, status, error_message, shard
-    (the tar URI holding the row's image when ``status == "success"``)."""
-    tables = []
-    for part in layout.list(output_folder, ".parquet"):
-        if not part.rsplit("/", 1)[-1][0].isdigit():
-            continue
-        table = layout.read_parquet(part, columns=list(RESULT_COLUMNS))
-        shard = pa.array([part.removesuffix(".parquet") + ".tar"] * len(table), pa.string())
-        tables.append(table.append_column("shard", shard))
-    if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in (*RESULT_COLUMNS, "shard")})
-    return pa.concat_tables(tables, promote_options="permissive")
+def shard_downloader(config: DownloadConfig, guard, output_folder: str):
+    """img2dataset's ``Downloader`` for one pass folder, built as ``img2dataset.download``
+    builds it for our settings (webdataset output, the fetched bytes kept, ``uid`` carried),
+    guarded (:class:`curation.images.fetch.GuardedDownloader`: SSRF guard, robots.txt)."""
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    from curation.images.fetch import GuardedDownloader
+
+    resizer = Resizer(image_size=256, resize_mode="border", resize_only_if_bigger=False, disable_all_reencoding=True)
+    return GuardedDownloader(
+        guard, config.respect, sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
+        thread_count=config.threads, save_caption=False, extract_exif=False, output_folder=output_folder,
+        column_list=["uid", "url"], timeout=config.timeout_s, number_sample_per_shard=config.shard_size,
+        oom_shard_count=5, compute_hash=None, verify_hash_type=None, encode_format="jpg", retries=config.retries,
+        user_agent_token=config.user_agent_token,
+        disallowed_header_directives=list(config.disallowed_header_directives))
 
 
-def run_pass(rows: pa.Table, layout: RunLayout, name: str, config: DownloadConfig, guard) -> pa.Table:
-    """Download ``rows`` (uid, url) into the pass folder ``download/<name>`` with img2dataset
-    (incremental: finished shards are skipped; the folder may be on an object store) under the
-    in-worker guard; return :func:`read_pass_results`. With the ``ray`` distributor each shard
-    is a Ray task on any node (Ray must be initialised by the caller); img2dataset is run again,
-    up to ``shard_attempts`` times, while a shard lacks its completion record (a worker or node
-    lost mid-shard)."""
-    import img2dataset
-
-    from curation.images.fetch import guarded_img2dataset
-
-    folder = layout.download_pass(name)
-    url_list = f"{folder}/input/urls.parquet"
-    if not layout.exists(url_list):
-        layout.write_parquet(rows.select(["uid", "url"]), url_list)
-    elif layout.parquet_rows(url_list) != len(rows):
-        raise ValueError(f"{url_list} holds a different input than this run: remove {folder} to restart")
-    for _ in range(config.shard_attempts):  # incremental: each run redoes only unfinished shards
-        if not (len(rows) and _unfinished(layout, folder, len(rows), config)):
-            break
-        with guarded_img2dataset(guard, config.respect):
-            img2dataset.download(**img2dataset_kwargs(config, url_list, folder))
-    results = read_pass_results(layout, folder)
+def fetch_pass(rows: pa.Table, layout: RunLayout, index: int, shard: int, name: str, config: DownloadConfig,
+               guard) -> pa.Table:
+    """Fetch ``rows`` (uid, url) as download shard ``shard`` of part ``index``, pass ``name``,
+    with img2dataset's downloader (skipped when the pass's ``_stats.json`` exists: a retried
+    task resumes); returns what img2dataset recorded per row: uid, key, status,
+    error_message, shard (the tar holding the image). A downloader error fails the task (the
+    engine runs it again); a pass that recorded another number of rows is an error naming it."""
+    folder = layout.download_pass(index, name)
+    stem = f"{folder}/{shard:05d}"
+    if not layout.exists(f"{stem}_stats.json"):
+        source = layout.download_input(index, name, shard)
+        if is_local(folder):  # img2dataset's writer opens the tar in the folder
+            layout.fs.makedirs(layout.path(folder), exist_ok=True)
+            layout.fs.makedirs(layout.path(source.rsplit("/", 1)[0]), exist_ok=True)
+        with layout.fs.open(layout.path(source), "wb") as f, pa.ipc.new_file(f, rows.schema) as writer:
+            writer.write_table(rows.select(["uid", "url"]))  # img2dataset's shard input (it deletes it)
+        shard_downloader(config, guard, folder).download_shard((shard, source))
+    results = layout.read_parquet(f"{stem}.parquet", list(RESULT_COLUMNS))
     if len(results) != len(rows):
-        raise RuntimeError(f"img2dataset recorded {len(results)} of {len(rows)} rows in {folder}")
-    return results
-
-
-def _unfinished(layout: RunLayout, folder: str, rows: int, config: DownloadConfig) -> bool:
-    """Whether img2dataset has not yet written a stats file (its completion marker) for every
-    shard of the pass."""
-    expected = -(-rows // config.shard_size)
-    return len(layout.list(folder, "_stats.json")) < expected
-
-
-def rows_by_node(layout: RunLayout, downloaded: pa.Table) -> dict[str, int]:
-    """Downloaded rows per node that fetched them (from each shard's ``_nodes/`` record)."""
-    counts: dict[str, int] = {}
-    for item in pc.value_counts(downloaded.column("shard")).to_pylist() if len(downloaded) else []:
-        shard, n = item["values"], item["counts"]
-        record = layout.download_node_record(shard)
-        node = layout.read_json(record)["node"] if layout.exists(record) else "unknown"
-        counts[node] = counts.get(node, 0) + int(n)
-    return dict(sorted(counts.items()))
+        raise RuntimeError(f"{stem}.parquet: img2dataset recorded {len(results)} of {len(rows)} rows")
+    return results.append_column("shard", pa.array([f"{stem}.tar"] * len(results), pa.string()))
 
 
 def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:
@@ -168,20 +155,23 @@ def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:
     return pa.concat_tables([first.filter(pc.invert(again)), retried.select(first.column_names)])
 
 
-def download(rows: pa.Table, layout: RunLayout, config: DownloadConfig, guard) -> tuple[pa.Table, pa.Table]:
-    """Fetch ``rows`` (uid, url): first pass, then one retry pass over every shard's transient
-    failures. Returns (downloaded rows: uid, key, shard; rejected rows: uid, reason,
-    error_message). Every input uid is in exactly one of the two."""
-    results = run_pass(rows, layout, "pass0", config, guard)
-    reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()])
+def download(rows: pa.Table, layout: RunLayout, index: int, shard: int, config: DownloadConfig,
+             guard) -> tuple[pa.Table, pa.Table]:
+    """Fetch download shard ``shard`` of part ``index`` (``rows``: uid, url): the first pass,
+    then (``retry_pass``) its transient failures once more, after the whole shard. Returns
+    (downloaded rows: uid, key, shard; rejected rows: uid, error_message, reason). Every input
+    uid is in exactly one of the two."""
+    results = fetch_pass(rows, layout, index, shard, "pass0", config, guard)
+    reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()], pa.string())
     failed = pc.not_equal(results.column("status"), "success")
     if config.retry_pass:
         retry = pc.and_(failed, pc.is_in(reasons, value_set=pa.array(RETRYABLE_REASONS)))
         retry_uids = results.filter(retry).column("uid")
         if len(retry_uids):
             retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retry_uids))
-            results = merge_passes(results, run_pass(retry_rows, layout, "retry", config, guard))
-            reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()])
+            results = merge_passes(results, fetch_pass(retry_rows, layout, index, shard, "retry", config, guard))
+            reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()],
+                               pa.string())
             failed = pc.not_equal(results.column("status"), "success")
     ok = results.filter(pc.invert(failed)).select(["uid", "key", "shard"])
     rejected = results.filter(failed).select(["uid", "error_message"]).append_column("reason", reasons.filter(failed))

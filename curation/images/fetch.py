@@ -20,10 +20,8 @@ img2dataset does without ``urllib``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
-import importlib
 import json
 import socket
 import urllib.error
@@ -150,48 +148,24 @@ def record_node(output_folder: str, shard_id: int) -> None:
 
 
 class GuardedDownloader(Downloader):
-    """img2dataset's ``Downloader`` that installs the guarded opener in its worker process.
+    """img2dataset's ``Downloader`` that installs the guarded opener in the process that runs it
+    (built by :func:`curation.images.download.shard_downloader`; the guard and robots configs
+    travel with the pickled instance to whatever worker runs the download task)."""
 
-    img2dataset builds the ``Downloader`` itself; :func:`guarded_img2dataset` swaps this class
-    in for the duration of one ``img2dataset.download`` call. The guard config travels to the
-    spawned workers inside the pickled instance.
-    """
-
-    pending_config: UrlGuardConfig | None = None  # set by guarded_img2dataset() before construction
-    pending_respect: RespectConfig | None = None  # robots/ledger policy, also set there (None: off)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if type(self).pending_config is None:
-            raise RuntimeError("GuardedDownloader built outside guarded_img2dataset()")
-        self.guard_config = type(self).pending_config
-        self.respect_config = type(self).pending_respect
+    def __init__(self, guard_config: UrlGuardConfig, respect_config: RespectConfig | None, **kwargs):
+        super().__init__(**kwargs)
+        self.guard_config, self.respect_config = guard_config, respect_config
 
     def download_shard(self, row):
-        """Install the guarded opener in this process (one per worker: robots.txt cache and
-        Crawl-delay clocks last across shards), download the shard as usual, then record which
-        node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
+        """Install the guarded opener in this process for the shard (one opener per worker and
+        config: robots.txt cache and Crawl-delay clocks last across shards), download the shard
+        as usual (img2dataset fetches with ``urllib.request.urlopen``), put back the opener the
+        process had, then record which node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
+        previous = urllib.request._opener  # put back after: the calling process keeps its opener
         urllib.request.install_opener(worker_opener(self.guard_config, self.respect_config))
-        result = super().download_shard(row)
+        try:
+            result = super().download_shard(row)
+        finally:
+            urllib.request.install_opener(previous)
         record_node(self.output_folder, row[0])
         return result
-
-
-@contextlib.contextmanager
-def guarded_img2dataset(config: UrlGuardConfig, respect: RespectConfig | None = None):
-    """Within the block, ``img2dataset.download`` downloads through :class:`GuardedDownloader`.
-
-    (img2dataset 1.47 has no hook for this; the pin in pyproject.toml keeps the patch valid.)
-    """
-    # the module, not the `img2dataset.main` function the package re-exports under that name
-    main_module = importlib.import_module("img2dataset.main")
-    previous = main_module.Downloader
-    GuardedDownloader.pending_config = config
-    GuardedDownloader.pending_respect = respect
-    main_module.Downloader = GuardedDownloader
-    try:
-        yield
-    finally:
-        main_module.Downloader = previous
-        GuardedDownloader.pending_config = None
-        GuardedDownloader.pending_respect = None

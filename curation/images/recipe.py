@@ -8,18 +8,29 @@ retry pass) → ``imagecheck`` (decode, bomb guard, resize, hashes) → ``imaged
 ``decontaminate`` (only with an eval index: training images whose pHash is within a Hamming
 distance of an eval image's, reason ``eval_duplicate`` + the matched ``eval_id``) → ``shards``.
 Everything is read and written through the run's :class:`~storage.layout.RunLayout`, so the run
-dir may be an object store. The engine is handed in: ``map_check_tasks(tasks, check_config)``
-runs :class:`CheckDownloadShards` over one task row per download shard (Ray Data in
-``pipelines/wit_images.py``, :func:`check_in_process` without an engine). A rerun skips finished
-work (the download is incremental, checked parts and matching shards are kept) and writes the
-same bytes; a rerun over other inputs or settings stops with a message naming what changed.
+dir may be an object store.
+
+**The driver holds no rows.** The first four stages are one pipeline of tasks
+(:func:`fetch_stages`, :class:`PartTasks`): a task per selection part (evaltext + guard, cut
+into download shards), and as each part is ready, a task per download shard (img2dataset's
+downloader + the retry of its transient failures, then the image check and hashes), so a
+part's downloads and checks run while other parts are still prepared and fetched. The driver
+sums each task's small count record; only the global steps wait for every part: the dedup's
+union, the decontamination and the shard plan, each run as tasks over groups of checked parts
+(:func:`checked_groups`). Every task writes its completion marker last and returns its
+recorded counts when it finds it, so a rerun after a lost worker, node or driver redoes only
+unfinished tasks and its counts (and bytes) are the same; each stage's ``in`` is checked
+against the ``out`` of the stage before. The engine is handed in: ``pipe`` (the pipeline) and
+``map_tasks`` (the global steps) — Ray in ``pipelines/images_ray.py``, a local process pool
+(:func:`curation.stage.process_pipe`) or this process (the defaults). A rerun over other inputs
+or settings stops with a message naming what changed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,9 +39,9 @@ import pyarrow.compute as pc
 import xxhash
 
 from curation.images.check import ImageCheckConfig, ImageChecker
-from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage, evaltext_stage
-from curation.images.dedup import ImageDedupConfig, deduplicate_distributed
-from curation.images.download import DownloadConfig, download, read_download_shard, rows_by_node
+from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage, evaltext_rejects
+from curation.images.dedup import ImageDedupConfig, deduplicate_distributed, group_files, read_group
+from curation.images.download import DownloadConfig, download, read_download_shard
 from curation.images.fetch import node_name
 from curation.images.holdout import heldout_of_hashes
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
@@ -38,14 +49,15 @@ from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
     IMAGE_STAGES,
     MapTasks,
+    PipeTasks,
     StageStats,
     dropped_rows,
     in_process,
+    merge_counts,
+    pipelined_in_process,
     read_stats,
     reject_counts,
-    run_task_stage,
     stage_done,
-    without_rejects,
     without_uids,
     write_rejects,
 )
@@ -66,54 +78,29 @@ class ImageStagesConfig:
     report: bool = True  # write report.html + PNGs at the end
 
 
-MapCheckTasks = Callable[[pa.Table, ImageCheckConfig], None]
-
-
-def selected_parts(layout: RunLayout) -> list[str]:
-    """The selection's part files (``selected/part-*.parquet``), in order."""
-    return [f for f in layout.list(layout.selected_dir, ".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
-
-
-def read_selected(layout: RunLayout) -> pa.Table:
-    """The selection (``selected/part-*.parquet``), sorted by uid; a clear error when missing
-    or when a part is unreadable (the error names it)."""
-    files = selected_parts(layout)
-    if not files:
-        raise FileNotFoundError(f"{layout.selected_dir}: no part-*.parquet (run the curation stages first)")
-    table = pa.concat_tables([layout.read_parquet(f) for f in files], promote_options="permissive")
-    missing = {"uid", "url", "text"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"{layout.selected_dir}: selection lacks columns {sorted(missing)}")
-    return table.sort_by([("uid", "ascending")])
-
-
-def fingerprint(selected: pa.Table, config: ImageStagesConfig) -> dict:
-    """What decides the image stages' results: the selected uids and the result-relevant
-    settings (not processes, threads, timeouts or the local server)."""
+def fingerprint(layout: RunLayout, parts: list[str], config: ImageStagesConfig, map_tasks: MapTasks) -> dict:
+    """What decides the image stages' results: the selected uids (a digest per part, computed
+    in tasks) and the result-relevant settings (not processes, threads, timeouts or the local
+    server)."""
+    digests = map_tasks(PartTasks(layout, config).digest, parts)
     uids = xxhash.xxh3_128()
-    for chunk in selected.column("uid").cast(pa.string()).chunks:
-        for buffer in chunk.buffers()[1:]:
-            uids.update(memoryview(buffer) if buffer is not None else b"")
-    body = {"selected_rows": len(selected), "selected_uids": uids.hexdigest(),
+    for d in digests:
+        uids.update(d["uids"].encode())
+    body = {"selected_rows": sum(d["rows"] for d in digests), "selected_uids": uids.hexdigest(),
             "guard": asdict(config.guard), "check": asdict(config.check),
             "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
-            "checked_parts": 2,  # v2: checked parts carry the captions and metadata
-            "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate), "retry_pass": config.download.retry_pass,
+            "layout": 3,  # v3: per-part download dirs, a checked part per download shard
+            "download_shard_size": config.download.shard_size,
+            "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate),
+            "retry_pass": config.download.retry_pass,
             "disallowed_header_directives": list(config.download.disallowed_header_directives),
             "respect": asdict(config.download.respect)}
-    return _jsonable(body)
-
-
-def _jsonable(body: dict) -> dict:
-    import json
-
     return json.loads(json.dumps(body, sort_keys=True, default=str))
 
 
-def check_fingerprint(layout: RunLayout, selected: pa.Table, config: ImageStagesConfig) -> None:
+def check_fingerprint(layout: RunLayout, current: dict) -> None:
     """Record the run's fingerprint; refuse to resume a run made from other inputs/settings
     (its finished stages would be reused silently), naming what changed."""
-    current = fingerprint(selected, config)
     if layout.exists(layout.images_fingerprint):
         previous = layout.read_json(layout.images_fingerprint)
         if previous != current:
@@ -125,143 +112,208 @@ def check_fingerprint(layout: RunLayout, selected: pa.Table, config: ImageStages
     layout.write_json(layout.images_fingerprint, current)
 
 
-class GuardTasks:
-    """The URL guard's task body (picklable), one task per selection part: the part's URLs
-    (less the rows ``evaltext`` rejected, when it ran) through :class:`~curation.images.urlguard.UrlGuard`
-    (its DNS pre-check a thread pool in the task, a per-host cache, ``resolve_timeout_s``), the
-    refused rows written as that part's rejects. Returns counts and the node."""
-
-    def __init__(self, layout: RunLayout, config: UrlGuardConfig, after_evaltext: bool = False):
-        self.layout, self.config, self.after_evaltext = layout, config, after_evaltext
-
-    def __call__(self, item: tuple[int, str]) -> dict:
-        index, uri = item
-        table = self.layout.read_parquet(uri, ["uid", "url"])
-        if self.after_evaltext:
-            table = without_uids(table, self.layout.read_parquet(
-                self.layout.reject_part("evaltext", part_name(index)), ["uid"]))
-        kept, rejected = UrlGuard(self.config)(table)
-        write_rejects(self.layout, "urlguard", rejected, part=part_name(index))
-        return {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected), "node": node_name()}
-
-
-def guard_stage(layout: RunLayout, selected: pa.Table, config: UrlGuardConfig,
-                map_tasks: MapTasks = in_process, after_evaltext: bool = False) -> pa.Table:
-    """Stage ``urlguard`` as a task per selection part (:class:`GuardTasks`): the rows of
-    ``selected`` (the selection, less ``evaltext``'s rejects when ``after_evaltext``) whose URL
-    the SSRF guard allows. ``in`` is what the tasks read (checked against ``selected``)."""
-    if not stage_done(layout, "urlguard"):
-        run_task_stage(layout, "urlguard", GuardTasks(layout, config, after_evaltext),
-                       list(enumerate(selected_parts(layout))), map_tasks, expect_in=len(selected))
-    return without_rejects(layout, "urlguard", selected)
-
-
-def download_stage(layout: RunLayout, allowed: pa.Table, config: ImageStagesConfig) -> pa.Table:
-    """Stage ``download``: (uid, key, shard) of every image fetched; failures are rejects."""
-    ok, rejected = download(allowed.select(["uid", "url"]), layout, config.download, config.guard)
-    write_rejects(layout, "download", rejected)
-    by_node = rows_by_node(layout, ok)
-    StageStats("download", len(allowed), len(ok), reject_counts(rejected), {"by_node": by_node}).write(layout)
-    return ok
+def selected_parts(layout: RunLayout) -> list[str]:
+    """The selection's part files (``selected/part-*.parquet``), in order; a clear error when
+    there are none."""
+    files = [f for f in layout.list(layout.selected_dir, ".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
+    if not files:
+        raise FileNotFoundError(f"{layout.selected_dir}: no part-*.parquet (run the curation stages first)")
+    return files
 
 
 META_COLUMNS = ("url", "text", "query_ids", "source")  # the selection's columns a shard sample carries
+META_TYPES = (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string())
 
 
-class CheckDownloadShards:
-    """Engine callable over Arrow batches: each row names one download shard (``tar``, ``uids``,
-    ``keys``, ``name``, ``out``, and the rows' ``url``, ``text``, ``query_ids``, ``source``); its
-    images are checked with :class:`~curation.images.check.ImageChecker`, then the rejects and
-    the checked part (kept images + their captions and metadata: everything a shard needs; the
-    completion marker, written last) are written through the run layout. Returns counts."""
-
-    def __init__(self, config: ImageCheckConfig, layout: RunLayout):
-        self.checker, self.layout = ImageChecker(config), layout
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        counts = {"out": [], "kept": [], "rejected": []}
-        for task in batch.to_pylist():
-            images = read_download_shard(self.layout, task["tar"], task["uids"], task["keys"])
-            kept, rejected = self.checker(images)
-            at = pc.index_in(kept.column("uid"), value_set=pa.array(task["uids"], pa.string()))
-            for column, kind in zip(META_COLUMNS, (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string())):
-                kept = kept.append_column(column, pa.array(task[column], kind).take(at))
-            write_rejects(self.layout, "imagecheck", rejected, part=task["name"])
-            self.layout.write_json(self.layout.checked_node_record(task["name"]),
-                                   {"node": node_name(), "rows": len(images)})
-            self.layout.write_parquet(kept, task["out"])  # the completion marker, last
-            for key, value in (("out", task["out"]), ("kept", len(kept)), ("rejected", len(rejected))):
-                counts[key].append(value)
-        return pa.table(counts)
-
-
-def check_tasks(layout: RunLayout, downloaded: pa.Table, selected: pa.Table) -> pa.Table:
-    """One task row per download shard holding fetched images, in shard order, each with its
-    images in key order and their metadata from the selection (checked parts are named after
-    their download shards; the final shards' order is :func:`sample_order`'s, not this one)."""
-    if "source" not in selected.column_names:
-        selected = selected.append_column("source", pa.nulls(len(selected), pa.string()))
-    if "query_ids" not in selected.column_names:
-        selected = selected.append_column("query_ids", pa.nulls(len(selected), pa.list_(pa.int32())))
-    # img2dataset records rows in completion order; its keys follow the input order
-    ordered = downloaded.sort_by([("shard", "ascending"), ("key", "ascending")])
-    meta = selected.take(pc.index_in(ordered.column("uid"), value_set=selected.column("uid")))
-    shards = ordered.column("shard").to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]]) if len(shards) else np.zeros(0, np.int64)
-    rows = []
-    for start, stop in zip(starts, [*starts[1:], len(shards)]):
-        shard = str(shards[start])
-        name = layout.checked_name(shard)  # pass0_00000, retry_00000
-        piece, piece_meta = ordered.slice(start, stop - start), meta.slice(start, stop - start)
-        rows.append({"tar": shard, "uids": piece.column("uid").to_pylist(), "keys": piece.column("key").to_pylist(),
-                     "name": name, "out": layout.checked_part(name),
-                     **{c: piece_meta.column(c).to_pylist() for c in META_COLUMNS}})
-    return pa.Table.from_pylist(rows) if rows else pa.table({"out": pa.array([], pa.string())})
-
-
-def check_in_process(layout: RunLayout) -> MapCheckTasks:
-    """A ``map_check_tasks`` without an engine: every task in this process, in order."""
-
-    def run(tasks: pa.Table, config: ImageCheckConfig) -> None:
-        CheckDownloadShards(config, layout)(tasks)
-
-    return run
-
-
-def check_stage(layout: RunLayout, downloaded: pa.Table, selected: pa.Table, config: ImageStagesConfig,
-                map_check_tasks: MapCheckTasks) -> list[str]:
-    """Stage ``imagecheck``, one task per download shard not checked yet (run by
-    ``map_check_tasks``): returns the checked parts in shard order. The checked rows are counted
-    from the parts' footers and the rejects from their files; a part missing after the engine
-    ran is an error naming it."""
-    layout.clean_temp(layout.checked_dir)
-    tasks = check_tasks(layout, downloaded, selected)
-    todo = tasks.filter(pa.array([not layout.exists(o) for o in tasks.column("out").to_pylist()], pa.bool_()))
-    if len(todo):
-        map_check_tasks(todo, config.check)
-    parts = tasks.column("out").to_pylist()
-    missing = [p for p in parts if not layout.exists(p)]
+def with_meta_columns(table: pa.Table, uri: str) -> pa.Table:
+    """A selection part's ``uid`` + :data:`META_COLUMNS` (``query_ids`` and ``source`` null when
+    the part lacks them); a part without ``uid``, ``url`` or ``text`` is an error naming it."""
+    missing = {"uid", "url", "text"} - set(table.column_names)
     if missing:
-        raise RuntimeError(f"image check parts missing after the check ran: {missing}")
-    names = set(tasks.column("name").to_pylist()) if len(tasks) else set()
-    reject_files = [f for f in layout.list(layout.rejects_dir("imagecheck"), ".parquet")
-                    if f.rsplit("/", 1)[-1].removesuffix(".parquet") in names]
-    rejected = layout.read_parquets(reject_files, ["uid", "reason"])
-    kept = sum(layout.parquet_rows(p) for p in parts)
-    by_node: dict[str, int] = {}
-    for name in sorted(names):
-        record = layout.checked_node_record(name)
-        body = layout.read_json(record) if layout.exists(record) else {"node": "unknown", "rows": 0}
-        by_node[body["node"]] = by_node.get(body["node"], 0) + int(body["rows"])
-    StageStats("imagecheck", len(downloaded), kept, reject_counts(rejected), {"by_node": by_node}).write(layout)
-    return parts
+        raise ValueError(f"{uri}: the selection part lacks columns {sorted(missing)}")
+    columns = {"uid": table.column("uid").cast(pa.string())}
+    for name, kind in zip(META_COLUMNS, META_TYPES):
+        columns[name] = table.column(name).cast(kind) if name in table.column_names else pa.nulls(len(table), kind)
+    return pa.table(columns)
 
 
-def dedup_stage(layout: RunLayout, parts: list[str], config: ImageDedupConfig, map_tasks: MapTasks) -> dict:
-    """Stage ``imagededup`` as tasks (:func:`curation.images.dedup.deduplicate_distributed`):
-    exact and near duplicates become rejects; returns the dedup's counts (``by_part``: rejects
-    per checked part)."""
-    result = deduplicate_distributed(layout, parts, config, map_tasks)
+class PartTasks:
+    """The task bodies of the per-part pipeline (picklable; an engine ships them to any node).
+
+    ``digest``: a selection part's row count and uid digest (the fingerprint's input).
+    ``prepare``, one per selection part: its rows less ``evaltext``'s rejects (with
+    ``--decontaminate``) and the URL guard's (:class:`~curation.images.urlguard.UrlGuard`, DNS
+    pre-check in a thread pool) are cut into download shards of ``shard_size`` rows
+    (``download/pNNNNNN/rows/KKKKK.parquet``, each row with the metadata its sample carries);
+    the part's counts and shard count go to ``download/pNNNNNN/_part.json``, written last.
+    ``fetch_check``, one per download shard: img2dataset's downloader fetches it (+ the retry
+    of its transient failures), :class:`~curation.images.check.ImageChecker` decodes, guards,
+    resizes and hashes the images, and the kept ones with their metadata (joined by uid from
+    the shard's rows file) become ``checked/pNNNNNN_KKKKK.parquet``, written last after the
+    rejects and the task's counts (``checked/_nodes/<name>.json``). A task whose last file
+    exists returns its recorded counts without work, so a rerun resumes where the last one
+    stopped and the counts are the same."""
+
+    def __init__(self, layout: RunLayout, config: ImageStagesConfig, decontaminating: bool = False):
+        self.layout, self.config, self.decontaminating = layout, config, decontaminating
+
+    def digest(self, uri: str) -> dict:
+        table = self.layout.read_parquet(uri, ["uid"])
+        digest = xxhash.xxh3_128()
+        for chunk in table.column("uid").cast(pa.string()).chunks:
+            for buffer in chunk.buffers()[1:]:
+                digest.update(memoryview(buffer) if buffer is not None else b"")
+        return {"rows": len(table), "uids": digest.hexdigest()}
+
+    def prepare(self, item: tuple[int, str]) -> dict:
+        index, uri = item
+        layout, config = self.layout, self.config
+        manifest = layout.download_manifest(index)
+        if layout.exists(manifest):
+            return layout.read_json(manifest)
+        table = with_meta_columns(layout.read_parquet(uri), uri)
+        result: dict = {"part": index, "node": node_name()}
+        if self.decontaminating:
+            rejected = evaltext_rejects(layout, table)
+            write_rejects(layout, "evaltext", rejected, part=part_name(index))
+            result["evaltext"] = {"in": len(table), "out": len(table) - len(rejected),
+                                  "rejected": reject_counts(rejected)}
+            table = without_uids(table, rejected)
+        started = time.perf_counter()
+        kept, rejected = UrlGuard(config.guard)(table)
+        write_rejects(layout, "urlguard", rejected.select(["uid", "reason", "url"]), part=part_name(index))
+        result["urlguard"] = {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected),
+                              "seconds": round(time.perf_counter() - started, 3)}
+        size = config.download.shard_size
+        shards = -(-len(kept) // size)
+        for k in range(shards):
+            layout.write_parquet(kept.slice(k * size, size).select(["uid", *META_COLUMNS]),
+                                 layout.download_rows(index, k))
+        result["then"] = [(index, k) for k in range(shards)]
+        layout.write_json(manifest, result)  # the part's completion marker, last
+        return result
+
+    def fetch_check(self, item: tuple[int, int]) -> dict:
+        index, shard = item
+        layout, config = self.layout, self.config
+        name = layout.checked_name(index, shard)
+        record, out = layout.checked_node_record(name), layout.checked_part(name)
+        if layout.exists(out) and layout.exists(record):
+            return layout.read_json(record)
+        rows = layout.read_parquet(layout.download_rows(index, shard))
+        started = time.perf_counter()
+        ok, failed = download(rows.select(["uid", "url"]), layout, index, shard, config.download, config.guard)
+        write_rejects(layout, "download", failed, part=name)
+        pieces = [read_download_shard(layout, tar, piece.column("uid").to_pylist(), piece.column("key").to_pylist())
+                  for tar, piece in _by_tar(ok)]
+        images = pa.concat_tables(pieces) if pieces else pa.table(
+            {"uid": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
+        fetched = time.perf_counter()
+        kept, rejected = ImageChecker(config.check)(images)
+        at = pc.index_in(kept.column("uid"), value_set=rows.column("uid"))
+        for column in META_COLUMNS:
+            kept = kept.append_column(column, rows.column(column).take(at))
+        write_rejects(layout, "imagecheck", rejected, part=name)
+        body = {"name": name, "node": node_name(),
+                "download": {"in": len(rows), "out": len(ok), "rejected": reject_counts(failed),
+                             "seconds": round(fetched - started, 3)},
+                "imagecheck": {"in": len(images), "out": len(kept), "rejected": reject_counts(rejected),
+                               "seconds": round(time.perf_counter() - fetched, 3)}}
+        layout.write_json(record, body)
+        layout.write_parquet(kept, out)  # the completion marker, last
+        return body
+
+
+def _by_tar(ok: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The downloaded rows grouped by the tar holding them (pass0, retry), in key order."""
+    ok = ok.sort_by([("shard", "ascending"), ("key", "ascending")])
+    return [(tar, ok.filter(pc.equal(ok.column("shard"), tar))) for tar in pc.unique(ok.column("shard")).to_pylist()]
+
+
+class Tally:
+    """One stage's counts summed over its tasks (``in``, ``out``, reasons, the tasks' seconds in
+    the stage, and per node the rows it read, or with ``per_node="out"`` the rows it kept: the
+    images a node downloaded)."""
+
+    def __init__(self, stage: str, per_node: str = "in"):
+        self.stage, self.per_node = stage, per_node
+        self.rows_in, self.rows_out, self.rejected, self.by_node, self.seconds = 0, 0, {}, {}, 0.0
+
+    def add(self, counts: dict, node: str) -> None:
+        self.rows_in += int(counts["in"])
+        self.rows_out += int(counts["out"])
+        self.rejected = merge_counts([self.rejected, counts["rejected"]])
+        self.by_node[node] = self.by_node.get(node, 0) + int(counts[self.per_node])
+        self.seconds += float(counts.get("seconds", 0.0))
+
+    def write(self, layout: RunLayout, expect_in: int, extra: dict | None = None) -> None:
+        """``stats/<stage>.json``; the tasks' ``in`` must be what the stage before kept."""
+        if self.rows_in != expect_in:
+            raise RuntimeError(f"{self.stage}: the tasks read {self.rows_in} rows, "
+                               f"the stage before it kept {expect_in}")
+        StageStats(self.stage, self.rows_in, self.rows_out, dict(sorted(self.rejected.items())),
+                   {**(extra or {}), "by_node": dict(sorted(self.by_node.items()))}).write(layout)
+
+
+def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, decontaminating: bool,
+                 selected_rows: int) -> tuple[list[tuple[str, int]], dict[str, float]]:
+    """Stages ``evaltext`` (with ``decontaminating``), ``urlguard``, ``download`` and
+    ``imagecheck`` as one pipeline (:class:`PartTasks`: a task per selection part, then a task
+    per download shard as soon as its part is prepared, while other parts are prepared and
+    fetched): the driver sums the tasks' counts and keeps, per download shard, its checked
+    part's name and kept rows. Every stage's ``in`` is checked against the ``out`` of the one
+    before (the first against ``selected_rows``, counted by the digest tasks); returns
+    ``[(checked part, rows)]`` in name order and the tasks' seconds per stage (summed over
+    tasks; this run's, not in the stats files, which depend only on the results)."""
+    tasks = PartTasks(layout, config, decontaminating)
+    tallies = {stage: Tally(stage, "out" if stage == "download" else "in")
+               for stage in ("evaltext", "urlguard", "download", "imagecheck")}
+    checked: list[tuple[str, int]] = []
+    for kind, result in pipe(tasks.prepare, tasks.fetch_check, list(enumerate(selected_parts(layout)))):
+        for stage in (("evaltext", "urlguard") if kind == "first" else ("download", "imagecheck")):
+            if stage in result:
+                tallies[stage].add(result[stage], result["node"])
+        if kind == "then":
+            checked.append((layout.checked_part(result["name"]), int(result["imagecheck"]["out"])))
+    rows_in = selected_rows
+    if decontaminating:
+        evals = layout.read_parquet(layout.eval_text_index, ["url", "caption_key"])
+        tallies["evaltext"].write(layout, rows_in, {
+            "eval_urls": evals.column("url").length() - evals.column("url").null_count,
+            "eval_captions": evals.column("caption_key").length() - evals.column("caption_key").null_count})
+        rows_in = tallies["evaltext"].rows_out
+    for stage in ("urlguard", "download", "imagecheck"):
+        tallies[stage].write(layout, rows_in)
+        rows_in = tallies[stage].rows_out
+    return sorted(checked), {stage: round(t.seconds, 1) for stage, t in tallies.items() if t.seconds}
+
+
+GROUP_ROWS = 20_000  # checked rows per task of the global steps (dedup scatter, decontamination, shard marks)
+
+
+def checked_groups(checked: list[tuple[str, int]], rows: int = GROUP_ROWS) -> list[list[str]]:
+    """Consecutive checked parts (in name order) in groups of about ``rows`` rows: the unit of
+    the global steps' tasks (a group's rows are its parts' rows in order; empty parts are left
+    out), so a task holds about ``rows`` images whatever the download shard size."""
+    groups: list[list[str]] = []
+    size = 0
+    for uri, n in checked:
+        if not n:
+            continue
+        if not groups or size + n > rows:
+            groups.append([])
+            size = 0
+        groups[-1].append(uri)
+        size += n
+    return groups
+
+
+def dedup_stage(layout: RunLayout, parts: list, config: ImageDedupConfig, map_tasks: MapTasks,
+                rows: int | None = None) -> dict:
+    """Stage ``imagededup`` as tasks (:func:`curation.images.dedup.deduplicate_distributed`)
+    over the checked groups ``parts`` (``rows`` of them): exact and near duplicates become
+    rejects; returns the dedup's counts (``by_part``: rejects per checked group)."""
+    result = deduplicate_distributed(layout, parts, config, map_tasks, rows=rows)
     rejected = result["rejected"]
     StageStats("imagededup", result["in"], result["in"] - sum(rejected.values()), rejected,
                {"buckets": result["buckets"]}).write(layout)
@@ -300,10 +352,10 @@ class ShardTasks:
     def _bucket_dir(self, split: str, bucket: int) -> str:
         return self.layout.scratch("shardplan", split, bucket_name(bucket))
 
-    def mark(self, item: tuple[int, str]) -> dict:
-        index, uri = item
+    def mark(self, item: tuple[int, str | list[str]]) -> dict:
+        index, group = item
         layout = self.layout
-        table = layout.read_parquet(uri, list(SAMPLE_COLUMNS))
+        table = read_group(layout, group, list(SAMPLE_COLUMNS))
         dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(table))
         table = table.filter(pa.array(~dropped))
         uid_hash = uid_hashes(table.column("uid")) if len(table) else np.zeros(0, np.uint64)
@@ -342,7 +394,7 @@ class ShardTasks:
 SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_width", "original_height")
 
 
-def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_tasks: MapTasks,
+def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: MapTasks,
                 dedup_out: int | None = None) -> dict:
     """Stage ``shards`` as tasks: the kept images + captions/metadata of the checked ``parts`` as
     WebDataset shards, in the order of :func:`sample_order` (a pure function of the uids), cut
@@ -351,7 +403,8 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
     shard, at most :data:`MAX_ORDER_BUCKETS`; the driver keeps the rows per bucket, never
     rows); shard ``k`` takes ranks ``k*shard_size..`` of the concatenated buckets. ``in`` is
     what the mark tasks count as kept (checked against ``dedup_out`` when given)."""
-    expected = dedup_out if dedup_out is not None else sum(layout.parquet_rows(p) for p in parts)
+    expected = dedup_out if dedup_out is not None else sum(
+        layout.parquet_rows(f) for p in parts for f in group_files(p))
     buckets = min(MAX_ORDER_BUCKETS, max(1, -(-expected // config.shard_size)))
     tasks = ShardTasks(layout, config, buckets)
     layout.remove_tree(layout.scratch("shardplan"))
@@ -379,39 +432,41 @@ def shard_stage(layout: RunLayout, parts: list[str], config: ShardConfig, map_ta
     return stats["shards"]
 
 
-def run_image_stages(layout: RunLayout, config: ImageStagesConfig, map_check_tasks: MapCheckTasks,
+def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks = pipelined_in_process,
                      serving: contextlib.AbstractContextManager | None = None, until: str = "all",
                      map_tasks: MapTasks = in_process) -> dict:
     """Run the image stages on the run's selection; return a summary (per-stage stats, the
-    shards dir, the report URI). ``serving`` wraps the download (e.g. a local image server);
-    ``until="download"`` stops after the download (a later run resumes there). A finished run
-    is a no-op. ``map_tasks(fn, items)`` runs the dedup's and the shards' tasks (Ray tasks in
-    pipelines/wit_images.py; in this process by default)."""
-    selected = read_selected(layout)
-    check_fingerprint(layout, selected, config)
+    shards dir, the report URI). ``pipe`` runs the per-part pipeline (guard → download →
+    check: :func:`fetch_stages`; Ray tasks in pipelines/images_ray.py), ``map_tasks(fn,
+    items)`` the digests' and the global steps' tasks (dedup, decontamination, shards).
+    ``serving`` wraps the pipeline (e.g. a local image server); ``until="download"`` stops
+    after it (downloaded and checked; a later run resumes there). The driver holds file names
+    and counts, never rows. A finished run is a no-op."""
+    parts = selected_parts(layout)
+    check_fingerprint(layout, fingerprint(layout, parts, config, map_tasks))
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
         return summary(layout, skipped=True)
     started = time.time()
     decontaminating = bool(config.decontaminate.datasets)
-    candidates = evaltext_stage(layout, selected, selected_parts(layout), map_tasks) if decontaminating else selected
-    allowed = guard_stage(layout, candidates, config.guard, map_tasks, after_evaltext=decontaminating)
+    selected_rows = layout.read_json(layout.images_fingerprint)["selected_rows"]
     with serving or contextlib.nullcontext():
-        downloaded = download_stage(layout, allowed, config)
+        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, selected_rows)
     if until == "download":
-        return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download") if stage_done(layout, s)},
-                "until": "download"}
-    parts = check_stage(layout, downloaded, selected, config, map_check_tasks)
-    del selected, candidates, allowed, downloaded  # from here on the driver holds file names and counts
-    dedup = dedup_stage(layout, parts, config.dedup, map_tasks)
+        return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download", "imagecheck")
+                           if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds}
+    groups = checked_groups(checked)
+    rows = sum(n for _, n in checked)
+    del checked  # from here on the driver holds the groups' file names and counts
+    dedup = dedup_stage(layout, groups, config.dedup, map_tasks, rows=rows)
     kept = dedup["in"] - sum(dedup["rejected"].values())
-    if config.decontaminate.datasets:
-        kept = decontaminate_stage(layout, parts, config.decontaminate, map_tasks, dedup_out=kept)
-    shard_stage(layout, parts, config.shards, map_tasks, dedup_out=kept)
+    if decontaminating:
+        kept = decontaminate_stage(layout, groups, config.decontaminate, map_tasks, dedup_out=kept)
+    shard_stage(layout, groups, config.shards, map_tasks, dedup_out=kept)
     if config.report:
         from curation.report import write_report
 
         write_report(layout)
-    return summary(layout, skipped=False, seconds=round(time.time() - started, 1))
+    return {**summary(layout, skipped=False, seconds=round(time.time() - started, 1)), "task_seconds": task_seconds}
 
 
 def summary(layout: RunLayout, skipped: bool, seconds: float | None = None) -> dict:

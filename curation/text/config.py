@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from curation.stage import DEDUP_KEYS, KEPT, StageStats, merge_counts, stage_reasons, text_stages, write_rejects
 from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
-from curation.text.selection import clear_selection, part_marker, verify_parts
+from curation.text.selection import clear_selection, part_marker, plan_parts, recorded_num_parts, verify_parts
 from curation.text.textfilter import TextConfig
 from storage.layout import RunLayout
 
@@ -35,7 +35,10 @@ class CurationConfig:
     # MetaCLIP's t=20k is to its pool, the same tail share of matches (curation/text/threshold.py)
     t: float | None = None
     seed: int = 0  # seed of the deterministic balancing draw
-    num_parts: int = 8  # selected/ part files (rows go to xxh3_64(uid) % num_parts)
+    # the least number of selected/ part files (rows go to xxh3_64(uid) % parts; more parts when
+    # max_part_rows asks for them: the count is recorded in selected/_parts.json)
+    num_parts: int = 8
+    max_part_rows: int = 1_000_000  # most selected rows a part may hold (the part count grows with the pool)
     dedup_keys: tuple[str, ...] = DEDUP_KEYS  # exact dedup keys, applied in order
     dedup_buckets: int = 16  # hash buckets of the dedup shuffle (any value gives the same result)
     batch_size: int = 4096  # rows per engine batch
@@ -47,6 +50,8 @@ class CurationConfig:
     def __post_init__(self):
         if self.on_bad_file not in ("error", "skip"):
             raise ValueError(f"on_bad_file must be 'error' or 'skip', not {self.on_bad_file!r}")
+        if self.num_parts < 1 or self.max_part_rows < 1:
+            raise ValueError(f"num_parts ({self.num_parts}) and max_part_rows ({self.max_part_rows}) must be >= 1")
 
     @property
     def layout(self) -> RunLayout:
@@ -117,7 +122,9 @@ def prepare_run(config: CurationConfig) -> bool:
                       layout.read_tally_dir, *rejects):
         layout.clean_temp(directory)
     if previous is not None and previous.get("fingerprint") == fingerprint:
-        return bool(verify_parts(layout, config.num_parts)) or not layout.exists(layout.entry_counts)
+        if not layout.exists(layout.parts_plan):  # never got to its balance stage
+            return True
+        return bool(verify_parts(layout, recorded_num_parts(layout))) or not layout.exists(layout.entry_counts)
     if previous is not None:
         what = _changed(previous.get("inputs", {}), current) or ["the fingerprint format"]
         print(f"[curation] inputs changed since the last run in {layout.curation} ({'; '.join(what)}): "
@@ -153,7 +160,7 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
     not account for every row read (a lost part or row)."""
     layout = config.layout
     records = read_tallies(config)
-    tally = merge_counts([part_marker(layout, i)["reasons"] for i in range(config.num_parts)])
+    tally = merge_counts([part_marker(layout, i)["reasons"] for i in range(recorded_num_parts(layout))])
     counted = sum(int(r.get("rows") or 0) for r in records)
     if counted != sum(tally.values()):
         raise AssertionError(f"the reader counted {counted} pool rows in {len(records)} files, but the "
@@ -182,6 +189,13 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
     return stats
 
 
+def part_plan(config: CurationConfig, counts: np.ndarray, inputs: np.ndarray) -> dict:
+    """The part plan of this run (:func:`curation.text.selection.plan_parts`) from the global
+    entry counts and the summed :func:`curation.text.selection.balance_inputs`: the same on every
+    engine, known before the balance stage writes a part."""
+    return plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts)
+
+
 def write_entry_counts(counts: np.ndarray, layout: RunLayout) -> None:
     """``entry_counts.parquet``: (query_id int32, count int64) for every entry with count > 0."""
     ids = np.flatnonzero(counts)
@@ -197,10 +211,11 @@ def read_entry_counts(layout: RunLayout, num_queries: int) -> np.ndarray:
     return counts
 
 
-def selected_entry_counts(layout: RunLayout, num_parts: int, num_queries: int) -> np.ndarray:
-    """Per-entry counts over the written selection (for the before/after plot)."""
+def selected_entry_counts(layout: RunLayout, num_parts: int | None, num_queries: int) -> np.ndarray:
+    """Per-entry counts over the written selection (for the before/after plot); ``num_parts``
+    None: the recorded part count."""
     counts = np.zeros(num_queries, dtype=np.int64)
-    for index in range(num_parts):
+    for index in range(recorded_num_parts(layout) if num_parts is None else num_parts):
         column = layout.read_parquet(layout.part(index), columns=["query_ids"]).column("query_ids")
         flat = column.combine_chunks().flatten()
         counts += np.bincount(flat.to_numpy(zero_copy_only=False).astype(np.int64), minlength=num_queries)

@@ -41,14 +41,14 @@ class SlowHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def remove_worker_when_busy(cluster, worker, nodes_dir: str, stop: threading.Event, log: list) -> None:
+def remove_worker_when_busy(cluster, worker, download_dir: str, stop: threading.Event, log: list) -> None:
     """Remove ``worker`` as soon as it has finished one download shard (so it is mid-run)."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(nodes_dir)
+    fs, path = fsspec.core.url_to_fs(download_dir)
     while not stop.is_set():
         try:
-            records = [json.loads(fs.cat_file(p)) for p in fs.ls(path, detail=False)] if fs.exists(path) else []
+            records = [json.loads(fs.cat_file(p)) for p in fs.glob(f"{path}/*/pass0/_nodes/*.json")]
         except (FileNotFoundError, OSError):
             records = []
         if any(r["node"] == worker.node_id for r in records):
@@ -60,13 +60,13 @@ def remove_worker_when_busy(cluster, worker, nodes_dir: str, stop: threading.Eve
 
 
 def kill_a_download_worker(stop: threading.Event, log: list) -> None:
-    """SIGKILL the first Ray worker process seen running an img2dataset download task."""
+    """SIGKILL the first Ray worker process seen running a download task (fetch + check)."""
     import psutil
 
     while not stop.is_set():
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if cmdline.startswith("ray::ray_download"):
+            if cmdline.startswith("ray::download_shard"):
                 os.kill(proc.info["pid"], signal.SIGKILL)
                 log.append({"killed": proc.info["pid"]})
                 return
@@ -99,7 +99,7 @@ def main() -> None:
         with serving(images, port=int(port), handler=SlowHandler):
             if kill:
                 watcher = threading.Thread(target=remove_worker_when_busy, daemon=True, args=(
-                    cluster, worker, f"{out}/curation/download/pass0/_nodes", stop, events))
+                    cluster, worker, f"{out}/curation/download", stop, events))
                 watcher.start()
             if kill_task:
                 threading.Thread(target=kill_a_download_worker, daemon=True, args=(stop, events)).start()

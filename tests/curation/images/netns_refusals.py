@@ -36,8 +36,8 @@ def main() -> None:
             selected = write_selection(curation, urls, parts=1)
             config = wit_images.config_from_args(image_args("--distributor", "multiprocessing"))
             layout = RunLayout.of_curation(str(curation))
-            allowed = images.guard_stage(layout, images.read_selected(layout), config.guard)
-            downloaded = images.download_stage(layout, allowed, config)
+            images.run_image_stages(layout, config, until="download")  # the pipeline in this process
+        downloaded = ds.dataset(str(curation / "checked"), format="parquet").to_table(columns=["uid"])
         out = {"uids": dict(zip(urls, selected.column("uid").to_pylist())),
                "downloaded": downloaded.column("uid").to_pylist()}
         for stage in ("urlguard", "download"):

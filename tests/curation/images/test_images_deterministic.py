@@ -15,10 +15,10 @@ import xxhash
 
 from curation.images.check import ImageCheckConfig
 from curation.images.download import DownloadConfig
-from curation.images.recipe import ImageStagesConfig, check_in_process, run_image_stages
+from curation.images.recipe import ImageStagesConfig, run_image_stages
 from curation.images.shards import ShardConfig
 from curation.images.urlguard import UrlGuardConfig
-from curation.stage import in_process
+from curation.stage import in_process, pipelined_in_process
 from pipelines.serve_images import ImageRequestHandler, serving
 from storage.layout import RunLayout
 
@@ -53,7 +53,7 @@ def run(root, images_dir, selection: pa.Table, port: int, handler, download_shar
         check=ImageCheckConfig(image_size=64), shards=ShardConfig(shard_size=16, holdout_fraction=0.2), report=False)
     with serving(images_dir, port=port, handler=handler) as base:
         assert base.endswith(f":{port}")
-        run_image_stages(layout, config, check_in_process(layout), map_tasks=in_process)
+        run_image_stages(layout, config, pipelined_in_process, map_tasks=in_process)
     return layout
 
 
@@ -70,7 +70,8 @@ def test_retried_downloads_and_download_shard_size_leave_shard_bytes_unchanged(t
     flaky = run(tmp_path / "flaky", sample["sample_images_dir"], selection, port, FlakyHandler, 20)
     other = run(tmp_path / "other", sample["sample_images_dir"], selection, port, ImageRequestHandler, 7)
 
-    retried = flaky.read_parquets(flaky.list(flaky.download_pass("retry"), ".parquet"), ["uid", "status"])
+    retry_files = [f for p in range(2) for f in flaky.list(flaky.download_pass(p, "retry"), ".parquet")]
+    retried = flaky.read_parquets(retry_files, ["uid", "status"])
     assert len(FlakyHandler.seen) >= 6 and retried.num_rows == len(FlakyHandler.seen)  # the 503s were retried
     assert flaky.read_json(flaky.stats("download"))["out"] == clean.read_json(clean.stats("download"))["out"] > 40
     for split in ("shards", "heldout"):

@@ -103,7 +103,7 @@ def test_download_stage_counts_every_refusal_and_never_requests_refused_urls(rob
     rows = pa.table({"uid": [f"u{i}" for i in range(len(urls))], "url": urls})
     config = DownloadConfig(processes=1, threads=2, retry_pass=False, distributor="multiprocessing",
                             respect=RespectConfig(opt_out_ledger=str(ledger)))
-    ok, rejected = download(rows, RunLayout(str(tmp_path / "run")), config, LOOPBACK)
+    ok, rejected = download(rows, RunLayout(str(tmp_path / "run")), 0, 0, config, LOOPBACK)
     assert ok.column("uid").to_pylist() == ["u0"]
     reasons = dict(zip(rejected.column("uid").to_pylist(), rejected.column("reason").to_pylist()))
     assert reasons == {"u1": "robots_disallowed", "u2": "opted_out", "u3": "opted_out"}
