@@ -9,16 +9,17 @@ from pipelines.runtime import init_ray
 TASK_NAMES = {"first": "prepare_part", "then": "download_shard"}  # process titles: ray::download_shard
 
 
-def ray_pipe_tasks(window: int | None = None):
+def ray_pipe_tasks(window: int | None = None, attempts: int = 4):
     """``pipe`` on Ray (:func:`curation.stage.windowed_pipe`): every task 1 CPU, spread over the
-    nodes, retried when its worker or node dies (the tasks are idempotent: a retry finds what
-    the lost try finished); at most ``window`` in flight (default: twice the cluster's CPUs),
-    so a 400M-row run never queues 400k tasks at once."""
+    nodes, tried up to ``attempts`` times when its worker or node dies or it raises (the tasks
+    are idempotent: a retry finds what the lost try finished); at most ``window`` in flight
+    (default: twice the cluster's CPUs), so a 400M-row run never queues 400k tasks at once."""
     from curation.stage import windowed_pipe
 
     ray = init_ray()
     size = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD")(_call)
+    remote = ray.remote(num_cpus=1, max_retries=max(0, attempts - 1), retry_exceptions=True,
+                        scheduling_strategy="SPREAD")(_call)
 
     def submit(kind: str, fn, item):
         return remote.options(name=TASK_NAMES[kind]).remote(fn, item)

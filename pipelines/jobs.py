@@ -224,7 +224,8 @@ def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, se
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)
     init_ray()  # the global steps' tasks run on Ray; the downloads too with the "ray" distributor
-    pipe = ray_pipe_tasks() if config.download.distributor == "ray" else process_pipe(config.download.processes)
+    pipe = (ray_pipe_tasks(attempts=config.download.shard_attempts) if config.download.distributor == "ray"
+            else process_pipe(config.download.processes))
     if config.decontaminate.datasets:  # its URL/caption half runs before the download
         write_eval_index(layout, config.decontaminate.datasets, data_dir)
     server = serving(serve_dir, port=DEFAULT_PORT if serve_port is None else serve_port) if serve_dir else None

@@ -36,7 +36,6 @@ from storage.layout import RunLayout
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
 RETRYABLE_REASONS = ("timeout", "connection_error", "http_408", "http_429", "http_5xx", "download_error")
 RESULT_COLUMNS = ("uid", "key", "status", "error_message")
-PASSES = ("pass0", "retry")
 
 
 @dataclass(frozen=True)
@@ -50,36 +49,11 @@ class DownloadConfig:
     retries: int = 0  # img2dataset's immediate per-URL retries
     retry_pass: bool = True  # re-fetch a shard's transiently failed URLs once more, after the shard
     distributor: str = "ray"  # where the download tasks run: "ray" (Ray tasks over the cluster) or "multiprocessing"
-    shard_attempts: int = 3  # runs of a download task while it fails (a lost worker/node)
+    shard_attempts: int = 3  # tries of a download task on Ray (a lost worker or node, an error it raised)
     user_agent_token: str | None = "openwit"  # announced in the User-Agent, matched by X-Robots-Tag
     # X-Robots-Tag directives that refuse an image (img2dataset's disallowed_header_directives)
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
     respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
-
-
-def img2dataset_kwargs(config: DownloadConfig, url_list: str, output_folder: str) -> dict:
-    """The keyword arguments of ``img2dataset.download`` for one pass (also used by the
-    benchmark's bare img2dataset run, so both run with the same settings)."""
-    return dict(
-        url_list=url_list,
-        output_folder=output_folder,
-        input_format="parquet",
-        url_col="url",
-        save_additional_columns=["uid"],
-        output_format="webdataset",
-        processes_count=config.processes,
-        thread_count=config.threads,
-        timeout=config.timeout_s,
-        number_sample_per_shard=config.shard_size,
-        retries=config.retries,
-        disable_all_reencoding=True,
-        extract_exif=False,
-        compute_hash=None,
-        distributor=config.distributor,
-        incremental_mode="incremental",
-        user_agent_token=config.user_agent_token,
-        disallowed_header_directives=list(config.disallowed_header_directives),
-    )
 
 
 def download_reject_reason(error_message: str | None) -> str:
