@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_match import full_size_queries, real_captions  # noqa: E402
 from curation.text.balance import count_entries  # noqa: E402
-from curation.text.config import CurationConfig, part_plan, prepare_run, write_entry_counts  # noqa: E402
+from curation.text.config import CurationConfig, prepare_run, record_part_plan, write_entry_counts  # noqa: E402
 from curation.text.dedup import mark_duplicates  # noqa: E402
 from curation.text.match import MatchStage  # noqa: E402
 from curation.text.pool import list_pool_files, read_counted  # noqa: E402
@@ -52,7 +52,6 @@ from curation.text.selection import (  # noqa: E402
     PART_COLUMN,
     BalanceAndPart,
     balance_inputs,
-    record_parts_plan,
     recorded_num_parts,
     write_part,
 )
@@ -153,8 +152,7 @@ def core_run(config: CurationConfig) -> dict[str, float]:
     start = time.perf_counter()
     counts = count_entries(table.column("query_ids"), stage.matcher.num_queries)
     write_entry_counts(counts, layout)
-    plan = part_plan(config, counts, balance_inputs(table))
-    record_parts_plan(layout, plan)
+    plan = record_part_plan(counts, balance_inputs(table), config)
     table = BalanceAndPart(counts, config.t, config.seed, plan["num_parts"])(table)
     times["count_balance"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -242,6 +242,33 @@ def process_pipe(processes: int) -> PipeTasks:
     return pipe
 
 
+class Tally:
+    """One stage's counts summed over its tasks as they finish (``in``, ``out``, reasons, the
+    tasks' ``seconds`` in the stage, and per node the rows it read, or with ``per_node="out"``
+    the rows it kept: the images a node downloaded); the driver keeps these, never rows."""
+
+    def __init__(self, stage: str, per_node: str = "in"):
+        self.stage, self.per_node = stage, per_node
+        self.rows_in, self.rows_out, self.rejected, self.by_node, self.seconds = 0, 0, {}, {}, 0.0
+
+    def add(self, counts: dict, node: str | None = None) -> None:
+        self.rows_in += int(counts["in"])
+        self.rows_out += int(counts["out"])
+        self.rejected = merge_counts([self.rejected, counts["rejected"]])
+        if node is not None:
+            self.by_node[node] = self.by_node.get(node, 0) + int(counts[self.per_node])
+        self.seconds += float(counts.get("seconds", 0.0))
+
+    def write(self, layout, expect_in: int | None = None, extra: dict | None = None) -> None:
+        """``stats/<stage>.json`` (+ ``by_node`` when the tasks named their nodes); with
+        ``expect_in`` (what the stage before kept) a different ``in`` is an error naming the stage."""
+        if expect_in is not None and self.rows_in != expect_in:
+            raise RuntimeError(f"{self.stage}: the tasks read {self.rows_in} rows, "
+                               f"the stage before it kept {expect_in}")
+        details = {**(extra or {}), **({"by_node": dict(sorted(self.by_node.items()))} if self.by_node else {})}
+        StageStats(self.stage, self.rows_in, self.rows_out, dict(sorted(self.rejected.items())), details).write(layout)
+
+
 def run_task_stage(layout, stage: str, task: Callable[[object], dict], items: list, map_tasks: MapTasks,
                    expect_in: int | None = None, extra: dict | None = None) -> list[dict]:
     """The one skeleton of a task stage: items → tasks → counts → ledger. ``stage``'s rejects
@@ -249,21 +276,14 @@ def run_task_stage(layout, stage: str, task: Callable[[object], dict], items: li
     ``map_tasks`` and writes its own rejects part, returning ``{"in": rows read, "out": rows
     kept, "rejected": {reason: n}}`` (+ ``node``: the rows read are then tallied per node as
     ``by_node``). ``in`` is what the tasks counted; with ``expect_in`` (what the stage before
-    kept) a difference is an error naming the stage. Writes ``stats/<stage>.json`` and returns
-    the tasks' counts."""
+    kept) a difference is an error naming the stage. Writes ``stats/<stage>.json`` (through
+    :class:`Tally`) and returns the tasks' counts."""
     layout.remove_tree(layout.rejects_dir(stage))
     counts = map_tasks(task, items)
-    rows_in = sum(int(c["in"]) for c in counts)
-    if expect_in is not None and rows_in != expect_in:
-        raise RuntimeError(f"{stage}: the tasks read {rows_in} rows, the stage before it kept {expect_in}")
-    details = dict(extra or {})
-    if any("node" in c for c in counts):
-        by_node: dict[str, int] = {}
-        for c in counts:
-            by_node[c["node"]] = by_node.get(c["node"], 0) + int(c["in"])
-        details["by_node"] = by_node
-    StageStats(stage, rows_in, sum(int(c["out"]) for c in counts), merge_counts([c["rejected"] for c in counts]),
-               details).write(layout)
+    tally = Tally(stage)
+    for c in counts:
+        tally.add(c, c.get("node"))
+    tally.write(layout, expect_in, extra)
     return counts
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, part_plan, rows_read, write_entry_counts
+from curation.text.config import CurationConfig, record_part_plan, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, read_counted
@@ -23,7 +23,6 @@ from curation.text.selection import (
     BalanceAndPart,
     balance_inputs,
     fill_empty_parts,
-    record_parts_plan,
     recorded_num_parts,
     write_part,
 )
@@ -93,13 +92,6 @@ class SumCounts(beam.CombineFn):
         return acc
 
 
-def _plan_and_record(counts: np.ndarray, inputs: np.ndarray, config: CurationConfig) -> dict:
-    """The part plan (from the global counts and balance inputs), recorded in ``selected/``."""
-    plan = part_plan(config, counts, inputs)
-    record_parts_plan(config.layout, plan)
-    return plan
-
-
 def _by_key(key_fn):
     """Split a batch into (key, sub-batch) pairs by an int64 key per row."""
 
@@ -138,7 +130,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
         inputs = (matched
                   | "Inputs/Batch" >> beam.Map(balance_inputs)
                   | "Inputs/Sum" >> beam.CombineGlobally(SumCounts(2)))
-        plan = counts | "Plan" >> beam.Map(_plan_and_record, beam.pvalue.AsSingleton(inputs), config)
+        plan = counts | "Plan" >> beam.Map(record_part_plan, beam.pvalue.AsSingleton(inputs), config)
         parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
         _ = (matched
              | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed), counts=beam.pvalue.AsSingleton(counts),

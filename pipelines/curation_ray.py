@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, part_plan, read_tallies, rows_read, write_entry_counts
+from curation.text.config import CurationConfig, read_tallies, record_part_plan, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
@@ -28,7 +28,6 @@ from curation.text.selection import (
     BalanceAndPart,
     balance_inputs,
     fill_empty_parts,
-    record_parts_plan,
     write_part,
 )
 from curation.text.textfilter import TextConfig, TextFilter
@@ -211,8 +210,7 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
         counts[ids] += block_counts
         inputs += block_inputs
     write_entry_counts(counts, config.layout)
-    plan = part_plan(config, counts, inputs)  # parts sized by rows, known before any is written
-    record_parts_plan(config.layout, plan)
+    plan = record_part_plan(counts, inputs, config)  # parts sized by rows, known before any is written
     num_parts = plan["num_parts"]
     clock.lap("counts")
     # 3. balance + part (tasks over the shared tables), then one writer per part

@@ -192,7 +192,7 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
     layout = config.layout
     num_queries = len(load_queries(config.queries))
     before = read_entry_counts(layout, num_queries)
-    after = selected_entry_counts(layout, None, num_queries)  # the recorded part count
+    after = selected_entry_counts(layout, num_queries)
     t = resolve_threshold(before, config.t)
     plot_entry_counts(before, after, t, layout)
     stages = {name: stats.body() for name, stats in stage_stats(config).items()}

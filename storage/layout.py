@@ -21,7 +21,6 @@ classes below name every file of a run; nothing outside this package builds a ru
     <out>/curation/download/pNNNNNN/_part.json        a selection part's guard counts + download shards (written last)
     <out>/curation/download/pNNNNNN/rows/KKKKK.parquet a download shard's rows: uid, url, text, query_ids, source
     <out>/curation/download/pNNNNNN/<pass>/KKKKK.tar|.parquet   img2dataset output (pass0, retry)
-    <out>/curation/download/pNNNNNN/<pass>/_nodes/KKKKK.json    which node fetched a download shard
     <out>/curation/checked/pNNNNNN_KKKKK.parquet      checked, resized images + hashes + metadata (last)
     <out>/curation/checked/_nodes/pNNNNNN_KKKKK.json  the shard task's node and counts
     <out>/curation/dedup/…, shardplan/pNNNNNN.parquet scratch of image dedup and shard planning
@@ -468,10 +467,6 @@ class RunLayout(Store):
     def download_input(self, index: int, name: str, shard: int) -> str:
         """The feather file img2dataset's downloader reads (and deletes) for one shard and pass."""
         return self.cur("download", task_part_name(index), "_input", f"{name}_{shard:05d}.feather")
-
-    @staticmethod
-    def download_node_record_in(pass_folder: str, shard_id: int) -> str:
-        return f"{pass_folder.rstrip('/')}/_nodes/{shard_id:05d}.json"
 
     @property
     def eval_index(self) -> str:

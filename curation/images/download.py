@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from curation.images.robots import REASONS as RESPECT_REASONS
 from curation.images.robots import RespectConfig
-from storage.files import is_local
+from storage.files import atomic_write, is_local
 from storage.layout import RunLayout
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
@@ -111,9 +111,13 @@ def fetch_pass(rows: pa.Table, layout: RunLayout, index: int, shard: int, name: 
         source = layout.download_input(index, name, shard)
         if is_local(folder):  # img2dataset's writer opens the tar in the folder
             layout.fs.makedirs(layout.path(folder), exist_ok=True)
-            layout.fs.makedirs(layout.path(source.rsplit("/", 1)[0]), exist_ok=True)
-        with layout.fs.open(layout.path(source), "wb") as f, pa.ipc.new_file(f, rows.schema) as writer:
-            writer.write_table(rows.select(["uid", "url"]))  # img2dataset's shard input (it deletes it)
+        table = rows.select(["uid", "url"])  # img2dataset's shard input (it deletes it when done)
+
+        def feather(f):
+            with pa.ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+
+        atomic_write(source, feather)
         shard_downloader(config, guard, folder).download_shard((shard, source))
     results = layout.read_parquet(f"{stem}.parquet", list(RESULT_COLUMNS))
     if len(results) != len(rows):
@@ -136,20 +140,22 @@ def download(rows: pa.Table, layout: RunLayout, index: int, shard: int, config: 
     (downloaded rows: uid, key, shard; rejected rows: uid, error_message, reason). Every input
     uid is in exactly one of the two."""
     results = fetch_pass(rows, layout, index, shard, "pass0", config, guard)
-    reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()], pa.string())
-    failed = pc.not_equal(results.column("status"), "success")
     if config.retry_pass:
-        retry = pc.and_(failed, pc.is_in(reasons, value_set=pa.array(RETRYABLE_REASONS)))
-        retry_uids = results.filter(retry).column("uid")
-        if len(retry_uids):
-            retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retry_uids))
+        failed = _failures(results)
+        retryable = failed.filter(pc.is_in(failed.column("reason"), value_set=pa.array(RETRYABLE_REASONS)))
+        if len(retryable):
+            retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retryable.column("uid")))
             results = merge_passes(results, fetch_pass(retry_rows, layout, index, shard, "retry", config, guard))
-            reasons = pa.array([download_reject_reason(m) for m in results.column("error_message").to_pylist()],
-                               pa.string())
-            failed = pc.not_equal(results.column("status"), "success")
-    ok = results.filter(pc.invert(failed)).select(["uid", "key", "shard"])
-    rejected = results.filter(failed).select(["uid", "error_message"]).append_column("reason", reasons.filter(failed))
-    return ok, rejected
+    ok = results.filter(pc.equal(results.column("status"), "success")).select(["uid", "key", "shard"])
+    return ok, _failures(results)
+
+
+def _failures(results: pa.Table) -> pa.Table:
+    """The failed rows of a pass's results: uid, error_message and their reject reason (mapped
+    row by row from the message, failures only)."""
+    failed = results.filter(pc.not_equal(results.column("status"), "success")).select(["uid", "error_message"])
+    reasons = [download_reject_reason(m) for m in failed.column("error_message").to_pylist()]
+    return failed.append_column("reason", pa.array(reasons, pa.string()))
 
 
 def read_download_shard(layout: RunLayout, tar_uri: str, uids: list, keys: list[str]) -> pa.Table:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import http.client
-import json
 import socket
 import urllib.error
 import urllib.request
@@ -138,15 +137,6 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def record_node(output_folder: str, shard_id: int) -> None:
-    """Write ``_nodes/NNNNN.json`` = ``{"node": …}`` beside an img2dataset shard (one PUT)."""
-    from storage.files import atomic_write
-    from storage.layout import RunLayout
-
-    body = json.dumps({"node": node_name(), "host": socket.gethostname()}).encode()
-    atomic_write(RunLayout.download_node_record_in(output_folder, int(shard_id)), lambda f: f.write(body))
-
-
 class GuardedDownloader(Downloader):
     """img2dataset's ``Downloader`` that installs the guarded opener in the process that runs it
     (built by :func:`curation.images.download.shard_downloader`; the guard and robots configs
@@ -159,13 +149,11 @@ class GuardedDownloader(Downloader):
     def download_shard(self, row):
         """Install the guarded opener in this process for the shard (one opener per worker and
         config: robots.txt cache and Crawl-delay clocks last across shards), download the shard
-        as usual (img2dataset fetches with ``urllib.request.urlopen``), put back the opener the
-        process had, then record which node downloaded it (``<output_folder>/_nodes/NNNNN.json``, for ``by_node`` stats)."""
+        as usual (img2dataset fetches with ``urllib.request.urlopen``), then put back the opener
+        the process had."""
         previous = urllib.request._opener  # put back after: the calling process keeps its opener
         urllib.request.install_opener(worker_opener(self.guard_config, self.respect_config))
         try:
-            result = super().download_shard(row)
+            return super().download_shard(row)
         finally:
             urllib.request.install_opener(previous)
-        record_node(self.output_folder, row[0])
-        return result

@@ -29,6 +29,7 @@ or settings stops with a message naming what changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,9 +52,9 @@ from curation.stage import (
     MapTasks,
     PipeTasks,
     StageStats,
+    Tally,
     dropped_rows,
     in_process,
-    merge_counts,
     pipelined_in_process,
     read_stats,
     reject_counts,
@@ -209,7 +210,7 @@ class PartTasks:
         images = pa.concat_tables(pieces) if pieces else pa.table(
             {"uid": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
         fetched = time.perf_counter()
-        kept, rejected = ImageChecker(config.check)(images)
+        kept, rejected = worker_checker(config.check)(images)
         at = pc.index_in(kept.column("uid"), value_set=rows.column("uid"))
         for column in META_COLUMNS:
             kept = kept.append_column(column, rows.column(column).take(at))
@@ -224,35 +225,17 @@ class PartTasks:
         return body
 
 
+@functools.lru_cache(maxsize=4)
+def worker_checker(config: ImageCheckConfig) -> ImageChecker:
+    """One image checker per worker process and config (the engine ships a fresh task object
+    with every task; this cache lives as long as the worker)."""
+    return ImageChecker(config)
+
+
 def _by_tar(ok: pa.Table) -> list[tuple[str, pa.Table]]:
     """The downloaded rows grouped by the tar holding them (pass0, retry), in key order."""
     ok = ok.sort_by([("shard", "ascending"), ("key", "ascending")])
     return [(tar, ok.filter(pc.equal(ok.column("shard"), tar))) for tar in pc.unique(ok.column("shard")).to_pylist()]
-
-
-class Tally:
-    """One stage's counts summed over its tasks (``in``, ``out``, reasons, the tasks' seconds in
-    the stage, and per node the rows it read, or with ``per_node="out"`` the rows it kept: the
-    images a node downloaded)."""
-
-    def __init__(self, stage: str, per_node: str = "in"):
-        self.stage, self.per_node = stage, per_node
-        self.rows_in, self.rows_out, self.rejected, self.by_node, self.seconds = 0, 0, {}, {}, 0.0
-
-    def add(self, counts: dict, node: str) -> None:
-        self.rows_in += int(counts["in"])
-        self.rows_out += int(counts["out"])
-        self.rejected = merge_counts([self.rejected, counts["rejected"]])
-        self.by_node[node] = self.by_node.get(node, 0) + int(counts[self.per_node])
-        self.seconds += float(counts.get("seconds", 0.0))
-
-    def write(self, layout: RunLayout, expect_in: int, extra: dict | None = None) -> None:
-        """``stats/<stage>.json``; the tasks' ``in`` must be what the stage before kept."""
-        if self.rows_in != expect_in:
-            raise RuntimeError(f"{self.stage}: the tasks read {self.rows_in} rows, "
-                               f"the stage before it kept {expect_in}")
-        StageStats(self.stage, self.rows_in, self.rows_out, dict(sorted(self.rejected.items())),
-                   {**(extra or {}), "by_node": dict(sorted(self.by_node.items()))}).write(layout)
 
 
 def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, decontaminating: bool,
@@ -443,14 +426,14 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
     after it (downloaded and checked; a later run resumes there). The driver holds file names
     and counts, never rows. A finished run is a no-op."""
     parts = selected_parts(layout)
-    check_fingerprint(layout, fingerprint(layout, parts, config, map_tasks))
+    current = fingerprint(layout, parts, config, map_tasks)
+    check_fingerprint(layout, current)
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
         return summary(layout, skipped=True)
     started = time.time()
     decontaminating = bool(config.decontaminate.datasets)
-    selected_rows = layout.read_json(layout.images_fingerprint)["selected_rows"]
     with serving or contextlib.nullcontext():
-        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, selected_rows)
+        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"])
     if until == "download":
         return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download", "imagecheck")
                            if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds}

@@ -19,7 +19,14 @@ import pyarrow as pa
 
 from curation.stage import DEDUP_KEYS, KEPT, StageStats, merge_counts, stage_reasons, text_stages, write_rejects
 from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
-from curation.text.selection import clear_selection, part_marker, plan_parts, recorded_num_parts, verify_parts
+from curation.text.selection import (
+    clear_selection,
+    part_marker,
+    plan_parts,
+    record_parts_plan,
+    recorded_num_parts,
+    verify_parts,
+)
 from curation.text.textfilter import TextConfig
 from storage.layout import RunLayout
 
@@ -189,11 +196,15 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
     return stats
 
 
-def part_plan(config: CurationConfig, counts: np.ndarray, inputs: np.ndarray) -> dict:
+def record_part_plan(counts: np.ndarray, inputs: np.ndarray, config: CurationConfig) -> dict:
     """The part plan of this run (:func:`curation.text.selection.plan_parts`) from the global
-    entry counts and the summed :func:`curation.text.selection.balance_inputs`: the same on every
-    engine, known before the balance stage writes a part."""
-    return plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts)
+    entry counts and the summed :func:`curation.text.selection.balance_inputs` — the same on
+    every engine, known before the balance stage writes a part — recorded in
+    ``selected/_parts.json`` (:func:`curation.text.selection.record_parts_plan`) and returned.
+    Every engine calls this one function (Beam as a ``Map`` over the counts)."""
+    plan = plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts)
+    record_parts_plan(config.layout, plan)
+    return plan
 
 
 def write_entry_counts(counts: np.ndarray, layout: RunLayout) -> None:
@@ -211,11 +222,10 @@ def read_entry_counts(layout: RunLayout, num_queries: int) -> np.ndarray:
     return counts
 
 
-def selected_entry_counts(layout: RunLayout, num_parts: int | None, num_queries: int) -> np.ndarray:
-    """Per-entry counts over the written selection (for the before/after plot); ``num_parts``
-    None: the recorded part count."""
+def selected_entry_counts(layout: RunLayout, num_queries: int) -> np.ndarray:
+    """Per-entry counts over the written selection's recorded parts (for the before/after plot)."""
     counts = np.zeros(num_queries, dtype=np.int64)
-    for index in range(recorded_num_parts(layout) if num_parts is None else num_parts):
+    for index in range(recorded_num_parts(layout)):
         column = layout.read_parquet(layout.part(index), columns=["query_ids"]).column("query_ids")
         flat = column.combine_chunks().flatten()
         counts += np.bincount(flat.to_numpy(zero_copy_only=False).astype(np.int64), minlength=num_queries)

@@ -41,14 +41,14 @@ class SlowHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def remove_worker_when_busy(cluster, worker, download_dir: str, stop: threading.Event, log: list) -> None:
+def remove_worker_when_busy(cluster, worker, checked_dir: str, stop: threading.Event, log: list) -> None:
     """Remove ``worker`` as soon as it has finished one download shard (so it is mid-run)."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(download_dir)
+    fs, path = fsspec.core.url_to_fs(checked_dir)
     while not stop.is_set():
         try:
-            records = [json.loads(fs.cat_file(p)) for p in fs.glob(f"{path}/*/pass0/_nodes/*.json")]
+            records = [json.loads(fs.cat_file(p)) for p in fs.glob(f"{path}/_nodes/*.json")]
         except (FileNotFoundError, OSError):
             records = []
         if any(r["node"] == worker.node_id for r in records):
@@ -99,7 +99,7 @@ def main() -> None:
         with serving(images, port=int(port), handler=SlowHandler):
             if kill:
                 watcher = threading.Thread(target=remove_worker_when_busy, daemon=True, args=(
-                    cluster, worker, f"{out}/curation/download", stop, events))
+                    cluster, worker, f"{out}/curation/checked", stop, events))
                 watcher.start()
             if kill_task:
                 threading.Thread(target=kill_a_download_worker, daemon=True, args=(stop, events)).start()

@@ -57,7 +57,7 @@ def test_build_wit_scales_t_to_the_pool_and_t_overrides(head_heavy_pool, tmp_pat
     cur = tmp_path / "auto" / "curation"
     layout = RunLayout(str(tmp_path / "auto"))
     before = read_entry_counts(layout, num_queries)
-    after = selected_entry_counts(layout, 2, num_queries)
+    after = selected_entry_counts(layout, num_queries)
     assert summary["t"] == scaled_threshold(before) < 20_000
     assert summary["stages"]["balance"]["rejected"]["not_sampled"] > 0
     assert abs(tail_share(before, summary["t"]) - METACLIP_TAIL_SHARE) < 0.05

@@ -49,8 +49,8 @@ def test_every_run_path_has_one_name():
     assert layout.shard_tar(7, "heldout") == "s3://bucket/run/curation/heldout/00007.tar"
     assert layout.checked_name(3, 2) == "p000003_00002"
     assert layout.download_rows(3, 2) == "s3://bucket/run/curation/download/p000003/rows/00002.parquet"
-    assert layout.download_node_record_in(layout.download_pass(3, "retry"), 2) == \
-        "s3://bucket/run/curation/download/p000003/retry/_nodes/00002.json"
+    assert layout.download_pass(3, "retry") == "s3://bucket/run/curation/download/p000003/retry"
+    assert layout.checked_node_record("p000003_00002") == "s3://bucket/run/curation/checked/_nodes/p000003_00002.json"
     run = layout.pretrain("tiny")
     assert run.checkpoint(12) == "s3://bucket/run/pretrain/tiny/checkpoints/step_00000012"
     assert run.result == "s3://bucket/run/pretrain/tiny/result.json"
