@@ -52,9 +52,10 @@ def child(layout: str, curation: str, port: int) -> None:
     temp = tempfile.mkdtemp(prefix="ow-bc-")
     os.environ["RAY_TMPDIR"] = temp
     (Path(temp) / "ray").mkdir()
-    from pipelines.runtime import configure_environment
+    from pipelines.runtime import configure_environment, ensure_auth_token
 
     configure_environment()
+    ensure_auth_token()
     import argparse as ap
 
     import ray
@@ -73,7 +74,7 @@ def child(layout: str, curation: str, port: int) -> None:
     ray.init(address=cluster.address)
     parser = ap.ArgumentParser()
     wit_images.add_arguments(parser)
-    args = parser.parse_args(["--allow-network", "127.0.0.1", "--threads", "32", "--download-shard-size", "250",
+    args = parser.parse_args(["--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--threads", "32", "--download-shard-size", "250",
                               "--shard-size", "1000", "--no-retry-pass", "--no-report"])
     try:
         with serving(load_manifest()["sample_images_dir"], port=port):

@@ -78,7 +78,7 @@ def run_openwit(rows, work: Path, args) -> tuple[float, dict]:
     parser = argparse.ArgumentParser()
     wit_images.add_arguments(parser)
     flags = parser.parse_args([
-        "--allow-network", "127.0.0.1", "--processes", str(args.processes), "--threads", str(args.threads),
+        "--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--processes", str(args.processes), "--threads", str(args.threads),
         "--image-size", str(args.image_size), "--download-shard-size", str(args.download_shard_size),
         "--shard-size", "10000", "--no-report",
     ])

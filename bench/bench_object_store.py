@@ -65,7 +65,7 @@ def main() -> None:
 
         sample = load_manifest()
         boto3.client("s3").create_bucket(Bucket="openwit-bench")
-        flags = ["--allow-network", "127.0.0.1", "--processes", "1", "--threads", "16", "--image-size", "128",
+        flags = ["--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--processes", "1", "--threads", "16", "--image-size", "128",
                  "--download-shard-size", "50", "--shard-size", "100", "--no-retry-pass"]
         times, shards = {}, {}
         with tempfile.TemporaryDirectory() as tmp, serving(sample["sample_images_dir"], port=0) as base:

@@ -114,7 +114,7 @@ def child(curation: str) -> None:
     from pipelines import wit_images
 
     started = time.time()
-    summary = wit_images.main(["--curation-dir", curation, "--allow-network", "127.0.0.0/8",
+    summary = wit_images.main(["--curation-dir", curation, "--allow-network", "127.0.0.0/8", "--unlimited-hosts", *[f"127.0.0.{h + 1}" for h in range(8)],
                                "--image-size", str(IMAGE_SIZE), "--no-report", "--threads", str(THREADS),
                                "--download-shard-size", str(DOWNLOAD_SHARD), "--shard-size", str(SHARD_SIZE)])
     wall = time.time() - started

@@ -40,5 +40,49 @@ def ray_map_tasks(fn, items: list) -> list:
     return ray.get([remote.remote(fn, item) for item in items])
 
 
+def ray_limiter(config):
+    """The run's host limiter (:mod:`curation.images.politeness`) as a Ray actor every download
+    task shares: turns granted in one asyncio loop (a busy host's callers wait there, not in a
+    thread each; up to 10,000 calls at once -- 156 download tasks of 64 threads -- before a
+    release would queue behind waiting turns); restarted if its node dies (its state then
+    starts afresh)."""
+    ray = init_ray()
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000)(_HostLimiterActor)
+    return actor.remote(config)
+
+
+class _HostLimiterActor:
+    def __init__(self, config):
+        from curation.images.politeness import HostBook
+
+        self.book = HostBook(config)
+        self.events: dict = {}
+
+    async def acquire(self, host: str, crawl_delay: float):
+        import asyncio
+        import time
+
+        while True:
+            verdict = self.book.acquire(host, crawl_delay, time.monotonic())
+            if verdict[0] != "busy":
+                return verdict
+            event = self.events.setdefault(host, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    async def release(self, host: str, outcome: str, retry_after):
+        import time
+
+        self.book.release(host, outcome, retry_after, time.monotonic())
+        event = self.events.pop(host, None)
+        if event is not None:
+            event.set()
+
+    async def report(self, top: int = 10):
+        return self.book.report(top)
+
+
 def _call(fn, item):
     return fn(item)

@@ -214,19 +214,26 @@ def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, se
     (:mod:`pipelines.serve_images`); ``until="download"`` stops after the download and check
     (a later run resumes from there);
     ``data_dir``: where built-in eval sets of ``config.decontaminate`` are read."""
+    import multiprocessing
+
     from contamination.evalindex import write_eval_index
+    from curation.images.politeness import LimiterManager
     from curation.images.recipe import run_image_stages as run
     from curation.stage import process_pipe
-    from pipelines.images_ray import ray_map_tasks, ray_pipe_tasks
+    from pipelines.images_ray import ray_limiter, ray_map_tasks, ray_pipe_tasks
     from pipelines.runtime import configure_environment, init_ray
     from pipelines.serve_images import DEFAULT_PORT, serving
 
     configure_environment()
     layout = RunLayout.of_curation(curation_dir)
     init_ray()  # the global steps' tasks run on Ray; the downloads too with the "ray" distributor
-    pipe = (ray_pipe_tasks(attempts=config.download.shard_attempts) if config.download.distributor == "ray"
-            else process_pipe(config.download.processes))
     if config.decontaminate.datasets:  # its URL/caption half runs before the download
         write_eval_index(layout, config.decontaminate.datasets, data_dir)
     server = serving(serve_dir, port=DEFAULT_PORT if serve_port is None else serve_port) if serve_dir else None
-    return run(layout, config, pipe, server, until=until, map_tasks=ray_map_tasks)
+    if config.download.distributor == "ray":  # one host limiter for the whole cluster
+        pipe = ray_pipe_tasks(attempts=config.download.shard_attempts)
+        return run(layout, config, pipe, server, until=until, map_tasks=ray_map_tasks,
+                   limiter=ray_limiter(config.download.politeness))
+    with LimiterManager(ctx=multiprocessing.get_context("spawn")) as manager:  # one for the local pool
+        return run(layout, config, process_pipe(config.download.processes), server, until=until,
+                   map_tasks=ray_map_tasks, limiter=manager.LocalLimiter(config.download.politeness))

@@ -127,6 +127,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     from curation.images.check import RESIZE_MODES, ImageCheckConfig
     from curation.images.dedup import ImageDedupConfig
     from curation.images.download import DownloadConfig
+    from curation.images.politeness import PolitenessConfig
     from curation.images.recipe import ImageStagesConfig
     from curation.images.robots import RespectConfig
     from curation.images.shards import ShardConfig
@@ -140,24 +141,29 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                    default=list(field_default(UrlGuardConfig, "allow_networks")),
                    help=f"{field_help(UrlGuardConfig, 'allow_networks')} (one per flag, repeatable)")
     add_config_flags(g, DownloadConfig, prefix="download_",
-                     only=("processes", "threads", "timeout_s", "shard_size", "retry_pass", "distributor"),
-                     flags={"timeout_s": "--timeout", "shard_size": "--download-shard-size"},
+                     only=("processes", "threads", "timeout_s", "shard_size", "retry_pass", "distributor",
+                           "max_bytes"),
+                     flags={"timeout_s": "--timeout", "shard_size": "--download-shard-size",
+                            "max_bytes": "--max-image-bytes"},
                      choices={"distributor": ("ray", "multiprocessing")},
                      help_extra={"timeout_s": "(seconds)"})
     g.add_argument("--ignore-robots", action="store_false", dest="respect_robots",
                    default=field_default(RespectConfig, "robots"),
                    help="do not fetch robots.txt: its Disallow rules and Crawl-delay are then NOT honoured "
                         "(the opt-out ledger, X-Robots-Tag and the User-Agent still are)")
+    add_config_flags(g, PolitenessConfig, prefix="politeness_")
     add_config_flags(g, RespectConfig, prefix="respect_", only=("contact_url", "opt_out_ledger"),
                      help_extra={"opt_out_ledger": "(always refused, reason opted_out)"})
-    add_config_flags(g, ImageCheckConfig, prefix="check_", only=("image_size", "resize_mode", "max_pixels"),
+    add_config_flags(g, ImageCheckConfig, prefix="check_",
+                     only=("image_size", "resize_mode", "max_pixels", "min_image_size", "max_aspect_ratio"),
                      choices={"resize_mode": RESIZE_MODES})
     add_config_flags(g, ShardConfig, prefix="shards_")
     add_config_flags(g, ImageDedupConfig, prefix="imagededup_",
                      flags={"threshold": "--dedup-threshold", "buckets": "--dedup-buckets"})
     g.add_argument("--serve-images", default=None, metavar="DIR",
                    help=f"serve DIR on {DEFAULT_HOST}:--serve-port during the download (a pool whose URLs point "
-                        f"there, e.g. the sample pool); adds {DEFAULT_HOST} to the allowed networks")
+                        f"there, e.g. the sample pool); adds {DEFAULT_HOST} to the allowed networks and "
+                        f"to the hosts fetched without a rate limit")
     g.add_argument("--serve-port", type=int, default=DEFAULT_PORT,
                    help=f"port of --serve-images (default: {DEFAULT_PORT}, the sample pool's)")
     add_config_flags(g, ImageStagesConfig, prefix="images_", only=("report",))
@@ -170,6 +176,7 @@ def image_config_from_args(args: argparse.Namespace):
     from curation.images.check import ImageCheckConfig
     from curation.images.dedup import ImageDedupConfig
     from curation.images.download import DownloadConfig
+    from curation.images.politeness import PolitenessConfig
     from curation.images.recipe import ImageStagesConfig
     from curation.images.robots import RespectConfig
     from curation.images.shards import ShardConfig
@@ -181,7 +188,11 @@ def image_config_from_args(args: argparse.Namespace):
     return ImageStagesConfig(
         guard=config_from_args(UrlGuardConfig, args, "guard_", allow_networks=tuple(dict.fromkeys(allow))),
         download=config_from_args(DownloadConfig, args, "download_",
-                                  respect=config_from_args(RespectConfig, args, "respect_")),
+                                  respect=config_from_args(RespectConfig, args, "respect_"),
+                                  politeness=config_from_args(
+                                      PolitenessConfig, args, "politeness_", unlimited_hosts=tuple(dict.fromkeys(
+                                          args.politeness_unlimited_hosts + ([DEFAULT_HOST] if args.serve_images
+                                                                             else []))))),
         check=config_from_args(ImageCheckConfig, args, "check_"),
         dedup=config_from_args(ImageDedupConfig, args, "imagededup_"),
         shards=config_from_args(ShardConfig, args, "shards_"),

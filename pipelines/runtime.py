@@ -6,6 +6,11 @@ img2dataset), so a run on a laptop, in CI or on a cluster head behaves the same:
 - no usage stats, no update checks (albumentations, pulled in by img2dataset, phones home
   from every worker otherwise);
 - a local Ray (no RAY_ADDRESS) runs on 127.0.0.1 only;
+- Ray's token authentication on (``RAY_AUTH_MODE=token``) for every cluster the project starts
+  and every client it makes; :func:`ensure_auth_token` gives a cluster this process starts a
+  token (``~/.ray/auth_token``, mode 0600, never printed) unless ``RAY_AUTH_TOKEN`` /
+  ``RAY_AUTH_TOKEN_PATH`` name one. Connecting to a cluster without authentication takes an
+  explicit ``RAY_AUTH_MODE=disabled``;
 - Ray temp files under a short project temp dir (unix socket paths are limited to 107 bytes);
 - Beam gets an explicit runner: the default first tries to download the Prism binary.
 """
@@ -20,7 +25,7 @@ DEFAULT_BEAM_RUNNER = "DirectRunner"
 
 _ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",  # Ray's token authentication (2.60): off only by an explicit setting
     "RAY_DEDUP_LOGS": "1",
     # Ray Data prints a progress bar per operator; keep it but without the noisy ASCII spinners.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "0",
@@ -53,6 +58,43 @@ def configure_environment() -> None:
     os.environ.setdefault("RAY_TMPDIR", tmp)
 
 
+def ensure_auth_token() -> None:
+    """Before starting a cluster: with token authentication on and no token named by
+    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``, make sure Ray's default token file
+    (``~/.ray/auth_token``) exists: created once, readable by this user only, never printed.
+    Every process that starts a head, a node or a local Ray here shares it; a remote cluster's
+    nodes and clients need the same token (copy the file, or set ``RAY_AUTH_TOKEN``)."""
+    import secrets
+
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+
+
+def auth_headers() -> dict[str, str]:
+    """The HTTP header carrying this process's Ray token (``RAY_AUTH_TOKEN``, else the file at
+    ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) when token authentication is on and a
+    token exists; else none. For raw HTTP calls to a head (Ray's own clients add it themselves)."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to ``address`` (or ``$RAY_ADDRESS``, e.g. inside `ray job submit`), else start a
     local Ray bound to 127.0.0.1. Idempotent: returns at once if Ray is already initialised."""
@@ -67,6 +109,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     else:
         # address="local": always a fresh local runtime, never a stale `ray_current_cluster`
         # file left behind by an earlier head in the same temp dir.
+        ensure_auth_token()
         ray.init(
             address="local",
             num_cpus=num_cpus,

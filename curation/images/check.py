@@ -7,7 +7,9 @@
   ``phash`` (64-bit perceptual hash, 8 bytes, for near-duplicate dedup);
 - rejected rows: ``uid, reason`` with reason one of ``not_an_image`` (HTML, text, unknown
   format), ``missing_image`` (no bytes), ``decompression_bomb`` (more than ``max_pixels`` pixels, refused from the header
-  before any pixel is decoded), ``corrupt_image`` (truncated or broken data), ``image_too_small``.
+  before any pixel is decoded), ``corrupt_image`` (truncated or broken data), ``image_too_small``
+(shorter side under ``min_image_size``), ``aspect_ratio`` (longer side over ``max_aspect_ratio``
+times the shorter) -- both from the header, before decoding.
 
 Nothing raises on bad bytes: every row ends up kept or rejected with a reason.
 """
@@ -45,10 +47,13 @@ class ImageCheckConfig:
     image_size: int = 256  # output side: longest side for "border" (padded square), shortest for "keep_ratio"
     resize_mode: str = "border"  # "border": fit in a white square (img2dataset's "border", white); "keep_ratio": shortest side
     max_pixels: int = 89_478_485  # decompression-bomb limit, width*height (Pillow's default)
-    min_image_size: int = 1  # reject images whose shorter side is smaller
+    min_image_size: int = 32  # reject images whose shorter side is smaller, in px (DataComp's basic filter: 200)
+    max_aspect_ratio: float = 3.0  # reject images whose longer side is more than this times the shorter (DataComp's: 3)
     jpeg_quality: int = 95  # quality of the re-encoded JPEG (img2dataset's default)
 
     def __post_init__(self):
+        if self.min_image_size < 1 or self.max_aspect_ratio < 1:
+            raise ValueError("min_image_size must be >= 1 and max_aspect_ratio >= 1")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
 
@@ -112,6 +117,8 @@ def check_image(data: bytes, config: ImageCheckConfig) -> dict | str:
         return "decompression_bomb"
     if min(width, height) < config.min_image_size:
         return "image_too_small"
+    if max(width, height) > config.max_aspect_ratio * min(width, height):
+        return "aspect_ratio"
     pixels = _decode(data, header)
     if pixels is None:
         return "corrupt_image"

@@ -28,12 +28,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.images.deadline import FetchLimits
+from curation.images.politeness import PolitenessConfig
 from curation.images.robots import REASONS as RESPECT_REASONS
 from curation.images.robots import RespectConfig
 from storage.files import atomic_write, is_local
 from storage.layout import RunLayout
 
 DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")  # img2dataset's own
+OWN_REASONS = ("timeout", "too_large", "host_unavailable")  # errors raised by our opener, "<reason>: ..."
 RETRYABLE_REASONS = ("timeout", "connection_error", "http_408", "http_429", "http_5xx", "download_error")
 RESULT_COLUMNS = ("uid", "key", "status", "error_message")
 
@@ -44,7 +47,7 @@ class DownloadConfig:
 
     processes: int = 2  # download tasks at once without Ray (--distributor multiprocessing)
     threads: int = 64  # img2dataset thread_count per download task
-    timeout_s: int = 10  # per-request timeout
+    timeout_s: int = 10  # per-request deadline: connect, headers, body and redirects in all
     shard_size: int = 1000  # rows per download shard (the task, the unit of resumption)
     retries: int = 0  # img2dataset's immediate per-URL retries
     retry_pass: bool = True  # re-fetch a shard's transiently failed URLs once more, after the shard
@@ -54,12 +57,20 @@ class DownloadConfig:
     # X-Robots-Tag directives that refuse an image (img2dataset's disallowed_header_directives)
     disallowed_header_directives: tuple[str, ...] = field(default=DEFAULT_DISALLOWED_DIRECTIVES)
     respect: RespectConfig = field(default_factory=RespectConfig)  # robots.txt, User-Agent, opt-out ledger
+    max_bytes: int = 20_000_000  # largest response body accepted (reject reason too_large), enforced while reading
+    politeness: PolitenessConfig = field(default_factory=PolitenessConfig)  # per-host limits, cluster-wide
+
+    @property
+    def limits(self) -> FetchLimits:
+        """Each request's limits: ``timeout_s`` as the total deadline of the request and its
+        redirects (as well as per socket read), ``max_bytes``."""
+        return FetchLimits(float(self.timeout_s), self.max_bytes)
 
 
 def download_reject_reason(error_message: str | None) -> str:
     """Map img2dataset's ``error_message`` of a failed row to a reject reason."""
     message = error_message or ""
-    respect = re.search(r"\b(" + "|".join(RESPECT_REASONS) + r"): ", message)
+    respect = re.search(r"\b(" + "|".join(RESPECT_REASONS + OWN_REASONS) + r"): ", message)
     if respect:
         return respect.group(1)
     refusal = re.search(r"urlguard refused (\w+): (\w+)", message)
@@ -79,10 +90,11 @@ def download_reject_reason(error_message: str | None) -> str:
     return "download_error"
 
 
-def shard_downloader(config: DownloadConfig, guard, output_folder: str):
+def shard_downloader(config: DownloadConfig, guard, output_folder: str, limiter=None):
     """img2dataset's ``Downloader`` for one pass folder, built as ``img2dataset.download``
     builds it for our settings (webdataset output, the fetched bytes kept, ``uid`` carried),
-    guarded (:class:`curation.images.fetch.GuardedDownloader`: SSRF guard, robots.txt)."""
+    guarded (:class:`curation.images.fetch.GuardedDownloader`: SSRF guard, robots.txt, request
+    limits, host turns from ``limiter``: the run's, see :mod:`curation.images.politeness`)."""
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
 
@@ -90,7 +102,8 @@ def shard_downloader(config: DownloadConfig, guard, output_folder: str):
 
     resizer = Resizer(image_size=256, resize_mode="border", resize_only_if_bigger=False, disable_all_reencoding=True)
     return GuardedDownloader(
-        guard, config.respect, sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
+        guard, config.respect, config.limits, config.politeness, limiter,
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
         thread_count=config.threads, save_caption=False, extract_exif=False, output_folder=output_folder,
         column_list=["uid", "url"], timeout=config.timeout_s, number_sample_per_shard=config.shard_size,
         oom_shard_count=5, compute_hash=None, verify_hash_type=None, encode_format="jpg", retries=config.retries,
@@ -99,7 +112,7 @@ def shard_downloader(config: DownloadConfig, guard, output_folder: str):
 
 
 def fetch_pass(rows: pa.Table, layout: RunLayout, index: int, shard: int, name: str, config: DownloadConfig,
-               guard) -> pa.Table:
+               guard, limiter=None) -> pa.Table:
     """Fetch ``rows`` (uid, url) as download shard ``shard`` of part ``index``, pass ``name``,
     with img2dataset's downloader (skipped when the pass's ``_stats.json`` exists: a retried
     task resumes); returns what img2dataset recorded per row: uid, key, status,
@@ -118,7 +131,7 @@ def fetch_pass(rows: pa.Table, layout: RunLayout, index: int, shard: int, name: 
                 writer.write_table(table)
 
         atomic_write(source, feather)
-        shard_downloader(config, guard, folder).download_shard((shard, source))
+        shard_downloader(config, guard, folder, limiter).download_shard((shard, source))
     results = layout.read_parquet(f"{stem}.parquet", list(RESULT_COLUMNS))
     if len(results) != len(rows):
         raise RuntimeError(f"{stem}.parquet: img2dataset recorded {len(results)} of {len(rows)} rows")
@@ -134,18 +147,18 @@ def merge_passes(first: pa.Table, retried: pa.Table | None) -> pa.Table:
 
 
 def download(rows: pa.Table, layout: RunLayout, index: int, shard: int, config: DownloadConfig,
-             guard) -> tuple[pa.Table, pa.Table]:
+             guard, limiter=None) -> tuple[pa.Table, pa.Table]:
     """Fetch download shard ``shard`` of part ``index`` (``rows``: uid, url): the first pass,
     then (``retry_pass``) its transient failures once more, after the whole shard. Returns
     (downloaded rows: uid, key, shard; rejected rows: uid, error_message, reason). Every input
     uid is in exactly one of the two."""
-    results = fetch_pass(rows, layout, index, shard, "pass0", config, guard)
+    results = fetch_pass(rows, layout, index, shard, "pass0", config, guard, limiter)
     if config.retry_pass:
         failed = _failures(results)
         retryable = failed.filter(pc.is_in(failed.column("reason"), value_set=pa.array(RETRYABLE_REASONS)))
         if len(retryable):
             retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retryable.column("uid")))
-            results = merge_passes(results, fetch_pass(retry_rows, layout, index, shard, "retry", config, guard))
+            results = merge_passes(results, fetch_pass(retry_rows, layout, index, shard, "retry", config, guard, limiter))
     ok = results.filter(pc.equal(results.column("status"), "success")).select(["uid", "key", "shard"])
     return ok, _failures(results)
 

@@ -45,6 +45,7 @@ from curation.images.dedup import ImageDedupConfig, deduplicate_distributed, gro
 from curation.images.download import DownloadConfig, download, read_download_shard
 from curation.images.fetch import node_name
 from curation.images.holdout import heldout_of_hashes
+from curation.images.politeness import limiter_report
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
@@ -90,10 +91,10 @@ def fingerprint(layout: RunLayout, parts: list[str], config: ImageStagesConfig, 
     body = {"selected_rows": sum(d["rows"] for d in digests), "selected_uids": uids.hexdigest(),
             "guard": asdict(config.guard), "check": asdict(config.check),
             "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
-            "layout": 3,  # v3: per-part download dirs, a checked part per download shard
+            "layout": 4,  # v4: per-part download dirs, a checked part per download shard, cut by host
             "download_shard_size": config.download.shard_size,
             "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate),
-            "retry_pass": config.download.retry_pass,
+            "retry_pass": config.download.retry_pass, "max_bytes": config.download.max_bytes,
             "disallowed_header_directives": list(config.download.disallowed_header_directives),
             "respect": asdict(config.download.respect)}
     return json.loads(json.dumps(body, sort_keys=True, default=str))
@@ -155,8 +156,9 @@ class PartTasks:
     exists returns its recorded counts without work, so a rerun resumes where the last one
     stopped and the counts are the same."""
 
-    def __init__(self, layout: RunLayout, config: ImageStagesConfig, decontaminating: bool = False):
+    def __init__(self, layout: RunLayout, config: ImageStagesConfig, decontaminating: bool = False, limiter=None):
         self.layout, self.config, self.decontaminating = layout, config, decontaminating
+        self.limiter = limiter  # the run's host limiter (curation.images.politeness), shared by every download
 
     def digest(self, uri: str) -> dict:
         table = self.layout.read_parquet(uri, ["uid"])
@@ -185,6 +187,12 @@ class PartTasks:
         write_rejects(layout, "urlguard", rejected.select(["uid", "reason", "url"]), part=part_name(index))
         result["urlguard"] = {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected),
                               "seconds": round(time.perf_counter() - started, 3)}
+        # a host's URLs together, so a slow or rate-limited host holds few download shards
+        # (the final shards' order does not depend on this cut)
+        hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(kept.column("url"), HOST_PATTERN), "host"))
+        kept = kept.take(pc.sort_indices(pa.table({"host": hosts, "uid": kept.column("uid")}),
+                                         [("host", "ascending"), ("uid", "ascending")]))
+        result["hosts"] = largest_hosts(hosts)
         size = config.download.shard_size
         shards = -(-len(kept) // size)
         for k in range(shards):
@@ -203,7 +211,8 @@ class PartTasks:
             return layout.read_json(record)
         rows = layout.read_parquet(layout.download_rows(index, shard))
         started = time.perf_counter()
-        ok, failed = download(rows.select(["uid", "url"]), layout, index, shard, config.download, config.guard)
+        ok, failed = download(rows.select(["uid", "url"]), layout, index, shard, config.download, config.guard,
+                              self.limiter)
         write_rejects(layout, "download", failed, part=name)
         pieces = [read_download_shard(layout, tar, piece.column("uid").to_pylist(), piece.column("key").to_pylist())
                   for tar, piece in _by_tar(ok)]
@@ -232,6 +241,32 @@ def worker_checker(config: ImageCheckConfig) -> ImageChecker:
     return ImageChecker(config)
 
 
+HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
+TOP_HOSTS = 20  # hosts per part (and in the stats) with the most URLs
+
+
+def largest_hosts(hosts: pa.ChunkedArray) -> dict[str, int]:
+    """The :data:`TOP_HOSTS` hosts with the most URLs: ``{host: urls}``."""
+    counts = pc.value_counts(hosts).to_pylist()
+    top = sorted(((int(c["counts"]), c["values"] or "") for c in counts), key=lambda x: (-x[0], x[1]))[:TOP_HOSTS]
+    return {host: n for n, host in top}
+
+
+def host_skew(part_hosts: dict[str, int], politeness) -> list[dict]:
+    """The largest hosts over all parts (each part's :data:`TOP_HOSTS` summed: a lower bound
+    for a host outside some part's top list) with the time their rate limit alone imposes on
+    the download (``urls / rate``; a lower bound for the stage's wall time)."""
+    overrides = politeness.overrides()
+    out = []
+    for host, urls in sorted(part_hosts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_HOSTS]:
+        labels = host.split(".")
+        rate = next((overrides[".".join(labels[i:])][0] for i in range(len(labels))
+                     if ".".join(labels[i:]) in overrides), politeness.host_rate)
+        out.append({"host": host, "urls": urls, "rate": rate or None,
+                    "min_seconds": round(urls / rate, 1) if rate else None})
+    return out
+
+
 def _by_tar(ok: pa.Table) -> list[tuple[str, pa.Table]]:
     """The downloaded rows grouped by the tar holding them (pass0, retry), in key order."""
     ok = ok.sort_by([("shard", "ascending"), ("key", "ascending")])
@@ -239,7 +274,7 @@ def _by_tar(ok: pa.Table) -> list[tuple[str, pa.Table]]:
 
 
 def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, decontaminating: bool,
-                 selected_rows: int) -> tuple[list[tuple[str, int]], dict[str, float]]:
+                 selected_rows: int, limiter=None) -> tuple[list[tuple[str, int]], dict[str, float]]:
     """Stages ``evaltext`` (with ``decontaminating``), ``urlguard``, ``download`` and
     ``imagecheck`` as one pipeline (:class:`PartTasks`: a task per selection part, then a task
     per download shard as soon as its part is prepared, while other parts are prepared and
@@ -248,7 +283,8 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
     before (the first against ``selected_rows``, counted by the digest tasks); returns
     ``[(checked part, rows)]`` in name order and the tasks' seconds per stage (summed over
     tasks; this run's, not in the stats files, which depend only on the results)."""
-    tasks = PartTasks(layout, config, decontaminating)
+    tasks = PartTasks(layout, config, decontaminating, limiter)
+    part_hosts: dict[str, int] = {}  # the parts' largest hosts, summed (at most TOP_HOSTS per part)
     tallies = {stage: Tally(stage, "out" if stage == "download" else "in")
                for stage in ("evaltext", "urlguard", "download", "imagecheck")}
     checked: list[tuple[str, int]] = []
@@ -256,6 +292,9 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
         for stage in (("evaltext", "urlguard") if kind == "first" else ("download", "imagecheck")):
             if stage in result:
                 tallies[stage].add(result[stage], result["node"])
+        if kind == "first":
+            for host, urls in result.get("hosts", {}).items():
+                part_hosts[host] = part_hosts.get(host, 0) + urls
         if kind == "then":
             checked.append((layout.checked_part(result["name"]), int(result["imagecheck"]["out"])))
     rows_in = selected_rows
@@ -266,7 +305,8 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
             "eval_captions": evals.column("caption_key").length() - evals.column("caption_key").null_count})
         rows_in = tallies["evaltext"].rows_out
     for stage in ("urlguard", "download", "imagecheck"):
-        tallies[stage].write(layout, rows_in)
+        extra = {"largest_hosts": host_skew(part_hosts, config.download.politeness)} if stage == "download" else None
+        tallies[stage].write(layout, rows_in, extra)
         rows_in = tallies[stage].rows_out
     return sorted(checked), {stage: round(t.seconds, 1) for stage, t in tallies.items() if t.seconds}
 
@@ -417,14 +457,16 @@ def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: 
 
 def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks = pipelined_in_process,
                      serving: contextlib.AbstractContextManager | None = None, until: str = "all",
-                     map_tasks: MapTasks = in_process) -> dict:
+                     map_tasks: MapTasks = in_process, limiter=None) -> dict:
     """Run the image stages on the run's selection; return a summary (per-stage stats, the
     shards dir, the report URI). ``pipe`` runs the per-part pipeline (guard → download →
     check: :func:`fetch_stages`; Ray tasks in pipelines/images_ray.py), ``map_tasks(fn,
     items)`` the digests' and the global steps' tasks (dedup, decontamination, shards).
     ``serving`` wraps the pipeline (e.g. a local image server); ``until="download"`` stops
-    after it (downloaded and checked; a later run resumes there). The driver holds file names
-    and counts, never rows. A finished run is a no-op."""
+    after it (downloaded and checked; a later run resumes there). ``limiter``: the run's host
+    limiter shared by the download tasks (:mod:`curation.images.politeness`; None: one per
+    worker process -- the whole run's only with ``pipe`` in process). The driver holds file names and counts, never
+    rows. A finished run is a no-op."""
     parts = selected_parts(layout)
     current = fingerprint(layout, parts, config, map_tasks)
     check_fingerprint(layout, current)
@@ -433,10 +475,12 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
     started = time.time()
     decontaminating = bool(config.decontaminate.datasets)
     with serving or contextlib.nullcontext():
-        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"])
+        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"], limiter)
+    hosts = limiter_report(limiter) if limiter is not None else None  # turns per host: requests, waits, trips
     if until == "download":
         return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download", "imagecheck")
-                           if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds}
+                           if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds,
+                "hosts": hosts}
     groups = checked_groups(checked)
     rows = sum(n for _, n in checked)
     del checked  # from here on the driver holds the groups' file names and counts
@@ -449,7 +493,8 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
         from curation.report import write_report
 
         write_report(layout)
-    return {**summary(layout, skipped=False, seconds=round(time.time() - started, 1)), "task_seconds": task_seconds}
+    return {**summary(layout, skipped=False, seconds=round(time.time() - started, 1)), "task_seconds": task_seconds,
+            "hosts": hosts}
 
 
 def summary(layout: RunLayout, skipped: bool, seconds: float | None = None) -> dict:

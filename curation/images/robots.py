@@ -10,8 +10,9 @@ redirects included. Before a request it:
    guard**, parses it with ``urllib.robotparser`` and refuses what it disallows for our product
    token (``robots_disallowed``). As RFC 9309 says: a 4xx robots.txt allows everything; a 5xx
    or an unreachable one disallows everything (``robots_unavailable``);
-3. waits out the host's ``Crawl-delay`` (capped by ``max_crawl_delay_s``) — per host, shared by
-   the threads of one worker process;
+3. waits out the host's ``Crawl-delay`` (capped by ``max_crawl_delay_s``): per host across the
+   cluster through the politeness limiter's turns (:mod:`curation.images.politeness`), or,
+   without one, shared by the threads of one worker process;
 4. sends our identifiable ``User-Agent`` (product token + contact URL) instead of img2dataset's.
 
 After a 2xx response, when the ledger lists image hashes, the body's SHA-256 is checked
@@ -53,7 +54,7 @@ class RespectConfig:
     # contact URL sent in the User-Agent ('openwit/1.0 (+URL)')
     contact_url: str = "https://github.com/openwit/openwit#fetching-respectfully"
     max_crawl_delay_s: float = 30.0  # longer Crawl-delay values are capped to this
-    robots_timeout_s: float = 10.0  # robots.txt fetch timeout
+    robots_timeout_s: float = 10.0  # robots.txt fetch deadline (connect, headers and body in all)
     opt_out_ledger: str | None = None  # ledger file (domains, URL prefixes, SHA-256 image hashes)
 
     @property
@@ -162,10 +163,11 @@ class RespectfulHandler(urllib.request.BaseHandler):
 
     handler_order = 100  # before the default handlers' request processing
 
-    def __init__(self, config: RespectConfig, robots_opener: urllib.request.OpenerDirector):
+    def __init__(self, config: RespectConfig, robots_opener: urllib.request.OpenerDirector, politeness=None):
         self.config = config
         self.ledger = OptOutLedger.read(config.opt_out_ledger)
         self.robots = RobotsCache(config, robots_opener)
+        self.politeness = politeness  # curation.images.politeness.HostTurns: Crawl-delay kept cluster-wide there
 
     def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
         """Ledger, robots.txt and Crawl-delay before the request; then our User-Agent."""
@@ -181,7 +183,11 @@ class RespectfulHandler(urllib.request.BaseHandler):
                 raise RespectRefusal("robots_unavailable", f"{origin}/robots.txt unreachable or 5xx")
             if not parser.can_fetch(self.config.token, url):
                 raise RespectRefusal("robots_disallowed", f"{url} disallowed for {self.config.token}")
-            self.robots.wait_turn(origin, parser)
+            if self.politeness is not None:  # the host's turns (taken when the request opens) space it
+                delay = parser.crawl_delay(self.config.token)
+                self.politeness.note_crawl_delay(url, min(float(delay), self.config.max_crawl_delay_s) if delay else 0.0)
+            else:
+                self.robots.wait_turn(origin, parser)
         request.add_header("User-Agent", self.config.user_agent)
         return request
 

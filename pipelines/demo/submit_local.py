@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.ray_jobs import FORWARDED_ENV, project_runtime_env
-from pipelines.runtime import configure_environment, ray_tmpdir
+from pipelines.runtime import auth_headers, configure_environment, ensure_auth_token, ray_tmpdir
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
@@ -44,7 +44,8 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as resp:
+            request = urllib.request.Request(f"{url}/api/version", headers=auth_headers())
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -98,6 +99,7 @@ def run(argv: list[str] | None = None) -> int:
     command = argv[split + 1 :]
 
     configure_environment()
+    ensure_auth_token()  # the head requires the token (RAY_AUTH_MODE=token); this client sends it
     ray = _ray_cli()
     # the venv first on PATH: the head's workers and the job's `python` are the venv's
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

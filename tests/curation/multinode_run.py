@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.runtime import configure_environment  # noqa: E402
+from pipelines.runtime import configure_environment, ensure_auth_token  # noqa: E402
 
 
 class SlowHandler(http.server.SimpleHTTPRequestHandler):
@@ -81,6 +81,7 @@ def main() -> None:
     os.environ["RAY_TMPDIR"] = temp
     (Path(temp) / "ray").mkdir()
     configure_environment()
+    ensure_auth_token()
     import ray
     from ray.cluster_utils import Cluster
 
@@ -105,7 +106,7 @@ def main() -> None:
                 threading.Thread(target=kill_a_download_worker, daemon=True, args=(stop, events)).start()
             summary = build_wit.run([
                 "--out", out, "--pool", pool, "--queries", queries, "--runner", "beam", "--parts", "2", "--t", "100000",
-                "--allow-network", "127.0.0.1", "--threads", "2", "--download-shard-size", "2", "--language", "",
+                "--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--threads", "2", "--download-shard-size", "2", "--language", "",
                 "--shard-size", "10", "--image-size", "64", "--no-retry-pass", "--no-report"])
     finally:
         stop.set()

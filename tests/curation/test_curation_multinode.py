@@ -58,7 +58,7 @@ def test_two_node_cluster_spreads_downloads_and_survives_lost_nodes_and_workers(
     images = sample["sample_images_dir"]
     with serving(images, port=port):  # the reference: one process, img2dataset's multiprocessing
         build_wit.run(["--out", str(tmp_path / "local"), "--pool", str(pool), "--queries", str(queries),
-                       "--runner", "beam", "--parts", "2", "--t", "100000", "--allow-network", "127.0.0.1",
+                       "--runner", "beam", "--parts", "2", "--t", "100000", "--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1",
                        "--threads", "2", "--download-shard-size", "2", "--language", "", "--shard-size", "10", "--image-size", "64",
                        "--no-retry-pass", "--no-report", "--distributor", "multiprocessing", "--processes", "1"])
     reference = _shards(str(tmp_path / "local"))

@@ -48,7 +48,7 @@ def test_object_store_run_equals_local_run(tmp_path, sample, s3_bucket, ray_sess
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    flags = ["--allow-network", "127.0.0.1", "--processes", "1", "--threads", "8", "--image-size", "64",
+    flags = ["--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--processes", "1", "--threads", "8", "--image-size", "64",
              "--download-shard-size", "8", "--shard-size", "6", "--no-retry-pass"]
     with serving(sample["sample_images_dir"], port=0) as base:
         pool = _pool_slice(sample, base)

@@ -15,7 +15,7 @@ from pipelines import wit_images  # noqa: E402
 if __name__ == "__main__":
     curation, images, port = sys.argv[1:4]
     summary = wit_images.main(["--curation-dir", curation, "--serve-images", images, "--serve-port", port,
-                               "--allow-network", "127.0.0.1", "--image-size", "32", "--no-report",
+                               "--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--image-size", "32", "--no-report",
                                "--no-retry-pass", "--processes", "2", "--threads", "32",
                                "--download-shard-size", "1000", "--shard-size", "2000"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: this process only

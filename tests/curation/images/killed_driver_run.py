@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from curation.images.check import ImageCheckConfig  # noqa: E402
 from curation.images.download import DownloadConfig  # noqa: E402
+from curation.images.politeness import PolitenessConfig  # noqa: E402
 from curation.images.recipe import ImageStagesConfig, run_image_stages  # noqa: E402
 from curation.images.shards import ShardConfig  # noqa: E402
 from curation.images.urlguard import UrlGuardConfig  # noqa: E402
@@ -19,7 +20,8 @@ from storage.layout import RunLayout  # noqa: E402
 
 CONFIG = ImageStagesConfig(
     guard=UrlGuardConfig(allow_networks=("127.0.0.1",)),
-    download=DownloadConfig(processes=2, threads=4, shard_size=8, retry_pass=False, distributor="multiprocessing"),
+    download=DownloadConfig(processes=2, threads=4, shard_size=8, retry_pass=False, distributor="multiprocessing",
+                            politeness=PolitenessConfig(unlimited_hosts=("127.0.0.1",))),
     check=ImageCheckConfig(image_size=48), shards=ShardConfig(shard_size=25, holdout_fraction=0.1), report=False)
 
 if __name__ == "__main__":

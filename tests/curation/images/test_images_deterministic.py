@@ -15,6 +15,7 @@ import xxhash
 
 from curation.images.check import ImageCheckConfig
 from curation.images.download import DownloadConfig
+from curation.images.politeness import PolitenessConfig
 from curation.images.recipe import ImageStagesConfig, run_image_stages
 from curation.images.shards import ShardConfig
 from curation.images.urlguard import UrlGuardConfig
@@ -49,7 +50,9 @@ def run(root, images_dir, selection: pa.Table, port: int, handler, download_shar
         layout.write_parquet(selection.slice(p * 30, 30), layout.part(p))
     config = ImageStagesConfig(
         guard=UrlGuardConfig(allow_networks=("127.0.0.1",)),
-        download=DownloadConfig(processes=1, threads=8, shard_size=download_shard_size, distributor="multiprocessing"),
+        download=DownloadConfig(processes=1, threads=8, shard_size=download_shard_size, distributor="multiprocessing",
+                                # the server fails a fifth of first requests on purpose: no breaker
+                                politeness=PolitenessConfig(unlimited_hosts=("127.0.0.1",), breaker_failures=0)),
         check=ImageCheckConfig(image_size=64), shards=ShardConfig(shard_size=16, holdout_fraction=0.2), report=False)
     with serving(images_dir, port=port, handler=handler) as base:
         assert base.endswith(f":{port}")

@@ -23,7 +23,7 @@ STAGES = ("urlguard", "download", "imagecheck", "imagededup", "shards")
 def image_args(*extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     wit_images.add_arguments(parser)
-    return parser.parse_args(["--allow-network", "127.0.0.1", "--processes", "1", "--threads", "8",
+    return parser.parse_args(["--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--processes", "1", "--threads", "8",
                               "--download-shard-size", "12", "--shard-size", "8", "--image-size", "64",
                               *extra])
 

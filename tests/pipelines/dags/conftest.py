@@ -14,7 +14,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import pytest
 
-from pipelines.runtime import configure_environment, ray_tmpdir
+from pipelines.runtime import configure_environment, ensure_auth_token, ray_tmpdir
 from pipelines.demo.submit_local import _ray_cli, _stop_head, _wait_for_dashboard, free_port
 
 
@@ -23,6 +23,7 @@ def ray_head() -> str:
     """Start `ray start --head --block` on free loopback ports in its own process group; yield the
     dashboard address; stop exactly that head (its process group) afterwards."""
     configure_environment()
+    ensure_auth_token()  # token authentication, as every head the project starts
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = free_port(), free_port()

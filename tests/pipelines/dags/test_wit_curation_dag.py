@@ -61,7 +61,7 @@ def test_dags_test_gate_fails_then_rerun_completes(tmp_path, ray_head, sample):
     conf = {"out": str(out), "ray_address": ray_head, "pool": [str(pool)], "t": 20_000,
             "query_options": {"unigram_counts": sample["unigram_counts"], "min_count": 200000, "quiet": True},
             "build_wit_options": ["--serve-images", sample["sample_images_dir"], "--serve-port", str(port),
-                                  "--allow-network", "127.0.0.1", "--processes", "1", "--threads", "8",
+                                  "--allow-network", "127.0.0.1", "--unlimited-hosts", "127.0.0.1", "--processes", "1", "--threads", "8",
                                   "--parts", "2", "--shard-size", "40", "--parallelism", "2"]}
 
     first = airflow(["dags", "test", "wit_curation", "-c", json.dumps(conf)], env, timeout=900)
