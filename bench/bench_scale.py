@@ -4,8 +4,9 @@ of N rows, beside bare img2dataset on the same URLs and servers (issue 21).
     python bench/bench_scale.py [--rows 100000,300000,1000000] [--hosts 4] [--bare-rows 100000]
 
 Selection: N rows in ``selection_parts(N)`` parts (the text half's row-sized parts: 8, or one
-per 1M rows), each a real sample-pool caption and image (the 7,546 real emoji / clip-art
-images of ``make sample-data``, 136x128 px, ~23 KB) at a distinct URL
+per 1M rows), each a real sample-pool caption and image (the 7,546 real images of ``make
+sample-data``: 3,789 emoji of 136x128 px and 3,717 clip-art drawings of up to ~1,300 px, median
+~145k pixels; ~24 KB on average) at a distinct URL
 ``http://127.0.0.<h>:<port>/<path>?n=<i>`` over ``--hosts`` loopback hosts. Each host is a
 ``pipelines/demo/serve_images.py`` process of its own (so the driver's RSS and CPU are the
 pipeline's). Past the 7,546 images the URLs repeat images, so the dedup rejects most rows at
@@ -114,7 +115,8 @@ def child(curation: str) -> None:
     from pipelines import wit_images
 
     started = time.time()
-    summary = wit_images.main(["--curation-dir", curation, "--allow-network", "127.0.0.0/8", "--unlimited-hosts", *[f"127.0.0.{h + 1}" for h in range(8)],
+    hosts = [f"127.0.0.{h + 1}" for h in range(8)]  # the bench's own servers: no turns (bench_politeness.py)
+    summary = wit_images.main(["--curation-dir", curation, "--allow-network", "127.0.0.0/8", "--unlimited-hosts", *hosts,
                                "--image-size", str(IMAGE_SIZE), "--no-report", "--threads", str(THREADS),
                                "--download-shard-size", str(DOWNLOAD_SHARD), "--shard-size", str(SHARD_SIZE)])
     wall = time.time() - started

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, record_part_plan, rows_read, write_entry_counts
+from curation.text.config import CurationConfig, dedup_bucket_count, record_part_plan, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, read_counted
@@ -109,6 +109,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
     files = list_pool_files(config.pool)
     num_queries = len(load_queries(config.queries))
     reasons, layout = config.reason_stages(), config.layout
+    buckets = dedup_bucket_count(config, files)
     options = beam_pipeline_options(runner, extra_args, parallelism=config.parallelism)
     with beam.Pipeline(options=options) as pipeline:
         tables = (pipeline
@@ -116,7 +117,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
                   | "Read" >> beam.ParDo(ReadPoolDoFn(config.pool_format, config.batch_size, layout, config.on_bad_file))
                   | "Text" >> beam.ParDo(StageDoFn(TextFilter, config.text)))
         for key in config.dedup_keys:
-            bucketize = _by_key(lambda t, k=key: key_buckets(t, k, config.dedup_buckets))
+            bucketize = _by_key(lambda t, k=key: key_buckets(t, k, buckets))
             tables = (tables
                       | f"dedup_{key}/Bucket" >> beam.FlatMap(bucketize)
                       | f"dedup_{key}/Group" >> beam.GroupByKey()

@@ -19,7 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from curation.text.balance import count_entries
-from curation.text.config import CurationConfig, read_tallies, record_part_plan, rows_read, write_entry_counts
+from curation.text.config import (
+    CurationConfig,
+    dedup_bucket_count,
+    read_tallies,
+    record_part_plan,
+    rows_read,
+    write_entry_counts,
+)
 from curation.text.dedup import key_buckets, mark_duplicates
 from curation.text.match import MatchStage, load_queries
 from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
@@ -179,6 +186,7 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
     num_queries = len(load_queries(config.queries))
     batched = {"batch_size": config.batch_size, "batch_format": "pyarrow"}
     keys = list(config.dedup_keys)
+    buckets = dedup_bucket_count(config, files)
     match_stage = ray.remote(_build_match_stage).remote(config.queries)
 
     # 1. read + text stage, dedup (equal keys meet in one hash bucket), match; rejected rows
@@ -186,12 +194,12 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, len(files)))
     on_bad_file = "skip" if config.on_bad_file == "skip" else "record"
     ds = ds.map_batches(_read_and_filter(config.pool_format, config.text, config.batch_size, config.layout,
-                                         on_bad_file, keys[0] if keys else None, config.dedup_buckets),
+                                         on_bad_file, keys[0] if keys else None, buckets),
                         batch_size=1, batch_format="pyarrow")
     for i, key in enumerate(keys):
         if i:
-            ds = ds.map_batches(_add_bucket(key, config.dedup_buckets), **batched)
-        ds = ds.groupby(BUCKET, num_partitions=config.dedup_buckets).map_groups(
+            ds = ds.map_batches(_add_bucket(key, buckets), **batched)
+        ds = ds.groupby(BUCKET, num_partitions=buckets).map_groups(
             _mark_duplicates(key), batch_format="pyarrow")
     try:
         matched = ds.map_batches(_apply, fn_args=([match_stage],), **batched).materialize()

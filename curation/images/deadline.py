@@ -81,10 +81,16 @@ class Ticket:
         with self._lock:
             self._socket = None
 
+    def extend(self, seconds: float) -> None:
+        """Move the deadline later (time a redirect waited for its host's turn is not the
+        network's); the socket armed next is watched until the new deadline."""
+        with self._lock:
+            self.deadline += seconds
+
     def expire(self) -> None:
         with self._lock:
-            if self._socket is None and self.remaining() > 0:
-                return  # finished (disarmed) in time
+            if self.remaining() > 0:
+                return  # finished in time, or the deadline moved (its own watch entry follows)
             self.expired = True
             sock, self._socket = self._socket, None
         if sock is not None:
@@ -123,11 +129,15 @@ class _Watch:
 WATCH = _Watch()
 
 
-def ticket_for(request, limits: FetchLimits) -> Ticket:
+def ticket_for(request, limits: FetchLimits, waited: float = 0.0) -> Ticket:
     """The request chain's ticket: inherited by a redirect (set on it by the redirect
-    handler), else a new one from now."""
+    handler; its deadline moved by the ``waited`` seconds of a turn), else a new one from now
+    (taken after the host's turn: waiting for a turn is politeness, not a slow server)."""
     ticket = getattr(request, "openwit_ticket", None)
-    if ticket is None:
+    if ticket is not None:
+        if waited > 0:
+            ticket.extend(waited)
+    else:
         ticket = Ticket(time.monotonic() + limits.deadline_s, limits.deadline_s)
         request.openwit_ticket = ticket
     return ticket

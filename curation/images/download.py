@@ -158,7 +158,8 @@ def download(rows: pa.Table, layout: RunLayout, index: int, shard: int, config: 
         retryable = failed.filter(pc.is_in(failed.column("reason"), value_set=pa.array(RETRYABLE_REASONS)))
         if len(retryable):
             retry_rows = rows.filter(pc.is_in(rows.column("uid"), value_set=retryable.column("uid")))
-            results = merge_passes(results, fetch_pass(retry_rows, layout, index, shard, "retry", config, guard, limiter))
+            retried = fetch_pass(retry_rows, layout, index, shard, "retry", config, guard, limiter)
+            results = merge_passes(results, retried)
     ok = results.filter(pc.equal(results.column("status"), "success")).select(["uid", "key", "shard"])
     return ok, _failures(results)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import http.client
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -92,8 +93,9 @@ def _bounded_open(handler, connection, req, guard: UrlGuard, limits: FetchLimits
     """``do_open`` with the request chain's deadline, the body read bounded
     (:mod:`curation.images.deadline`) and, with ``politeness``, the host's turn taken first and
     the outcome reported after (:mod:`curation.images.politeness`)."""
-    ticket = ticket_for(req, limits)
+    asked = time.monotonic()
     turn = politeness.turn(req.full_url) if politeness is not None else None
+    ticket = ticket_for(req, limits, waited=time.monotonic() - asked)  # the deadline runs from the turn
     status, retry_after, error = None, None, None
     try:
         try:

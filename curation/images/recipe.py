@@ -187,13 +187,10 @@ class PartTasks:
         write_rejects(layout, "urlguard", rejected.select(["uid", "reason", "url"]), part=part_name(index))
         result["urlguard"] = {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected),
                               "seconds": round(time.perf_counter() - started, 3)}
-        # a host's URLs together, so a slow or rate-limited host holds few download shards
-        # (the final shards' order does not depend on this cut)
-        hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(kept.column("url"), HOST_PATTERN), "host"))
-        kept = kept.take(pc.sort_indices(pa.table({"host": hosts, "uid": kept.column("uid")}),
-                                         [("host", "ascending"), ("uid", "ascending")]))
-        result["hosts"] = largest_hosts(hosts)
         size = config.download.shard_size
+        hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(kept.column("url"), HOST_PATTERN), "host"))
+        result["hosts"] = largest_hosts(hosts)
+        kept = kept.take(host_cut(hosts, kept.column("uid"), size))
         shards = -(-len(kept) // size)
         for k in range(shards):
             layout.write_parquet(kept.slice(k * size, size).select(["uid", *META_COLUMNS]),
@@ -243,6 +240,26 @@ def worker_checker(config: ImageCheckConfig) -> ImageChecker:
 
 HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
 TOP_HOSTS = 20  # hosts per part (and in the stats) with the most URLs
+
+
+def host_cut(hosts: pa.ChunkedArray, uids: pa.ChunkedArray, size: int) -> np.ndarray:
+    """The row order of a part's download shards of ``size`` rows: a host's URLs together
+    (sorted by host, then uid), so a slow or rate-limited host holds few shards; inside each
+    shard its hosts interleaved (round robin), so the shard's threads fetch from all of them at
+    once instead of queueing behind one host's turns. The final shards' order does not depend
+    on this cut."""
+    by_host = pc.sort_indices(pa.table({"host": hosts, "uid": uids}), [("host", "ascending"), ("uid", "ascending")])
+    names = pc.fill_null(hosts.take(by_host), "").to_numpy(zero_copy_only=False)
+    n = len(names)
+    if n == 0:
+        return by_host.to_numpy()
+    starts = np.r_[True, names[1:] != names[:-1]]  # a host's first row (in host order)
+    group = np.cumsum(starts) - 1
+    position = np.arange(n)
+    shard = position // size
+    # the row's turn among its host's rows in its shard
+    rank = position - np.maximum(np.flatnonzero(starts)[group], shard * size)
+    return by_host.to_numpy()[np.lexsort((group, rank, shard))]
 
 
 def largest_hosts(hosts: pa.ChunkedArray) -> dict[str, int]:

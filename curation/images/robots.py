@@ -185,7 +185,8 @@ class RespectfulHandler(urllib.request.BaseHandler):
                 raise RespectRefusal("robots_disallowed", f"{url} disallowed for {self.config.token}")
             if self.politeness is not None:  # the host's turns (taken when the request opens) space it
                 delay = parser.crawl_delay(self.config.token)
-                self.politeness.note_crawl_delay(url, min(float(delay), self.config.max_crawl_delay_s) if delay else 0.0)
+                capped = min(float(delay), self.config.max_crawl_delay_s) if delay else 0.0
+                self.politeness.note_crawl_delay(url, capped)
             else:
                 self.robots.wait_turn(origin, parser)
         request.add_header("User-Agent", self.config.user_agent)

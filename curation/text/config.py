@@ -47,7 +47,9 @@ class CurationConfig:
     num_parts: int = 8
     max_part_rows: int = 1_000_000  # most selected rows a part may hold (the part count grows with the pool)
     dedup_keys: tuple[str, ...] = DEDUP_KEYS  # exact dedup keys, applied in order
-    dedup_buckets: int = 16  # hash buckets of the dedup shuffle (any value gives the same result)
+    # hash buckets of the dedup shuffle (0: one per 16 MiB of pool files, at least 16, so a
+    # bucket's task holds a bounded share of the pool whatever its size; any value gives the same result)
+    dedup_buckets: int = 0
     batch_size: int = 4096  # rows per engine batch
     parallelism: int | None = None  # engine workers (None: engine default)
     text: TextConfig = field(default_factory=TextConfig)  # text rules + language ID
@@ -256,3 +258,15 @@ def plot_entry_counts(before: np.ndarray, after: np.ndarray, t: float, layout: R
     plt.close(fig)
     layout.write_bytes(layout.entry_counts_plot, buffer.getvalue())
     return layout.entry_counts_plot
+
+
+BUCKET_POOL_BYTES = 16 << 20  # pool bytes per dedup bucket when dedup_buckets is 0
+
+
+def dedup_bucket_count(config: CurationConfig, files: list[str]) -> int:
+    """The dedup shuffle's bucket count: ``config.dedup_buckets``, or (0) one per
+    :data:`BUCKET_POOL_BYTES` of the pool ``files`` (their sizes, no reading), at least 16."""
+    if config.dedup_buckets:
+        return config.dedup_buckets
+    total = sum(int(pool_file_identity(f).get("size") or 0) for f in files)
+    return max(16, -(-total // BUCKET_POOL_BYTES))

@@ -220,7 +220,8 @@ def test_host_rate_holds_across_threads_while_other_hosts_go_at_full_speed(tmp_p
     with sites("127.0.0.2", "127.0.0.3") as port:
         slow = [f"http://127.0.0.2:{port}/s{i}.png" for i in range(8)]
         fast = [f"http://127.0.0.3:{port}/f{i}.png" for i in range(40)]
-        config = DownloadConfig(threads=16, timeout_s=5, retry_pass=False,
+        # a 2 s deadline while the slow host's turns take 4.5 s: waiting for a turn is not a timeout
+        config = DownloadConfig(threads=16, timeout_s=2, retry_pass=False,
                                 politeness=PolitenessConfig(host_rate=2, host_concurrency=2,
                                                             unlimited_hosts=("127.0.0.3",)))
         ok, rejected = download(_rows(slow + fast), RunLayout(str(tmp_path / "run")), 0, 0, config, LOOPBACK)
