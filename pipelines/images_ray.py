@@ -42,46 +42,64 @@ def ray_map_tasks(fn, items: list) -> list:
 
 def ray_limiter(config):
     """The run's host limiter (:mod:`curation.images.politeness`) as a Ray actor every download
-    task shares: turns granted in one asyncio loop (a busy host's callers wait there, not in a
-    thread each; up to 10,000 calls at once -- 156 download tasks of 64 threads -- before a
-    release would queue behind waiting turns); restarted if its node dies (its state then
-    starts afresh)."""
+    task shares: turns granted in an asyncio loop (a busy host's callers wait there, not in a
+    thread each; up to 10,000 at once), releases and reports in a concurrency group of their
+    own (never queued behind waiting turns); the ``--host-limits`` file read here, on the
+    driver; restarted if its node dies (its state then starts afresh)."""
     ray = init_ray()
-    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000)(_HostLimiterActor)
-    return actor.remote(config)
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000,
+                       concurrency_groups={"control": 64})(_limiter_class())
+    return actor.remote(config, config.overrides())
 
 
-class _HostLimiterActor:
-    def __init__(self, config):
-        from curation.images.politeness import HostBook
+def _limiter_class():
+    import ray
 
-        self.book = HostBook(config)
-        self.events: dict = {}
+    class HostLimiter:
+        """The book behind a thread lock (the control group runs in a thread of its own); a
+        waiting turn is woken through its own event loop (``call_soon_threadsafe``)."""
 
-    async def acquire(self, host: str, crawl_delay: float):
-        import asyncio
-        import time
+        def __init__(self, config, overrides):
+            import threading
 
-        while True:
-            verdict = self.book.acquire(host, crawl_delay, time.monotonic())
-            if verdict[0] != "busy":
-                return verdict
-            event = self.events.setdefault(host, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
+            from curation.images.politeness import HostBook
 
-    async def release(self, host: str, outcome: str, retry_after):
-        import time
+            self.book = HostBook(config, overrides)
+            self.lock = threading.Lock()
+            self.waiting: dict = {}  # host -> [(loop, event)]
 
-        self.book.release(host, outcome, retry_after, time.monotonic())
-        event = self.events.pop(host, None)
-        if event is not None:
-            event.set()
+        async def acquire(self, host: str, crawl_delay: float):
+            import asyncio
+            import time
 
-    async def report(self, top: int = 10):
-        return self.book.report(top)
+            while True:
+                with self.lock:
+                    verdict = self.book.acquire(host, crawl_delay, time.monotonic())
+                    if verdict[0] != "busy":
+                        return verdict
+                    event = asyncio.Event()
+                    self.waiting.setdefault(host, []).append((asyncio.get_running_loop(), event))
+                try:  # woken by a release; unreturned turns' leases are checked at least every second
+                    await asyncio.wait_for(event.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+
+        @ray.method(concurrency_group="control")
+        async def release(self, host: str, outcome: str, retry_after):
+            import time
+
+            with self.lock:
+                self.book.release(host, outcome, retry_after, time.monotonic())
+                waiters = self.waiting.pop(host, [])
+            for loop, event in waiters:
+                loop.call_soon_threadsafe(event.set)
+
+        @ray.method(concurrency_group="control")
+        async def report(self, top: int = 10):
+            with self.lock:
+                return self.book.report(top)
+
+    return HostLimiter
 
 
 def _call(fn, item):

@@ -236,4 +236,5 @@ def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, se
                    limiter=ray_limiter(config.download.politeness))
     with LimiterManager(ctx=multiprocessing.get_context("spawn")) as manager:  # one for the local pool
         return run(layout, config, process_pipe(config.download.processes), server, until=until,
-                   map_tasks=ray_map_tasks, limiter=manager.LocalLimiter(config.download.politeness))
+                   map_tasks=ray_map_tasks,
+                   limiter=manager.LocalLimiter(config.download.politeness, config.download.politeness.overrides()))

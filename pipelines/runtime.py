@@ -74,12 +74,16 @@ def ensure_auth_token() -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return
+    temp = path.with_name(f".auth_token.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
+    try:
+        os.link(temp, path)  # whole or not at all: another process never reads it half written
+    except FileExistsError:  # another process made it first
+        pass
+    finally:
+        os.unlink(temp)
 
 
 def auth_headers() -> dict[str, str]:

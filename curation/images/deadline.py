@@ -7,9 +7,9 @@ without end; and img2dataset reads the whole body into memory. The guarded opene
 (:mod:`curation.images.fetch`) closes both holes with this module:
 
 - :class:`Ticket`: a deadline for one request *and its redirect chain* (the first request sets
-  it; each redirect inherits it). The connection arms it with its socket; one watchdog thread per
-  process (:data:`WATCH`) shuts the socket down when the deadline passes, which ends any blocked
-  connect, header read or body read at once. The request then fails as ``timeout: ...`` (reject
+  it; each redirect inherits it). The connection connects within the time left and arms it
+  with its socket; one watchdog thread per process (:data:`WATCH`) shuts the socket down when
+  the deadline passes, which ends any blocked header or body read at once. The request then fails as ``timeout: ...`` (reject
   reason ``timeout``), never as a short body taken for a whole one.
 - :func:`read_body`: the body read inside the opener, at most ``max_bytes`` (a larger
   ``Content-Length`` is refused before reading; a body that keeps coming is cut at the bound):
@@ -17,7 +17,9 @@ without end; and img2dataset reads the whole body into memory. The guarded opene
   small bound and dropped (urllib's redirect handler would otherwise read them whole).
 
 Not covered: the DNS lookup (``getaddrinfo`` cannot be interrupted; it runs before the socket
-exists and is bounded by the resolver's own timeout).
+exists and is bounded by the resolver's own timeout), and a TLS handshake, whose reads are bounded
+by the time left when the connection started, not by the watchdog (TLS detaches the plain socket
+the watchdog would shut down).
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ class Ticket:
         return self.deadline - time.monotonic()
 
     def arm(self, sock: socket.socket) -> None:
-        """Shut ``sock`` down at the deadline (at once when it already passed)."""
+        """Shut ``sock`` down at the deadline (at once when it already passed); each arm has
+        its own watch entry at the deadline of that moment."""
         with self._lock:
             self._socket = sock
-            late = self.expired or self.remaining() <= 0
+            late = self.remaining() <= 0
         if late:
             self.expire()
         else:
@@ -88,9 +91,12 @@ class Ticket:
             self.deadline += seconds
 
     def expire(self) -> None:
+        """At a watch entry's time: shut the armed socket down if the deadline has passed.
+        Nothing armed (between hops, or done) or a deadline moved later: nothing to do, and
+        ``expired`` stays False (it means: a socket was cut at the deadline)."""
         with self._lock:
-            if self.remaining() > 0:
-                return  # finished in time, or the deadline moved (its own watch entry follows)
+            if self._socket is None or self.remaining() > 0:
+                return
             self.expired = True
             sock, self._socket = self._socket, None
         if sock is not None:

@@ -115,7 +115,8 @@ def _bounded_open(handler, connection, req, guard: UrlGuard, limits: FetchLimits
     finally:
         if turn is not None:
             turn.done(None if isinstance(error, RequestTimeout) else status, retry_after,
-                      reached=not isinstance(error, GuardRefusal))
+                      reached=not isinstance(error, GuardRefusal)
+                      and not isinstance(getattr(error, "reason", None), GuardRefusal))  # do_open wraps it
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):

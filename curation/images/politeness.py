@@ -51,6 +51,7 @@ class PolitenessConfig:
     max_retry_after_s: float = 300.0  # Retry-After values are capped to this
     breaker_failures: int = 8  # failures in a row that pause a host (0: never)
     breaker_pause_s: float = 60.0  # how long a paused host's requests are refused before one probe
+    turn_lease_s: float = 300.0  # a turn not given back this long after it starts is taken back (its worker died)
 
     def __post_init__(self):
         if self.host_rate < 0 or self.host_concurrency < 0:
@@ -90,22 +91,25 @@ class HostUnavailable(urllib.error.URLError):
 
 
 class _Host:
-    __slots__ = ("rate", "concurrency", "next_at", "paused_until", "in_flight", "failures", "open_until",
-                 "requests", "waited", "trips", "refused")
+    __slots__ = ("rate", "concurrency", "next_at", "paused_until", "leases", "failures", "open_until",
+                 "requests", "waited", "trips", "refused", "lost")
 
     def __init__(self, rate: float, concurrency: int):
         self.rate, self.concurrency = rate, concurrency
         self.next_at = self.paused_until = self.open_until = 0.0
-        self.in_flight = self.failures = self.requests = self.trips = self.refused = 0
+        self.leases: list[float] = []  # when each turn in flight is taken back if never given back
+        self.failures = self.requests = self.trips = self.refused = self.lost = 0
         self.waited = 0.0
 
 
 class HostBook:
     """The limiter's state and rules (no waiting, no clock of its own: ``now`` is given)."""
 
-    def __init__(self, config: PolitenessConfig, seed: int = 0):
+    def __init__(self, config: PolitenessConfig, overrides: dict[str, tuple[float, int]] | None = None,
+                 seed: int = 0):
         self.config = config
-        self.overrides = config.overrides()
+        # parsed by the caller where the --host-limits file is (the driver), or here
+        self.overrides = config.overrides() if overrides is None else overrides
         self.hosts: dict[str, _Host] = {}
         self.random = random.Random(seed)
 
@@ -124,17 +128,21 @@ class HostBook:
         ``("busy", 0)``: the host is at its concurrency cap, ask again after a release;
         ``("refused", seconds)``: the host's circuit is open for that long."""
         h = self._host(host)
+        if h.leases and min(h.leases) <= now:  # turns never given back (their worker died)
+            kept = [t for t in h.leases if t > now]
+            h.lost += len(h.leases) - len(kept)
+            h.leases = kept
         breaker = self.config.breaker_failures
         if breaker and h.failures >= breaker:
-            if now < h.open_until or h.in_flight:  # open, or its one probe is out
+            if now < h.open_until or h.leases:  # open, or its one probe is out
                 h.refused += 1
                 return "refused", max(0.0, h.open_until - now)
-        if h.concurrency and h.in_flight >= h.concurrency:
+        if h.concurrency and len(h.leases) >= h.concurrency:
             return "busy", 0.0
         interval = max(1.0 / h.rate if h.rate else 0.0, crawl_delay)
         start = max(now, h.next_at, h.paused_until)
         h.next_at = start + interval
-        h.in_flight += 1
+        h.leases.append(start + self.config.turn_lease_s)
         h.requests += 1
         h.waited += start - now
         return "go", start - now
@@ -143,7 +151,8 @@ class HostBook:
         """A request of ``host`` ended: ``outcome`` "ok" (the host answered), "failed" (429,
         5xx, timeout, connection error) or "neutral" (never reached the host)."""
         h = self._host(host)
-        h.in_flight = max(0, h.in_flight - 1)
+        if h.leases:
+            h.leases.remove(min(h.leases))
         if outcome == "ok":
             h.failures = 0
         elif outcome == "failed":
@@ -160,10 +169,10 @@ class HostBook:
 
     def report(self, top: int = 10) -> list[dict]:
         """The ``top`` hosts by requests: requests, seconds waited for turns, breaker trips,
-        refused requests, their limits."""
+        refused requests, turns taken back unreturned (``lost``), their limits."""
         rows = sorted(self.hosts.items(), key=lambda kv: (-kv[1].requests, kv[0]))[:top]
         return [{"host": host, "requests": h.requests, "waited_s": round(h.waited, 1), "trips": h.trips,
-                 "refused": h.refused, "rate": h.rate or None, "concurrency": h.concurrency or None}
+                 "refused": h.refused, "lost": h.lost, "rate": h.rate or None, "concurrency": h.concurrency or None}
                 for host, h in rows]
 
 
@@ -171,8 +180,8 @@ class LocalLimiter:
     """A :class:`HostBook` behind a lock, for the threads of one process (or, hosted by a
     manager process, for a local process pool): ``acquire`` blocks while the host is busy."""
 
-    def __init__(self, config: PolitenessConfig):
-        self.book = HostBook(config)
+    def __init__(self, config: PolitenessConfig, overrides: dict[str, tuple[float, int]] | None = None):
+        self.book = HostBook(config, overrides)
         self.cond = threading.Condition()
 
     def acquire(self, host: str, crawl_delay: float) -> tuple[str, float]:
@@ -291,7 +300,8 @@ class HostTurns:
     def turn(self, url: str) -> Turn:
         """Wait for ``url``'s host's turn (raises :class:`HostUnavailable` while its circuit is open)."""
         host = host_of(url)
-        if host in self.free:
+        labels = host.split(".")
+        if any(".".join(labels[i:]) in self.free for i in range(len(labels))):
             return NO_TURN
         verdict, seconds = self._call("acquire", host, self.crawl_delays.get(host, 0.0))
         if verdict == "refused":

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from curation.images.politeness import HostUnavailable
+
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB
 REASONS = ("robots_disallowed", "robots_unavailable", "opted_out")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -124,6 +126,8 @@ class RobotsCache:
         try:
             with self.opener.open(request, timeout=self.config.robots_timeout_s) as response:
                 body = response.read(ROBOTS_MAX_BYTES)
+        except HostUnavailable:  # the host's circuit is open: the row says so, not "robots"
+            raise
         except urllib.error.HTTPError as err:
             if 400 <= err.code < 500:
                 parser.allow_all = True
@@ -136,13 +140,18 @@ class RobotsCache:
 
     def parser(self, origin: str) -> urllib.robotparser.RobotFileParser | None:
         """The cached robots.txt of ``origin``: one fetch per host even with many threads
-        (a per-host lock; other hosts go on meanwhile)."""
+        (a per-host lock; other hosts go on meanwhile). An unavailable robots.txt (None:
+        disallow all) is not cached: the host's next request asks again (through the host's
+        turns, so a dead host trips its breaker instead of being asked without end)."""
         with self.lock:
             host_lock = self.host_locks.setdefault(origin, threading.Lock())
         with host_lock:
-            if origin not in self.parsers:
-                self.parsers[origin] = self._fetch(origin)
-            return self.parsers[origin]
+            parser = self.parsers.get(origin)
+            if parser is None:
+                parser = self._fetch(origin)
+                if parser is not None:
+                    self.parsers[origin] = parser
+            return parser
 
     def wait_turn(self, origin: str, parser: urllib.robotparser.RobotFileParser) -> None:
         """Sleep until this host's Crawl-delay since the previous request here has passed."""

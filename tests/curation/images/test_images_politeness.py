@@ -287,3 +287,32 @@ def test_host_rate_holds_across_a_two_node_cluster(tmp_path):
     largest = {h["host"]: h for h in out["download"]["largest_hosts"]}
     assert largest["127.0.0.2"] == {"host": "127.0.0.2", "urls": 16, "rate": 2.0, "min_seconds": 8.0}
     assert largest["127.0.0.3"]["rate"] is None
+
+
+def test_a_turn_never_given_back_is_taken_back_after_its_lease():
+    book = HostBook(PolitenessConfig(host_rate=0, host_concurrency=1, turn_lease_s=10))
+    assert book.acquire("h", 0.0, now=0.0)[0] == "go"  # its worker dies: never released
+    assert book.acquire("h", 0.0, now=5.0)[0] == "busy"
+    assert book.acquire("h", 0.0, now=11.0)[0] == "go"  # the lease ran out: the host is not stuck
+    assert book.report()[0]["lost"] == 1
+
+
+def test_a_redirect_that_waited_past_the_old_deadline_is_still_cut_at_the_new_one():
+    import socket
+
+    from curation.images.deadline import Ticket
+
+    ticket = Ticket(time.monotonic() + 0.2, 0.2)
+    first, _ = socket.socketpair()
+    ticket.arm(first)  # hop 1 armed, then done in time
+    ticket.disarm()
+    time.sleep(0.4)  # hop 2 waits for its host's turn past the first deadline (the watch entry fires)
+    ticket.extend(0.4)
+    assert not ticket.expired
+    reader, writer = socket.socketpair()
+    ticket.arm(reader)  # hop 2's socket: watched until the moved deadline
+    started = time.monotonic()
+    assert reader.recv(10) == b""  # a server that never answers: cut, not held
+    assert 0.05 < time.monotonic() - started < 2.0 and ticket.expired
+    for s in (first, reader, writer):
+        s.close()
