@@ -4,7 +4,7 @@ cluster-wide host turns off vs on, over many loopback hosts, and on a Zipf-skewe
     python bench/bench_politeness.py [--rows 4000] [--hosts 32] [--zipf-rows 1000] [--zipf-s 1.1]
 
 Selection: real sample-pool captions and images (``make sample-data``) at distinct URLs spread
-over ``--hosts`` loopback hosts 127.0.0.1..N, all served by one server process (a
+over ``--hosts`` loopback hosts 127.0.0.1..N (``bench_scale.write_selection``), all served by one server process (a
 ``pipelines.serve_images`` server per address, threads). Each run is the main job's image half
 (``pipelines/wit_images.py``: guard, download with img2dataset's downloader, check, dedup,
 shards; Ray on all local CPUs) in a child process:
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_scale import free_port  # noqa: E402
+from bench.bench_scale import free_port, write_selection  # noqa: E402
 
 
 def serve(hosts: int, port: int, images: str) -> None:
@@ -47,29 +47,14 @@ def serve(hosts: int, port: int, images: str) -> None:
     servers[0].serve_forever()
 
 
-def write_selection(curation: Path, rows: int, hosts: int, port: int, zipf_s: float | None) -> None:
+def host_numbers(rows: int, hosts: int, zipf_s: float | None):
+    """Each row's host 1..``hosts``: round robin, or drawn with probability ~ k^-``zipf_s``."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from storage.datadir import data_manifest
-
-    pool = pq.read_table(data_manifest()["sample_pool"], columns=["path", "text", "source"])
-    at = pa.array(np.arange(rows) % len(pool))
     if zipf_s is None:
-        host = np.arange(rows) % hosts + 1
-    else:
-        weights = 1.0 / np.arange(1, hosts + 1) ** zipf_s
-        host = np.random.default_rng(0).choice(np.arange(1, hosts + 1), size=rows, p=weights / weights.sum())
-    index = pa.array(np.arange(rows)).cast(pa.string())
-    urls = pc.binary_join_element_wise("http://127.0.0.", pa.array(host).cast(pa.string()), f":{port}/",
-                                       pool.column("path").take(at), "?n=", index, "")
-    table = pa.table({"uid": pc.utf8_lpad(index, 32, "0"), "url": urls, "text": pool.column("text").take(at),
-                      "source": pool.column("source").take(at)})
-    (curation / "selected").mkdir(parents=True)
-    for p in range(8):
-        pq.write_table(table.slice(p * -(-rows // 8), -(-rows // 8)), curation / "selected" / f"part-{p:05d}.parquet")
+        return np.arange(rows) % hosts + 1
+    weights = 1.0 / np.arange(1, hosts + 1) ** zipf_s
+    return np.random.default_rng(0).choice(np.arange(1, hosts + 1), size=rows, p=weights / weights.sum())
 
 
 def child(curation: str, flags: list[str]) -> None:
@@ -84,7 +69,7 @@ def child(curation: str, flags: list[str]) -> None:
 
 def run(root: Path, name: str, rows: int, hosts: int, port: int, zipf_s: float | None, flags: list[str]) -> dict:
     curation = root / name / "curation"
-    write_selection(curation, rows, hosts, port, zipf_s)
+    write_selection(curation, rows, hosts, port, host_numbers(rows, hosts, zipf_s))
     env = dict(os.environ, RAY_TMPDIR=tempfile.mkdtemp(prefix="ow-bp-"))
     proc = subprocess.run([sys.executable, __file__, "--child", str(curation), "--", *flags], capture_output=True,
                           text=True, cwd=ROOT, env=env)

@@ -81,8 +81,9 @@ def server_cpu(servers: list[subprocess.Popen]) -> float:
     return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in servers)
 
 
-def write_selection(curation: Path, rows: int, hosts: int, port: int) -> Path:
-    """The selection parts + the same URLs as one parquet for bare img2dataset; returns it."""
+def write_selection(curation: Path, rows: int, hosts: int, port: int, host_of_row=None) -> Path:
+    """The selection parts + the same URLs as one parquet for bare img2dataset; returns it.
+    ``host_of_row``: each row's host number 1..``hosts`` (default: round robin)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -93,7 +94,7 @@ def write_selection(curation: Path, rows: int, hosts: int, port: int) -> Path:
     pool = pq.read_table(data_manifest()["sample_pool"], columns=["path", "text", "source"])
     at = pa.array(np.arange(rows) % len(pool))
     index = pa.array(np.arange(rows)).cast(pa.string())
-    host = pa.array(np.arange(rows) % hosts + 1).cast(pa.string())
+    host = pa.array(np.arange(rows) % hosts + 1 if host_of_row is None else host_of_row).cast(pa.string())
     urls = pc.binary_join_element_wise("http://127.0.0.", host, f":{port}/", pool.column("path").take(at),
                                        "?n=", index, "")
     query_ids = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32)),

@@ -30,6 +30,7 @@ import urllib.request
 from img2dataset.downloader import Downloader
 
 from curation.images.deadline import FetchLimits, RequestTimeout, Ticket, read_body, ticket_for
+from curation.images.politeness import HostTurns, PolitenessConfig, limiter_key
 from curation.images.robots import ROBOTS_MAX_BYTES, RespectConfig, RespectfulHandler
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 
@@ -158,10 +159,13 @@ def build_guarded_opener(config: UrlGuardConfig, respect: RespectConfig | None =
     """A urllib opener enforcing ``config`` on every connection and redirect, proxies off, each
     request chain within ``limits`` (deadline, body size); with ``respect``, also robots.txt
     (fetched through a guarded opener within ``respect.robots_timeout_s`` and 500 KiB),
-    Crawl-delay, our User-Agent and the opt-out ledger (:mod:`curation.images.robots`); with
+    Crawl-delay, our User-Agent and the opt-out ledger (:mod:`curation.images.robots`). With
     ``politeness`` (:class:`curation.images.politeness.HostTurns`), every request -- robots.txt
-    included -- waits for its host's turn."""
+    included -- waits for its host's turn; with ``respect`` and no ``politeness``, the opener's
+    own turns with no rate limit space Crawl-delay (one mechanism for both)."""
     guard = UrlGuard(config)
+    if respect is not None and politeness is None:
+        politeness = HostTurns(PolitenessConfig(host_rate=0, host_concurrency=0))
     handlers = [urllib.request.ProxyHandler({}), _GuardedHTTPHandler(guard, limits, politeness),
                 _GuardedHTTPSHandler(guard, limits, politeness), _GuardedRedirectHandler(guard)]
     if respect is not None:
@@ -179,8 +183,6 @@ def worker_opener(config: UrlGuardConfig, respect: RespectConfig | None, limits:
     """One opener per worker process, settings and limiter: its robots.txt cache lasts across
     the shards that process downloads (img2dataset re-sends the Downloader per shard); the
     host turns come from ``limiter`` (the run's; None: a limiter of this process)."""
-    from curation.images.politeness import HostTurns, limiter_key
-
     key = (config, respect, limits, politeness_config, limiter_key(limiter))
     opener = _OPENERS.get(key)
     if opener is None:

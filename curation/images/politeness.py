@@ -57,6 +57,12 @@ class PolitenessConfig:
         if self.host_rate < 0 or self.host_concurrency < 0:
             raise ValueError("host_rate and host_concurrency must be >= 0 (0: no limit)")
 
+    def limits_for(self, host: str, overrides: dict[str, tuple[float, int]]) -> tuple[float, int]:
+        """``(rate, concurrency)`` of ``host``: its (or a parent domain's) line of ``overrides``
+        (:meth:`overrides`), else the defaults."""
+        key = domain_match(host, overrides)
+        return overrides[key] if key is not None else (self.host_rate, self.host_concurrency)
+
     def overrides(self) -> dict[str, tuple[float, int]]:
         """``unlimited_hosts`` and ``host_limits`` parsed: host -> (rate, concurrency); an error
         names the file and line."""
@@ -82,6 +88,13 @@ class PolitenessConfig:
 
 def host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
+
+
+def domain_match(host: str, table) -> str | None:
+    """The key of ``table`` (a dict or set of hosts / domains) naming ``host`` itself or its
+    nearest parent domain, or None: ``img.cdn.example`` matches ``cdn.example``."""
+    labels = host.split(".")
+    return next((key for key in (".".join(labels[i:]) for i in range(len(labels))) if key in table), None)
 
 
 class HostUnavailable(urllib.error.URLError):
@@ -116,11 +129,7 @@ class HostBook:
     def _host(self, host: str) -> _Host:
         state = self.hosts.get(host)
         if state is None:
-            labels = host.split(".")
-            limits = next((self.overrides[".".join(labels[i:])] for i in range(len(labels))
-                           if ".".join(labels[i:]) in self.overrides),
-                          (self.config.host_rate, self.config.host_concurrency))
-            state = self.hosts[host] = _Host(*limits)
+            state = self.hosts[host] = _Host(*self.config.limits_for(host, self.overrides))
         return state
 
     def acquire(self, host: str, crawl_delay: float, now: float) -> tuple[str, float]:
@@ -300,8 +309,7 @@ class HostTurns:
     def turn(self, url: str) -> Turn:
         """Wait for ``url``'s host's turn (raises :class:`HostUnavailable` while its circuit is open)."""
         host = host_of(url)
-        labels = host.split(".")
-        if any(".".join(labels[i:]) in self.free for i in range(len(labels))):
+        if domain_match(host, self.free) is not None:
             return NO_TURN
         verdict, seconds = self._call("acquire", host, self.crawl_delays.get(host, 0.0))
         if verdict == "refused":

@@ -188,7 +188,7 @@ class PartTasks:
         result["urlguard"] = {"in": len(table), "out": len(kept), "rejected": reject_counts(rejected),
                               "seconds": round(time.perf_counter() - started, 3)}
         size = config.download.shard_size
-        hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(kept.column("url"), HOST_PATTERN), "host"))
+        hosts = url_hosts(kept.column("url"))
         result["hosts"] = largest_hosts(hosts)
         kept = kept.take(host_cut(hosts, kept.column("uid"), size))
         shards = -(-len(kept) // size)
@@ -242,6 +242,12 @@ HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^
 TOP_HOSTS = 20  # hosts per part (and in the stats) with the most URLs
 
 
+def url_hosts(urls: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each URL's host as the politeness limiter keys it (``urlsplit(url).hostname``: lower
+    case, no user or port, IPv6 without brackets), in one batch operation; null when none."""
+    return pc.utf8_trim(pc.utf8_lower(pc.struct_field(pc.extract_regex(urls, HOST_PATTERN), "host")), "[]")
+
+
 def host_cut(hosts: pa.ChunkedArray, uids: pa.ChunkedArray, size: int) -> np.ndarray:
     """The row order of a part's download shards of ``size`` rows: a host's URLs together
     (sorted by host, then uid), so a slow or rate-limited host holds few shards; inside each
@@ -264,9 +270,10 @@ def host_cut(hosts: pa.ChunkedArray, uids: pa.ChunkedArray, size: int) -> np.nda
 
 def largest_hosts(hosts: pa.ChunkedArray) -> dict[str, int]:
     """The :data:`TOP_HOSTS` hosts with the most URLs: ``{host: urls}``."""
-    counts = pc.value_counts(hosts).to_pylist()
-    top = sorted(((int(c["counts"]), c["values"] or "") for c in counts), key=lambda x: (-x[0], x[1]))[:TOP_HOSTS]
-    return {host: n for n, host in top}
+    counts = pc.value_counts(pc.fill_null(hosts, ""))  # one batch op; only the top rows reach Python
+    table = pa.table({"host": counts.field("values"), "urls": counts.field("counts")})
+    top = table.sort_by([("urls", "descending"), ("host", "ascending")]).slice(0, TOP_HOSTS)
+    return dict(zip(top.column("host").to_pylist(), top.column("urls").to_pylist()))
 
 
 def host_skew(part_hosts: dict[str, int], politeness) -> list[dict]:
@@ -276,9 +283,7 @@ def host_skew(part_hosts: dict[str, int], politeness) -> list[dict]:
     overrides = politeness.overrides()
     out = []
     for host, urls in sorted(part_hosts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_HOSTS]:
-        labels = host.split(".")
-        rate = next((overrides[".".join(labels[i:])][0] for i in range(len(labels))
-                     if ".".join(labels[i:]) in overrides), politeness.host_rate)
+        rate, _ = politeness.limits_for(host, overrides)
         out.append({"host": host, "urls": urls, "rate": rate or None,
                     "min_seconds": round(urls / rate, 1) if rate else None})
     return out

@@ -10,9 +10,8 @@ redirects included. Before a request it:
    guard**, parses it with ``urllib.robotparser`` and refuses what it disallows for our product
    token (``robots_disallowed``). As RFC 9309 says: a 4xx robots.txt allows everything; a 5xx
    or an unreachable one disallows everything (``robots_unavailable``);
-3. waits out the host's ``Crawl-delay`` (capped by ``max_crawl_delay_s``): per host across the
-   cluster through the politeness limiter's turns (:mod:`curation.images.politeness`), or,
-   without one, shared by the threads of one worker process;
+3. waits out the host's ``Crawl-delay`` (capped by ``max_crawl_delay_s``) through the host's
+   turns (:mod:`curation.images.politeness`): across the cluster with the run's limiter;
 4. sends our identifiable ``User-Agent`` (product token + contact URL) instead of img2dataset's.
 
 After a 2xx response, when the ledger lists image hashes, the body's SHA-256 is checked
@@ -31,7 +30,6 @@ import hashlib
 import io
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
 import urllib.response
@@ -40,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from curation.images.politeness import HostUnavailable
+from curation.images.politeness import HostUnavailable, domain_match
 
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB
 REASONS = ("robots_disallowed", "robots_unavailable", "opted_out")
@@ -103,8 +101,7 @@ class OptOutLedger:
         if any(url.startswith(p) for p in self.prefixes):
             return "URL prefix listed in the opt-out ledger"
         host = (urlsplit(url).hostname or "").lower()
-        labels = host.split(".")
-        if any(".".join(labels[i:]) in self.domains for i in range(len(labels))):
+        if domain_match(host, self.domains) is not None:
             return f"domain {host} listed in the opt-out ledger"
         return None
 
@@ -115,7 +112,6 @@ class RobotsCache:
     def __init__(self, config: RespectConfig, opener: urllib.request.OpenerDirector):
         self.config, self.opener = config, opener
         self.parsers: dict[str, urllib.robotparser.RobotFileParser | None] = {}
-        self.next_request: dict[str, float] = {}
         self.host_locks: dict[str, threading.Lock] = {}
         self.lock = threading.Lock()
 
@@ -153,30 +149,16 @@ class RobotsCache:
                     self.parsers[origin] = parser
             return parser
 
-    def wait_turn(self, origin: str, parser: urllib.robotparser.RobotFileParser) -> None:
-        """Sleep until this host's Crawl-delay since the previous request here has passed."""
-        delay = parser.crawl_delay(self.config.token)
-        if not delay:
-            return
-        delay = min(float(delay), self.config.max_crawl_delay_s)
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_request.get(origin, now))
-            self.next_request[origin] = start + delay
-        if start > now:
-            time.sleep(start - now)
-
-
 class RespectfulHandler(urllib.request.BaseHandler):
     """The urllib handler described in the module docstring."""
 
     handler_order = 100  # before the default handlers' request processing
 
-    def __init__(self, config: RespectConfig, robots_opener: urllib.request.OpenerDirector, politeness=None):
+    def __init__(self, config: RespectConfig, robots_opener: urllib.request.OpenerDirector, politeness):
         self.config = config
         self.ledger = OptOutLedger.read(config.opt_out_ledger)
         self.robots = RobotsCache(config, robots_opener)
-        self.politeness = politeness  # curation.images.politeness.HostTurns: Crawl-delay kept cluster-wide there
+        self.politeness = politeness  # curation.images.politeness.HostTurns: their turns space Crawl-delay
 
     def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
         """Ledger, robots.txt and Crawl-delay before the request; then our User-Agent."""
@@ -192,12 +174,8 @@ class RespectfulHandler(urllib.request.BaseHandler):
                 raise RespectRefusal("robots_unavailable", f"{origin}/robots.txt unreachable or 5xx")
             if not parser.can_fetch(self.config.token, url):
                 raise RespectRefusal("robots_disallowed", f"{url} disallowed for {self.config.token}")
-            if self.politeness is not None:  # the host's turns (taken when the request opens) space it
-                delay = parser.crawl_delay(self.config.token)
-                capped = min(float(delay), self.config.max_crawl_delay_s) if delay else 0.0
-                self.politeness.note_crawl_delay(url, capped)
-            else:
-                self.robots.wait_turn(origin, parser)
+            delay = parser.crawl_delay(self.config.token)  # spaces the host's turns (taken as the request opens)
+            self.politeness.note_crawl_delay(url, min(float(delay), self.config.max_crawl_delay_s) if delay else 0.0)
         request.add_header("User-Agent", self.config.user_agent)
         return request
 
