@@ -5,7 +5,8 @@ Reads what the stages left behind, nothing else:
 - every ``stats/<stage>.json`` → a funnel of rows per stage and a table of reject reasons;
 - the curation core's per-entry counts before/after balancing (``stats/entry_counts.png``),
   when present;
-- the first final shard → a grid of sample images with their captions.
+- the first final shard → a grid of sample images with their captions;
+- a link to the run's datasheet (``<out>/datasheet.md``) when it is written.
 
 Open ``report.html`` in a browser; it only references files next to it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import html
 import io
+import posixpath
 import tarfile
 import textwrap
 
@@ -108,6 +110,10 @@ def write_report(layout: RunLayout) -> str:
     """Write ``report.html`` and its PNGs for the run's curation dir; return the HTML's URI."""
     stats = read_all_stats(layout)
     parts = ["<h1>openwit curation report</h1>", f"<p>{html.escape(layout.curation)}</p>"]
+    if layout.exists(layout.datasheet_md):  # at the run's root, next to curation/
+        link = html.escape(posixpath.relpath(layout.datasheet_md, layout.curation))
+        parts.append(f"<p>Datasheet (sources, settings, safety, what a publisher must fill in): "
+                     f"<a href='{link}'>{link}</a></p>")
     if stats:
         plot_funnel(stats, layout, layout.report_asset("funnel.png"))
         parts += ["<h2>Rows per stage</h2>", f'<img src="{layout.report_link(layout.report_asset("funnel.png"))}">', _stats_table(stats)]

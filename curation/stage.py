@@ -81,7 +81,8 @@ def text_stages(dedup_keys: tuple[str, ...] = DEDUP_KEYS) -> tuple[str, ...]:
 
 WEB_STAGES = ("webpool_records", "webpool")  # pool extraction from web archives (its own pool dir)
 TEXT_STAGES = text_stages()
-IMAGE_STAGES = ("evaltext", "urlguard", "download", "imagecheck", "imagededup", "decontaminate", "shards")
+IMAGE_STAGES = ("evaltext", "safetytext", "urlguard", "download", "hashlist", "imagecheck", "safety", "imagededup",
+                "decontaminate", "shards", "takedown")  # takedown: pipelines/takedown.py on a finished run
 # the reasons each text stage can give (a reason belongs to exactly one stage; a dedup stage's:
 # :func:`stage_reasons`); image stages' reasons are mostly open-ended (``http_<code>``…) and named
 # in their modules, except the eval decontamination's (its rejects also carry ``eval_id``)
@@ -92,6 +93,10 @@ REASONS = {
     "balance": ("not_sampled",),
     "evaltext": ("eval_url", "eval_caption"),
     "decontaminate": ("eval_duplicate",),
+    "safetytext": ("nsfw_caption",),
+    "hashlist": ("hashlist_match",),
+    "safety": ("nsfw",),
+    "takedown": ("takedown_url", "takedown_hash"),
 }
 
 
@@ -250,6 +255,7 @@ class Tally:
     def __init__(self, stage: str, per_node: str = "in"):
         self.stage, self.per_node = stage, per_node
         self.rows_in, self.rows_out, self.rejected, self.by_node, self.seconds = 0, 0, {}, {}, 0.0
+        self.sums: dict[str, int] = {}  # the tasks' own counters (``counts["sums"]``), summed
 
     def add(self, counts: dict, node: str | None = None) -> None:
         self.rows_in += int(counts["in"])
@@ -258,6 +264,8 @@ class Tally:
         if node is not None:
             self.by_node[node] = self.by_node.get(node, 0) + int(counts[self.per_node])
         self.seconds += float(counts.get("seconds", 0.0))
+        for key, n in counts.get("sums", {}).items():
+            self.sums[key] = self.sums.get(key, 0) + int(n)
 
     def write(self, layout, expect_in: int | None = None, extra: dict | None = None) -> None:
         """``stats/<stage>.json`` (+ ``by_node`` when the tasks named their nodes); with
@@ -265,7 +273,8 @@ class Tally:
         if expect_in is not None and self.rows_in != expect_in:
             raise RuntimeError(f"{self.stage}: the tasks read {self.rows_in} rows, "
                                f"the stage before it kept {expect_in}")
-        details = {**(extra or {}), **({"by_node": dict(sorted(self.by_node.items()))} if self.by_node else {})}
+        details = {**(extra or {}), **dict(sorted(self.sums.items())),
+                   **({"by_node": dict(sorted(self.by_node.items()))} if self.by_node else {})}
         StageStats(self.stage, self.rows_in, self.rows_out, dict(sorted(self.rejected.items())), details).write(layout)
 
 

@@ -130,6 +130,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     from curation.images.politeness import PolitenessConfig
     from curation.images.recipe import ImageStagesConfig
     from curation.images.robots import RespectConfig
+    from curation.images.safety import SafetyConfig
     from curation.images.shards import ShardConfig
     from curation.images.urlguard import UrlGuardConfig
     from pipelines import decontaminate
@@ -167,6 +168,9 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--serve-port", type=int, default=DEFAULT_PORT,
                    help=f"port of --serve-images (default: {DEFAULT_PORT}, the sample pool's)")
     add_config_flags(g, ImageStagesConfig, prefix="images_", only=("report",))
+    safety = parser.add_argument_group("release safety (hash lists, NSFW, faces)")
+    add_config_flags(safety, SafetyConfig, prefix="safety_", flags={"hash_lists": "--hash-list"},
+                     help_extra={"hash_lists": "(e.g. --hash-list sha256:lists/a.txt pdq:lists/b.txt)"})
     decontaminate.add_arguments(parser)
 
 
@@ -179,6 +183,7 @@ def image_config_from_args(args: argparse.Namespace):
     from curation.images.politeness import PolitenessConfig
     from curation.images.recipe import ImageStagesConfig
     from curation.images.robots import RespectConfig
+    from curation.images.safety import SafetyConfig
     from curation.images.shards import ShardConfig
     from curation.images.urlguard import UrlGuardConfig, parse_allow_networks
     from pipelines import decontaminate
@@ -197,5 +202,6 @@ def image_config_from_args(args: argparse.Namespace):
         dedup=config_from_args(ImageDedupConfig, args, "imagededup_"),
         shards=config_from_args(ShardConfig, args, "shards_"),
         decontaminate=decontaminate.config_from_args(args),
+        safety=config_from_args(SafetyConfig, args, "safety_"),
         **config_values(ImageStagesConfig, args, "images_"),
     )

@@ -29,6 +29,8 @@ classes below name every file of a run; nothing outside this package builds a ru
     <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
     <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
     <out>/curation/report.html, report/*.png
+    <out>/curation/removed/<task>.parquet             removed-links ledger: uid, url, list, kind, hash, distance, source
+    <out>/datasheet.md, datasheet.json                the run's datasheet (curation/datasheet.py)
     <out>/pretrain/<run>/checkpoints/, metrics.jsonl, loss.png, result.json, eval/<name>.json   PretrainLayout
     <out>/reports/contamination/{results.json, details.json, report.md, report.html, *.png}     ReportLayout
 
@@ -370,6 +372,16 @@ class RunLayout(Store):
     def contamination_report(self) -> ReportLayout:
         return ReportLayout(self.join("reports", "contamination"))
 
+    @property
+    def datasheet_md(self) -> str:
+        """``<out>/datasheet.md``: the run's datasheet (Gebru et al.), generated from its ledgers."""
+        return self.join("datasheet.md")
+
+    @property
+    def datasheet_json(self) -> str:
+        """``<out>/datasheet.json``: the datasheet's numbers and settings, machine-readable."""
+        return self.join("datasheet.json")
+
     # -- curation ----------------------------------------------------------------------------
     @property
     def curation(self) -> str:
@@ -434,6 +446,15 @@ class RunLayout(Store):
     @property
     def entry_counts(self) -> str:
         return self.cur("entry_counts.parquet")
+
+    @property
+    def removed_dir(self) -> str:
+        """``removed/``: the removed-links ledger (hash-list matches, takedowns): URL, list, hash, never bytes."""
+        return self.cur("removed")
+
+    def removed_part(self, name: str) -> str:
+        """``removed/<name>.parquet``: one task's (or one takedown's) removed links."""
+        return self.cur("removed", f"{name}.parquet")
 
     @property
     def entry_counts_plot(self) -> str:

@@ -9,7 +9,10 @@
   format), ``missing_image`` (no bytes), ``decompression_bomb`` (more than ``max_pixels`` pixels, refused from the header
   before any pixel is decoded), ``corrupt_image`` (truncated or broken data), ``image_too_small``
 (shorter side under ``min_image_size``), ``aspect_ratio`` (longer side over ``max_aspect_ratio``
-times the shorter) -- both from the header, before decoding.
+times the shorter) -- both from the header, before decoding;
+- with the release-safety checks (:class:`ImageChecker` ``safety``): ``hashlist_match`` and
+  ``nsfw`` rejects, the hash-list matches, and the kept rows' digests, PDQ hash, NSFW score and
+  face boxes (:mod:`curation.images.safety`).
 
 Nothing raises on bad bytes: every row ends up kept or rejected with a reason.
 """
@@ -85,23 +88,35 @@ def _to_bgr(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _resize(pixels: np.ndarray, config: ImageCheckConfig) -> np.ndarray:
+def _scale(pixels: np.ndarray, config: ImageCheckConfig) -> np.ndarray:
+    """The image scaled to its shard size (longest side ``image_size`` for "border", shortest
+    for "keep_ratio"), before any border."""
     height, width = pixels.shape[:2]
     side = config.image_size
     scale = side / (min(width, height) if config.resize_mode == "keep_ratio" else max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4)
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LANCZOS4)
+
+
+def _pad(scaled: np.ndarray, config: ImageCheckConfig) -> np.ndarray:
+    """"border": the scaled image centred in a white ``image_size`` square; "keep_ratio": as is."""
     if config.resize_mode == "keep_ratio":
-        return resized
-    top, left = (side - size[1]) // 2, (side - size[0]) // 2
-    return cv2.copyMakeBorder(resized, top, side - size[1] - top, left, side - size[0] - left,
+        return scaled
+    side = config.image_size
+    height, width = scaled.shape[:2]
+    top, left = (side - height) // 2, (side - width) // 2
+    return cv2.copyMakeBorder(scaled, top, side - height - top, left, side - width - left,
                               cv2.BORDER_CONSTANT, value=(255, 255, 255))
 
 
-def check_image(data: bytes, config: ImageCheckConfig) -> dict | str:
+def check_image(data: bytes, config: ImageCheckConfig, inspect=None) -> dict | str:
     """Check and resize one image: a dict of the :data:`KEPT_SCHEMA` fields, or a reject reason.
 
-    The size comes from the header (Pillow, lazy) and is checked *before* any pixel is decoded."""
+    The size comes from the header (Pillow, lazy) and is checked *before* any pixel is decoded.
+    ``inspect`` (:class:`curation.images.safety.SafetyInspector`) sees the image scaled to its
+    shard size, before the border: its fields are added to the result, and the image it returns
+    (faces blurred) is the one stored; it may raise :class:`~curation.images.safety.Rejected`.
+    The pHash (dedup) is the unblurred image's."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -124,41 +139,94 @@ def check_image(data: bytes, config: ImageCheckConfig) -> dict | str:
         return "corrupt_image"
     digest = xxhash.xxh3_128(repr(pixels.shape).encode())
     digest.update(np.ascontiguousarray(pixels).data)
-    resized = _resize(_to_bgr(pixels), config)
+    scaled = _scale(_to_bgr(pixels), config)
+    resized = _pad(scaled, config)
     rgb = Image.fromarray(cv2.cvtColor(resized, cv2.COLOR_BGR2RGB))
     phash = phash_code(rgb)
+    fields: dict = {}
+    if inspect is not None:
+        fields, replaced = inspect(scaled)
+        if replaced is not None:
+            resized = _pad(replaced, config)
     ok, jpg = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     if not ok:
         return "corrupt_image"
     return {
         "width": resized.shape[1], "height": resized.shape[0],
         "original_width": width, "original_height": height,
-        "pixel_hash": digest.digest(), "phash": phash, "jpg": jpg.tobytes(),
+        "pixel_hash": digest.digest(), "phash": phash, "jpg": jpg.tobytes(), **fields,
     }
 
 
-class ImageChecker:
-    """Callable over an Arrow table ``(uid, image)`` → (kept table, rejected table); see the
-    module docstring for the columns."""
+SAFETY_SCHEMA = pa.schema([  # what the release-safety checks add (curation/images/safety.py)
+    ("md5", pa.string()),
+    ("sha1", pa.string()),
+    ("sha256", pa.string()),
+    ("pdq", pa.string()),
+    ("pdq_quality", pa.int16()),
+    ("nsfw_score", pa.float64()),
+    ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+])
+REMOVED_SCHEMA = pa.schema([("uid", pa.string()), ("list", pa.string()), ("kind", pa.string()),
+                            ("hash", pa.string()), ("distance", pa.int32())])
 
-    def __init__(self, config: ImageCheckConfig):
-        self.config = config
+
+class ImageChecker:
+    """Callable over an Arrow table ``(uid, image)`` → (kept, rejected, removed) tables; see the
+    module docstring for the kept and rejected columns.
+
+    With ``safety`` (:class:`curation.images.safety.SafetyConfig`) every image's bytes are
+    hashed (MD5, SHA-1, SHA-256) and matched against the hash lists before anything else, the
+    checked image is inspected (:class:`~curation.images.safety.SafetyInspector`: PDQ + its
+    match, NSFW score, faces), the kept rows carry :data:`SAFETY_SCHEMA`'s fields, and
+    ``removed`` holds the hash-list matches (:data:`REMOVED_SCHEMA`; their reason is
+    ``hashlist_match``)."""
+
+    def __init__(self, config: ImageCheckConfig, safety=None):
+        self.config, self.safety = config, safety
         ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never grey pixels
         cv2.setNumThreads(1)  # one worker per core: parallelism comes from the engine
+        self.inspector = None
+        if safety is not None:
+            from curation.images.safety import SafetyInspector
 
-    def __call__(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+            self.inspector = SafetyInspector(safety)
+
+    def _check(self, data: bytes) -> tuple[dict | str, object]:
+        """One image: (kept fields or reason, the hash-list match or None)."""
+        if self.inspector is None:
+            return check_image(data, self.config), None
+        from curation.images.safety import Rejected, digests
+
+        digest = digests(data)
+        match = self.inspector.lists.match_digests(digest)
+        if match is not None:
+            return "hashlist_match", match
+        try:
+            result = check_image(data, self.config, self.inspector)
+        except Rejected as rejected:
+            return rejected.reason, rejected.match
+        if isinstance(result, dict):
+            result.update({kind: value.hex() for kind, value in digest.items()})
+        return result, None
+
+    def __call__(self, table: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         uids = table.column("uid")
-        kept_idx, kept_rows, rejected_idx, reasons = [], [], [], []
+        kept_idx, kept_rows, rejected_idx, reasons, removed = [], [], [], [], []
         for i, data in enumerate(table.column("image").to_pylist()):
-            result = "missing_image" if data is None else check_image(data, self.config)
+            result, match = ("missing_image", None) if data is None else self._check(data)
             if isinstance(result, str):
                 rejected_idx.append(i)
                 reasons.append(result)
+                if match is not None:
+                    removed.append({"uid": str(uids[i]), "list": match.list, "kind": match.kind,
+                                    "hash": match.hash, "distance": match.distance})
             else:
                 kept_idx.append(i)
                 kept_rows.append(result)
-        kept = pa.Table.from_pylist(kept_rows, schema=KEPT_SCHEMA)
+        schema = KEPT_SCHEMA if self.inspector is None else pa.unify_schemas([KEPT_SCHEMA, SAFETY_SCHEMA])
+        kept = pa.Table.from_pylist(kept_rows, schema=schema)
         kept = kept.add_column(0, "uid", uids.take(pa.array(kept_idx, pa.int64())))
         rejected = pa.table({"uid": uids.take(pa.array(rejected_idx, pa.int64())),
                              "reason": pa.array(reasons, pa.string())})
-        return kept, rejected
+        return kept, rejected, pa.Table.from_pylist(removed, schema=REMOVED_SCHEMA)

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curation.images.phash import PHASH_BITS
 from curation.stage import MapTasks, in_process
@@ -312,10 +313,23 @@ def group_files(group: str | list[str]) -> list[str]:
     return [group] if isinstance(group, str) else list(group)
 
 
-def read_group(layout, group: str | list[str], columns: list[str]) -> pa.Table:
+def read_group(layout, group: str | list[str], columns: list[str], optional: pa.Schema | None = None) -> pa.Table:
     """A checked group's rows, its files concatenated in order (a group's row ``r`` is what
-    the ``part``/``row`` columns of the rejects name)."""
-    return pa.concat_tables([layout.read_parquet(f, columns) for f in group_files(group)])
+    the ``part``/``row`` columns of the rejects name); the ``optional`` schema's columns too,
+    null in a file that lacks them (checked without the release-safety checks)."""
+    tables = []
+    for f in group_files(group):
+        if optional is None:
+            tables.append(layout.read_parquet(f, columns))
+            continue
+        with layout.open(f) as handle:
+            present = set(pq.read_schema(handle).names)
+        table = layout.read_parquet(f, columns + [c for c in optional.names if c in present])
+        for column in optional:
+            if column.name not in present:
+                table = table.append_column(column, pa.nulls(len(table), column.type))
+        tables.append(table)
+    return pa.concat_tables(tables)
 
 
 def default_buckets(rows: int) -> int:

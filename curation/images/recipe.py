@@ -39,13 +39,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.images.check import ImageCheckConfig, ImageChecker
+from curation.images.check import SAFETY_SCHEMA, ImageCheckConfig, ImageChecker
 from curation.images.decontaminate import DecontaminateConfig, decontaminate_stage, evaltext_rejects
 from curation.images.dedup import ImageDedupConfig, deduplicate_distributed, group_files, read_group
 from curation.images.download import DownloadConfig, download, read_download_shard
 from curation.images.fetch import node_name
 from curation.images.holdout import heldout_of_hashes
 from curation.images.politeness import limiter_report
+from curation.images.safety import FACE_DETECTOR, NSFW_DETECTOR, SafetyConfig, caption_rejects, list_identities
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
@@ -77,6 +78,7 @@ class ImageStagesConfig:
     dedup: ImageDedupConfig = field(default_factory=ImageDedupConfig)  # exact + pHash dedup
     shards: ShardConfig = field(default_factory=ShardConfig)  # final shard size
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)  # eval copies out
+    safety: SafetyConfig = field(default_factory=SafetyConfig)  # hash lists, NSFW, faces
     report: bool = True  # write report.html + PNGs at the end
 
 
@@ -91,7 +93,8 @@ def fingerprint(layout: RunLayout, parts: list[str], config: ImageStagesConfig, 
     body = {"selected_rows": sum(d["rows"] for d in digests), "selected_uids": uids.hexdigest(),
             "guard": asdict(config.guard), "check": asdict(config.check),
             "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
-            "layout": 4,  # v4: per-part download dirs, a checked part per download shard, cut by host
+            "layout": 5,  # v5: + the release-safety stages (safetytext, hashlist, safety) and their columns
+            "safety": {**asdict(config.safety), **list_identities(config.safety)},  # the lists' digests, not paths only
             "download_shard_size": config.download.shard_size,
             "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate),
             "retry_pass": config.download.retry_pass, "max_bytes": config.download.max_bytes,
@@ -182,6 +185,12 @@ class PartTasks:
             result["evaltext"] = {"in": len(table), "out": len(table) - len(rejected),
                                   "rejected": reject_counts(rejected)}
             table = without_uids(table, rejected)
+        unsafe = caption_rejects(table.column("text").to_pylist(), config.safety.nsfw_words)
+        rejected = table.filter(pa.array(unsafe)).select(["uid", "url"])
+        rejected = rejected.append_column("reason", pa.array(["nsfw_caption"] * len(rejected), pa.string()))
+        write_rejects(layout, "safetytext", rejected, part=part_name(index))
+        result["safetytext"] = {"in": len(table), "out": len(table) - len(rejected), "rejected": reject_counts(rejected)}
+        table = table.filter(pa.array(~unsafe))
         started = time.perf_counter()
         kept, rejected = UrlGuard(config.guard)(table)
         write_rejects(layout, "urlguard", rejected.select(["uid", "reason", "url"]), part=part_name(index))
@@ -216,26 +225,74 @@ class PartTasks:
         images = pa.concat_tables(pieces) if pieces else pa.table(
             {"uid": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
         fetched = time.perf_counter()
-        kept, rejected = worker_checker(config.check)(images)
+        kept, rejected, removed = worker_checker(config.check, config.safety)(images)
         at = pc.index_in(kept.column("uid"), value_set=rows.column("uid"))
         for column in META_COLUMNS:
             kept = kept.append_column(column, rows.column(column).take(at))
-        write_rejects(layout, "imagecheck", rejected, part=name)
+        counts = _split_check_rejects(images, kept, rejected, fetched)
+        stage_of = np.array([_stage_of_reason(r) for r in rejected.column("reason").to_pylist()], dtype=object)
+        for stage in ("hashlist", "imagecheck", "safety"):
+            write_rejects(layout, stage, rejected.filter(pa.array(stage_of == stage, pa.bool_())), part=name)
+        urls = rows.column("url").take(pc.index_in(removed.column("uid"), value_set=rows.column("uid")))
+        layout.write_parquet(pa.table({"uid": removed.column("uid"), "url": urls,
+                                       **{c: removed.column(c) for c in ("list", "kind", "hash", "distance")},
+                                       "source": pa.array(["download"] * len(removed), pa.string())}),
+                             layout.removed_part(name))
         body = {"name": name, "node": node_name(),
                 "download": {"in": len(rows), "out": len(ok), "rejected": reject_counts(failed),
-                             "seconds": round(fetched - started, 3)},
-                "imagecheck": {"in": len(images), "out": len(kept), "rejected": reject_counts(rejected),
-                               "seconds": round(time.perf_counter() - fetched, 3)}}
+                             "seconds": round(fetched - started, 3)}, **counts}
+        remove_fetched(layout, index, shard)  # no fetched bytes outlive the check (hash-list matches included)
         layout.write_json(record, body)
         layout.write_parquet(kept, out)  # the completion marker, last
         return body
 
 
+STAGE_REASONS = {"hashlist": ("hashlist_match",), "safety": ("nsfw",)}  # the rest of the checker's are imagecheck's
+
+
+def _stage_of_reason(reason: str) -> str:
+    return next((stage for stage, reasons in STAGE_REASONS.items() if reason in reasons), "imagecheck")
+
+
+def _split_check_rejects(images: pa.Table, kept: pa.Table, rejected: pa.Table, started: float) -> dict:
+    """The checker's one pass as three stages' counts, in data-flow order: ``hashlist`` (every
+    fetched image), ``imagecheck`` (what the lists left), ``safety`` (what the check kept); the
+    ``safety`` counts add the images scored and the faces found and blurred."""
+    reasons = reject_counts(rejected)
+    by_stage = {stage: {r: n for r, n in reasons.items() if _stage_of_reason(r) == stage}
+                for stage in ("hashlist", "imagecheck", "safety")}
+    counts, rows_in = {}, len(images)
+    for stage in ("hashlist", "imagecheck", "safety"):
+        out = rows_in - sum(by_stage[stage].values())
+        counts[stage] = {"in": rows_in, "out": out, "rejected": by_stage[stage]}
+        rows_in = out
+    if len(kept) != rows_in:
+        raise RuntimeError(f"imagecheck: {len(images)} images, {len(kept)} kept and {len(rejected)} rejected do not add up")
+    counts["imagecheck"]["seconds"] = round(time.perf_counter() - started, 3)
+    faces = kept.column("face_bboxes").to_pylist() if "face_bboxes" in kept.column_names else []
+    scores = kept.column("nsfw_score") if "nsfw_score" in kept.column_names else pa.array([], pa.float64())
+    counts["safety"]["sums"] = {  # images given an NSFW score (the kept and the rejected), faces found
+        "scored": len(scores) - scores.null_count + reasons.get("nsfw", 0),
+        "images_with_faces": sum(1 for f in faces if f), "faces": sum(len(f) for f in faces if f)}
+    return counts
+
+
+def remove_fetched(layout: RunLayout, index: int, shard: int) -> None:
+    """Delete the fetched bytes of a checked download shard (img2dataset's tar of each pass):
+    the kept images live on, checked and resized, in ``checked/``; nothing else -- a hash-list
+    match least of all -- stays in the run's scratch. The passes' result tables (status per
+    row, no bytes) stay."""
+    for name in ("pass0", "retry"):
+        tar = f"{layout.download_pass(index, name)}/{shard:05d}.tar"
+        if layout.exists(tar):
+            layout.remove(tar)
+
+
 @functools.lru_cache(maxsize=4)
-def worker_checker(config: ImageCheckConfig) -> ImageChecker:
-    """One image checker per worker process and config (the engine ships a fresh task object
-    with every task; this cache lives as long as the worker)."""
-    return ImageChecker(config)
+def worker_checker(config: ImageCheckConfig, safety: SafetyConfig | None = None) -> ImageChecker:
+    """One image checker (and its safety models and hash lists) per worker process and config
+    (the engine ships a fresh task object with every task; this cache lives as long as the worker)."""
+    return ImageChecker(config, safety)
 
 
 HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
@@ -307,11 +364,10 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
     tasks; this run's, not in the stats files, which depend only on the results)."""
     tasks = PartTasks(layout, config, decontaminating, limiter)
     part_hosts: dict[str, int] = {}  # the parts' largest hosts, summed (at most TOP_HOSTS per part)
-    tallies = {stage: Tally(stage, "out" if stage == "download" else "in")
-               for stage in ("evaltext", "urlguard", "download", "imagecheck")}
+    tallies = {stage: Tally(stage, "out" if stage == "download" else "in") for stage in FETCH_STAGES}
     checked: list[tuple[str, int]] = []
     for kind, result in pipe(tasks.prepare, tasks.fetch_check, list(enumerate(selected_parts(layout)))):
-        for stage in (("evaltext", "urlguard") if kind == "first" else ("download", "imagecheck")):
+        for stage in (FETCH_STAGES[:3] if kind == "first" else FETCH_STAGES[3:]):
             if stage in result:
                 tallies[stage].add(result[stage], result["node"])
         if kind == "first":
@@ -326,12 +382,22 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
             "eval_urls": evals.column("url").length() - evals.column("url").null_count,
             "eval_captions": evals.column("caption_key").length() - evals.column("caption_key").null_count})
         rows_in = tallies["evaltext"].rows_out
-    for stage in ("urlguard", "download", "imagecheck"):
-        extra = {"largest_hosts": host_skew(part_hosts, config.download.politeness)} if stage == "download" else None
-        tallies[stage].write(layout, rows_in, extra)
+    identities = list_identities(config.safety)  # the lists' names, sizes and digests, never their content
+    safety = config.safety
+    extras = {
+        "safetytext": {"words": identities["nsfw_words_file"]},
+        "download": {"largest_hosts": host_skew(part_hosts, config.download.politeness)},
+        "hashlist": {"lists": identities["hash_list_files"], "pdq_threshold": safety.pdq_threshold},
+        "safety": {"nsfw_detector": NSFW_DETECTOR if safety.nsfw else None,
+                   "nsfw_threshold": safety.nsfw_threshold if safety.nsfw else None,
+                   "face_detector": FACE_DETECTOR if safety.faces else None, "blur_faces": safety.blur_faces}}
+    for stage in FETCH_STAGES[1:]:
+        tallies[stage].write(layout, rows_in, extras.get(stage))
         rows_in = tallies[stage].rows_out
     return sorted(checked), {stage: round(t.seconds, 1) for stage, t in tallies.items() if t.seconds}
 
+
+FETCH_STAGES = ("evaltext", "safetytext", "urlguard", "download", "hashlist", "imagecheck", "safety")  # per-part pipeline's
 
 GROUP_ROWS = 20_000  # checked rows per task of the global steps (dedup scatter, decontamination, shard marks)
 
@@ -400,7 +466,7 @@ class ShardTasks:
     def mark(self, item: tuple[int, str | list[str]]) -> dict:
         index, group = item
         layout = self.layout
-        table = read_group(layout, group, list(SAMPLE_COLUMNS))
+        table = read_group(layout, group, list(SAMPLE_COLUMNS[:-len(SAFETY_SCHEMA)]), optional=SAFETY_SCHEMA)
         dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(table))
         table = table.filter(pa.array(~dropped))
         uid_hash = uid_hashes(table.column("uid")) if len(table) else np.zeros(0, np.uint64)
@@ -436,7 +502,8 @@ class ShardTasks:
         return {**write_shard(layout, shard_id, table, split), "node": node_name()}
 
 
-SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_width", "original_height")
+SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_width", "original_height",
+                  *SAFETY_SCHEMA.names)
 
 
 def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: MapTasks,
@@ -500,8 +567,7 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
         checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"], limiter)
     hosts = limiter_report(limiter) if limiter is not None else None  # turns per host: requests, waits, trips
     if until == "download":
-        return {"stages": {s: read_stats(layout, s) for s in ("evaltext", "urlguard", "download", "imagecheck")
-                           if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds,
+        return {"stages": {s: read_stats(layout, s) for s in FETCH_STAGES if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds,
                 "hosts": hosts}
     groups = checked_groups(checked)
     rows = sum(n for _, n in checked)
@@ -511,6 +577,9 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
     if decontaminating:
         kept = decontaminate_stage(layout, groups, config.decontaminate, map_tasks, dedup_out=kept)
     shard_stage(layout, groups, config.shards, map_tasks, dedup_out=kept)
+    from curation.datasheet import write_datasheet
+
+    write_datasheet(layout)  # <out>/datasheet.md + .json from the ledgers (the report links it)
     if config.report:
         from curation.report import write_report
 
@@ -526,6 +595,7 @@ def summary(layout: RunLayout, skipped: bool, seconds: float | None = None) -> d
         "shards_dir": layout.shards_dir,
         "shards": layout.read_json(layout.shard_stats),
         "report": layout.report_html if layout.exists(layout.report_html) else None,
+        "datasheet": layout.datasheet_md if layout.exists(layout.datasheet_md) else None,
         "skipped": skipped,
         "seconds": seconds,
     }

@@ -1,7 +1,9 @@
 """Final WebDataset shards: ``shards/NNNNN.tar`` + ``NNNNN.parquet`` index + ``stats.json``.
 
 Each sample is three tar members sharing a key: ``<key>.jpg`` (the checked, resized JPEG),
-``<key>.txt`` (the caption) and ``<key>.json`` (uid, url, query_ids, source, sizes). Keys are
+``<key>.txt`` (the caption) and ``<key>.json`` (uid, url, query_ids, source, sizes; with the
+release-safety checks the original's ``sha256``, ``nsfw_score`` and ``face_bboxes`` too: DataComp's
+names). The index parquet adds ``md5``, ``sha1``, ``pdq`` and ``pdq_quality``. Keys are
 ``<shard:05d>_<index:06d>``, passed through :func:`sanitize_key` anyway, so a member name can
 never hold a path separator, ``..`` or the dot WebDataset splits extensions at. Tars are written
 with webdataset's ``TarWriter`` with a fixed mtime/owner (byte-identical reruns), to a temp name,
@@ -23,7 +25,12 @@ from storage.files import atomic_write
 from storage.layout import RunLayout, shard_name
 
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
-                 "original_width", "original_height")
+                 "original_width", "original_height",
+                 # the release-safety fields (curation/images/safety.py), when the samples carry them
+                 "md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes")
+OPTIONAL_FIELDS = ("md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes")  # left out when null
+JSON_FIELDS = ("uid", "url", "query_ids", "source", "width", "height", "original_width", "original_height",
+               "sha256", "nsfw_score", "face_bboxes")  # a sample's <key>.json (those the row has)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -43,8 +50,7 @@ def sanitize_key(key: str) -> str:
 def sample_members(row: dict) -> dict:
     """One WebDataset sample (``__key__``, ``jpg``, ``txt``, ``json`` as bytes) from an index
     row plus its ``jpg`` bytes."""
-    meta = {k: row[k] for k in ("uid", "url", "query_ids", "source", "width", "height",
-                                "original_width", "original_height")}
+    meta = {k: row[k] for k in JSON_FIELDS if k in row and not (k in OPTIONAL_FIELDS and row[k] is None)}
     return {
         "__key__": sanitize_key(row["key"]),
         "jpg": row["jpg"],
@@ -68,6 +74,13 @@ def rebatch(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
                 pending, count = [], 0
     if count:
         yield pa.concat_tables(pending)
+
+
+def index_columns(table: pa.Table) -> list[str]:
+    """The :data:`INDEX_COLUMNS` a shard's index holds: those of the samples, less the optional
+    safety fields no sample of the shard has (checks turned off: the same index as without them)."""
+    return [c for c in INDEX_COLUMNS if c in table.column_names
+            and not (c in OPTIONAL_FIELDS and table.column(c).null_count == len(table))]
 
 
 def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table, split: str = "shards") -> bool:
@@ -99,7 +112,7 @@ def write_shard(layout: RunLayout, shard_id: int, table: pa.Table, split: str = 
     tar = layout.shard_tar(shard_id, split)
     if not _shard_matches(layout, shard_id, table, split):
         atomic_write(tar, lambda f: _write_tar(f, table))
-        layout.write_parquet(table.select(list(INDEX_COLUMNS)), layout.shard_index(shard_id, split))
+        layout.write_parquet(table.select(index_columns(table)), layout.shard_index(shard_id, split))
     return {"samples": len(table), "bytes": layout.size(tar)}
 
 

@@ -54,7 +54,6 @@ def test_build_wit_scales_t_to_the_pool_and_t_overrides(head_heavy_pool, tmp_pat
     pool, queries, num_queries = head_heavy_pool
     argv = ["--pool", pool, "--queries", queries, "--until", "select", "--runner", "beam", "--parts", "2"]
     summary = build_wit.run([*argv, "--out", str(tmp_path / "auto")])
-    cur = tmp_path / "auto" / "curation"
     layout = RunLayout(str(tmp_path / "auto"))
     before = read_entry_counts(layout, num_queries)
     after = selected_entry_counts(layout, num_queries)

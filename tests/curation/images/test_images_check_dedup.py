@@ -21,8 +21,8 @@ def test_check_rejects_bad_bytes_with_reasons():
         "uid": ["ok", "trunc", "html", "bomb", "missing", "empty"],
         "image": pa.array([jpeg, jpeg[: len(jpeg) // 2], b"<html>x</html>", png_bomb(), None, b""], pa.binary()),
     })
-    kept, rejected = ImageChecker(ImageCheckConfig(image_size=64))(table)
-    assert kept.column("uid").to_pylist() == ["ok"]
+    kept, rejected, removed = ImageChecker(ImageCheckConfig(image_size=64))(table)
+    assert kept.column("uid").to_pylist() == ["ok"] and len(removed) == 0
     assert dict(zip(rejected.column("uid").to_pylist(), rejected.column("reason").to_pylist())) == {
         "trunc": "corrupt_image", "html": "not_an_image", "bomb": "decompression_bomb",
         "missing": "missing_image", "empty": "not_an_image"}

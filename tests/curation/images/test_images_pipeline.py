@@ -100,6 +100,7 @@ def test_end_to_end(tmp_path, site, sample, ray_session, monkeypatch):
     ray_rows = ray_session.data.read_webdataset(tars, file_extensions=["tar"]).take_all()
     assert sorted(r["__key__"] for r in ray_rows) == sorted(index.column("key").to_pylist())
     assert (curation / "report.html").exists() and (curation / "report" / "funnel.png").exists()
+    assert (tmp_path / "datasheet.md").exists() and "href='../datasheet.md'" in (curation / "report.html").read_text()
 
     # 4. rerun: a finished run is a no-op; rebuilt shards are byte-identical, without network
     before = {p.name: p.read_bytes() for p in (curation / "shards").iterdir()}
