@@ -65,3 +65,31 @@ def test_a_token_is_made_once_and_an_explicit_one_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit opt-out
     ensure_auth_token()
     assert not made.exists()
+
+
+@pytest.mark.ray
+def test_an_entry_point_starts_a_local_ray_it_can_authenticate_to():
+    """An entry point as a user runs it (no RAY_* set): the script's imports pull Ray in before
+    its main() runs, so the token default must be set by importing the package, not later (a
+    later default started a token-guarded GCS that its own client, reading RAY_AUTH_MODE at
+    import, could not talk to)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    ray_tmp = tempfile.mkdtemp(prefix="ow-auth-")  # short: Ray's socket paths must fit 107 bytes
+    env.update(RAY_TMPDIR=ray_tmp, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    code = ("from pipelines import wit_images\n"
+            "import ray  # as the flag parser's imports do (pipelines.decontaminate → … → ray)\n"
+            "from pipelines.runtime import init_ray\n"
+            "ray = init_ray(num_cpus=1)\n"
+            "print('sum', ray.get(ray.remote(lambda: 41 + 1).remote()))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0 and "sum 42" in done.stdout, done.stderr[-2000:]
