@@ -35,7 +35,8 @@ sample-data: venv
 # hash); then a short tiny-CLIP pretraining on the shards and its evaluation: retrieval on the
 # held-out pairs, zero-shot on the held-out clipart's categories, Fashion-MNIST as transfer; and the
 # eval-overlap report (CLIP §5): which of the first 2,000 Fashion-MNIST test images have copies in
-# the shards (the sample pool carries 40 planted ones) with the shipped copy detector.
+# the shards (the sample pool carries 40 planted ones) with the shipped copy detector; last, the
+# run's datasheet (written by the image stages) again, now with the eval-overlap results.
 DEMO_ABS := $(abspath $(DEMO_OUT))
 DEMO_STEPS ?= 600
 DEMO_RUN := $(DEMO_OUT)/pretrain/tiny
@@ -54,11 +55,13 @@ demo: venv sample-data
 	$(PY) pipelines/contamination_report.py --train-data $(DEMO_ABS)/curation/shards --checkpoint $(DEMO_RUN) \
 	    --dataset fashion-mnist --eval-limit 2000 --detector learned --detector-weights contamination/assets/copy_detector.pt \
 	    --out $(DEMO_OUT)/reports/contamination
+	$(PY) pipelines/datasheet.py --out $(DEMO_OUT) > /dev/null  # again: now with the eval-overlap results
 	@echo "queries:  $(DEMO_OUT)/queries/queries.parquet"
 	@echo "shards:   $(DEMO_OUT)/curation/shards/ (held out: curation/heldout/)   report: $(DEMO_OUT)/curation/report.html"
 	@echo "balance:  $(DEMO_OUT)/curation/stats/entry_counts.png (t scaled to the pool: stats/summary.json)"
 	@echo "pretrain: $(DEMO_RUN)/  (metrics.jsonl, loss.png, checkpoints/, eval/*.json)"
 	@echo "overlap:  $(DEMO_OUT)/reports/contamination/report.html  (results.json; planted Fashion-MNIST copies found)"
+	@echo "release:  $(DEMO_OUT)/datasheet.md  (sources, settings, every stage's counts, safety; what a publisher must fill in)"
 
 
 # The same chain from a crawl: the sample images as web pages, crawled by wget into a WARC during

@@ -510,10 +510,13 @@ def _md_composition(sheet: dict) -> list[str]:
         lines += [f"Index columns: {', '.join(f'`{c}`' for c in columns)}.", ""]
     lines += _md_concepts(sheet["concepts"])
     safety = sheet["safety"]["safety"]
-    people = (f"the NSFW/face stage scored {_n(safety.get('scored'))} images: {_n(safety.get('images_with_faces'))} "
-              f"with at least one detected face ({_n(safety.get('faces'))} faces, {_n(safety.get('blurred'))} "
-              f"blurred) and {_n(safety.get('rejected', {}).get('nsfw'))} rejected as NSFW" if safety["run"]
-              else "the NSFW/face stage was **not run**: nothing is known about nudity or faces in the images")
+    detectors = safety["run"] and (safety.get("nsfw_detector") or safety.get("face_detector"))
+    people = (f"among the {_n(safety.get('in'))} checked images (before the image dedup, decontamination and any "
+              f"takedown) the NSFW/face stage scored {_n(safety.get('scored'))}: "
+              f"{_n(safety.get('images_with_faces'))} with at least one detected face ({_n(safety.get('faces'))} "
+              f"faces, {_n(safety.get('blurred'))} images blurred) and {_n(safety.get('rejected', {}).get('nsfw'))} "
+              "rejected as NSFW; each shard sample's json carries its own `nsfw_score` and `face_bboxes`" if detectors
+              else "the NSFW and face detectors were **not run**: nothing is known about nudity or faces in the images")
     lines += ["**Does it contain data that might be offensive, or that identifies people?** Images and captions "
               f"come from the open web; {people}. See section 4 for every safety stage.", ""]
     return lines
@@ -665,6 +668,9 @@ def _md_safety(safety: dict) -> list[str]:
     lines = ["**Hash-list removal** (known abusive or listed images, by cryptographic digest and PDQ): "
              + (f"{_n(hashlist.get('in'))} images checked, {_n(hashlist.get('rejected', {}).get('hashlist_match'))} "
                 f"removed; PDQ match within {_n(hashlist.get('pdq_threshold'))} bits."
+                if hashlist["run"] and hashlist.get("lists") else
+                "**no hash list was given**: no image was matched against any list of known abusive images "
+                "(none ships with openwit; ask a hash-sharing body, e.g. NCMEC, IWF or C3P, for access)."
                 if hashlist["run"] else not_run), ""]
     if hashlist["run"] and hashlist.get("lists"):
         lines += _table(["list", "kind", "entries", "sha256 of the list file"],
@@ -680,7 +686,8 @@ def _md_safety(safety: dict) -> list[str]:
                  f"{_n(nsfw.get('rejected', {}).get('nsfw'))} above the threshold {_n(nsfw.get('nsfw_threshold'))} "
                  f"removed. Faces ({nsfw.get('face_detector')}): {_n(nsfw.get('faces'))} in "
                  f"{_n(nsfw.get('images_with_faces'))} images, {_n(nsfw.get('blurred'))} blurred."
-                 if nsfw["run"] else not_run), ""]
+                 if nsfw["run"] and (nsfw.get("nsfw_detector") or nsfw.get("face_detector")) else
+                 "the detectors were turned off (--no-nsfw --no-faces)." if nsfw["run"] else not_run), ""]
     removed = safety["removed_links"]
     lines += [f"**Removed-links ledger** (URL, list, hash of each removed link; never the image): "
               f"{_n(removed['rows'])} link(s) in {_n(removed['files'])} file(s).", ""]

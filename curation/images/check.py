@@ -182,7 +182,7 @@ class ImageChecker:
     ``removed`` holds the hash-list matches (:data:`REMOVED_SCHEMA`; their reason is
     ``hashlist_match``)."""
 
-    def __init__(self, config: ImageCheckConfig, safety=None):
+    def __init__(self, config: ImageCheckConfig, safety=None, list_digests: tuple[str, ...] = ()):
         self.config, self.safety = config, safety
         ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never grey pixels
         cv2.setNumThreads(1)  # one worker per core: parallelism comes from the engine
@@ -190,7 +190,13 @@ class ImageChecker:
         if safety is not None:
             from curation.images.safety import SafetyInspector
 
-            self.inspector = SafetyInspector(safety)
+            self.inspector = SafetyInspector(safety, list_digests)
+
+    @property
+    def blurred(self) -> int:
+        """Images whose faces were blurred by this checker so far (a worker's checker lives long:
+        read it before and after a call)."""
+        return self.inspector.blurred if self.inspector is not None else 0
 
     def _check(self, data: bytes) -> tuple[dict | str, object]:
         """One image: (kept fields or reason, the hash-list match or None)."""

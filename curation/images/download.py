@@ -120,7 +120,7 @@ def fetch_pass(rows: pa.Table, layout: RunLayout, index: int, shard: int, name: 
     engine runs it again); a pass that recorded another number of rows is an error naming it."""
     folder = layout.download_pass(index, name)
     stem = f"{folder}/{shard:05d}"
-    if not (layout.exists(f"{stem}_stats.json") and layout.exists(f"{stem}.tar")):  # (the check deletes the tar)
+    if not layout.exists(f"{stem}_stats.json"):
         source = layout.download_input(index, name, shard)
         if is_local(folder):  # img2dataset's writer opens the tar in the folder
             layout.fs.makedirs(layout.path(folder), exist_ok=True)

@@ -46,7 +46,14 @@ from curation.images.download import DownloadConfig, download, read_download_sha
 from curation.images.fetch import node_name
 from curation.images.holdout import heldout_of_hashes
 from curation.images.politeness import limiter_report
-from curation.images.safety import FACE_DETECTOR, NSFW_DETECTOR, SafetyConfig, caption_rejects, list_identities
+from curation.images.safety import (
+    FACE_DETECTOR,
+    NSFW_DETECTOR,
+    SafetyConfig,
+    caption_rejects,
+    list_identities,
+    safety_fingerprint,
+)
 from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
@@ -94,7 +101,7 @@ def fingerprint(layout: RunLayout, parts: list[str], config: ImageStagesConfig, 
             "guard": asdict(config.guard), "check": asdict(config.check),
             "dedup": {k: v for k, v in asdict(config.dedup).items() if k != "buckets"},  # result-free
             "layout": 5,  # v5: + the release-safety stages (safetytext, hashlist, safety) and their columns
-            "safety": {**asdict(config.safety), **list_identities(config.safety)},  # the lists' digests, not paths only
+            "safety": safety_fingerprint(config.safety),  # the lists' identities (digests), never their paths
             "download_shard_size": config.download.shard_size,
             "shards": asdict(config.shards), "decontaminate": asdict(config.decontaminate),
             "retry_pass": config.download.retry_pass, "max_bytes": config.download.max_bytes,
@@ -159,9 +166,11 @@ class PartTasks:
     exists returns its recorded counts without work, so a rerun resumes where the last one
     stopped and the counts are the same."""
 
-    def __init__(self, layout: RunLayout, config: ImageStagesConfig, decontaminating: bool = False, limiter=None):
+    def __init__(self, layout: RunLayout, config: ImageStagesConfig, decontaminating: bool = False, limiter=None,
+                 list_digests: tuple[str, ...] = ()):
         self.layout, self.config, self.decontaminating = layout, config, decontaminating
         self.limiter = limiter  # the run's host limiter (curation.images.politeness), shared by every download
+        self.list_digests = list_digests  # the SHA-256 of each hash list as the run recorded it: workers check theirs
 
     def digest(self, uri: str) -> dict:
         table = self.layout.read_parquet(uri, ["uid"])
@@ -214,6 +223,7 @@ class PartTasks:
         name = layout.checked_name(index, shard)
         record, out = layout.checked_node_record(name), layout.checked_part(name)
         if layout.exists(out) and layout.exists(record):
+            remove_fetched(layout, index, shard)  # left by a task that died right after its marker
             return layout.read_json(record)
         rows = layout.read_parquet(layout.download_rows(index, shard))
         started = time.perf_counter()
@@ -225,7 +235,10 @@ class PartTasks:
         images = pa.concat_tables(pieces) if pieces else pa.table(
             {"uid": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
         fetched = time.perf_counter()
-        kept, rejected, removed = worker_checker(config.check, config.safety)(images)
+        checker = worker_checker(config.check, config.safety, self.list_digests)
+        blurred = checker.blurred
+        kept, rejected, removed = checker(images)
+        blurred = checker.blurred - blurred
         at = pc.index_in(kept.column("uid"), value_set=rows.column("uid"))
         for column in META_COLUMNS:
             kept = kept.append_column(column, rows.column(column).take(at))
@@ -233,17 +246,24 @@ class PartTasks:
         stage_of = np.array([_stage_of_reason(r) for r in rejected.column("reason").to_pylist()], dtype=object)
         for stage in ("hashlist", "imagecheck", "safety"):
             write_rejects(layout, stage, rejected.filter(pa.array(stage_of == stage, pa.bool_())), part=name)
-        urls = rows.column("url").take(pc.index_in(removed.column("uid"), value_set=rows.column("uid")))
-        layout.write_parquet(pa.table({"uid": removed.column("uid"), "url": urls,
-                                       **{c: removed.column(c) for c in ("list", "kind", "hash", "distance")},
-                                       "source": pa.array(["download"] * len(removed), pa.string())}),
-                             layout.removed_part(name))
+        if len(removed):  # the removed-links ledger: URL, list, kind, the image's hash, distance (never bytes)
+            urls = rows.column("url").take(pc.index_in(removed.column("uid"), value_set=rows.column("uid")))
+            layout.write_parquet(pa.table({"uid": removed.column("uid"), "url": urls,
+                                           **{c: removed.column(c) for c in ("list", "kind", "hash", "distance")},
+                                           "source": pa.array(["download"] * len(removed), pa.string())}),
+                                 layout.removed_part(name))
+        elif layout.exists(layout.removed_part(name)):  # an earlier try's (a list since changed is refused)
+            layout.remove(layout.removed_part(name))
+        counts["safety"]["sums"]["blurred"] = blurred
+        if "pdq_quality" in kept.column_names and len(kept):  # kept images whose PDQ was too flat to match
+            low = pc.less(kept.column("pdq_quality"), config.safety.pdq_min_quality)
+            counts["hashlist"]["sums"] = {"pdq_low_quality": int(pc.sum(low).as_py() or 0)}
         body = {"name": name, "node": node_name(),
                 "download": {"in": len(rows), "out": len(ok), "rejected": reject_counts(failed),
                              "seconds": round(fetched - started, 3)}, **counts}
-        remove_fetched(layout, index, shard)  # no fetched bytes outlive the check (hash-list matches included)
         layout.write_json(record, body)
-        layout.write_parquet(kept, out)  # the completion marker, last
+        layout.write_parquet(kept, out)  # the completion marker
+        remove_fetched(layout, index, shard)  # then no fetched bytes outlive the check (hash-list matches included)
         return body
 
 
@@ -288,11 +308,22 @@ def remove_fetched(layout: RunLayout, index: int, shard: int) -> None:
             layout.remove(tar)
 
 
+def sweep_fetched(layout: RunLayout, parts: int) -> None:
+    """After the pipeline: remove any fetched tar still in the ``parts`` selection parts'
+    download dirs (a task that died between writing its marker and its clean-up)."""
+    for index in range(parts):
+        for name in ("pass0", "retry"):
+            for tar in layout.list(layout.download_pass(index, name), ".tar"):
+                layout.remove(tar)
+
+
 @functools.lru_cache(maxsize=4)
-def worker_checker(config: ImageCheckConfig, safety: SafetyConfig | None = None) -> ImageChecker:
-    """One image checker (and its safety models and hash lists) per worker process and config
-    (the engine ships a fresh task object with every task; this cache lives as long as the worker)."""
-    return ImageChecker(config, safety)
+def worker_checker(config: ImageCheckConfig, safety: SafetyConfig | None = None,
+                   list_digests: tuple[str, ...] = ()) -> ImageChecker:
+    """One image checker (and its safety models and hash lists, checked against ``list_digests``)
+    per worker process and config (the engine ships a fresh task object with every task; this
+    cache lives as long as the worker)."""
+    return ImageChecker(config, safety, list_digests)
 
 
 HOST_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
@@ -362,11 +393,14 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
     before (the first against ``selected_rows``, counted by the digest tasks); returns
     ``[(checked part, rows)]`` in name order and the tasks' seconds per stage (summed over
     tasks; this run's, not in the stats files, which depend only on the results)."""
-    tasks = PartTasks(layout, config, decontaminating, limiter)
+    identities = list_identities(config.safety)  # the lists' names, sizes and digests, never their content
+    tasks = PartTasks(layout, config, decontaminating, limiter,
+                      tuple(identity["sha256"] for identity in identities["hash_list_files"]))
     part_hosts: dict[str, int] = {}  # the parts' largest hosts, summed (at most TOP_HOSTS per part)
     tallies = {stage: Tally(stage, "out" if stage == "download" else "in") for stage in FETCH_STAGES}
     checked: list[tuple[str, int]] = []
-    for kind, result in pipe(tasks.prepare, tasks.fetch_check, list(enumerate(selected_parts(layout)))):
+    parts = selected_parts(layout)
+    for kind, result in pipe(tasks.prepare, tasks.fetch_check, list(enumerate(parts))):
         for stage in (FETCH_STAGES[:3] if kind == "first" else FETCH_STAGES[3:]):
             if stage in result:
                 tallies[stage].add(result[stage], result["node"])
@@ -374,7 +408,7 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
             for host, urls in result.get("hosts", {}).items():
                 part_hosts[host] = part_hosts.get(host, 0) + urls
         if kind == "then":
-            checked.append((layout.checked_part(result["name"]), int(result["imagecheck"]["out"])))
+            checked.append((layout.checked_part(result["name"]), int(result["safety"]["out"])))
     rows_in = selected_rows
     if decontaminating:
         evals = layout.read_parquet(layout.eval_text_index, ["url", "caption_key"])
@@ -382,7 +416,6 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
             "eval_urls": evals.column("url").length() - evals.column("url").null_count,
             "eval_captions": evals.column("caption_key").length() - evals.column("caption_key").null_count})
         rows_in = tallies["evaltext"].rows_out
-    identities = list_identities(config.safety)  # the lists' names, sizes and digests, never their content
     safety = config.safety
     extras = {
         "safetytext": {"words": identities["nsfw_words_file"]},
@@ -394,6 +427,7 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
     for stage in FETCH_STAGES[1:]:
         tallies[stage].write(layout, rows_in, extras.get(stage))
         rows_in = tallies[stage].rows_out
+    sweep_fetched(layout, len(parts))  # fetched bytes of tasks that died between their marker and the clean-up
     return sorted(checked), {stage: round(t.seconds, 1) for stage, t in tallies.items() if t.seconds}
 
 

@@ -23,8 +23,12 @@ Every fetched image also carries its ``md5``, ``sha1``, ``sha256`` and ``pdq`` (
 shards' index, so a later takedown by hash (``pipelines/takedown.py``) can find it.
 
 The models see the checked image at its shard size (``--image-size``, before the border), so
-faces smaller than about 24 px there are not found. Scores are rounded (3 decimals for NSFW, 4
-for box fractions) so shard bytes do not depend on float noise of one CPU or another.
+faces smaller than about 24 px there are not found. Scores are rounded (2 decimals for NSFW, 4
+for box fractions) so shard bytes do not depend on float noise (:class:`NsfwScorer` says where
+that still can reach them). A PDQ hash of quality under ``pdq_min_quality`` (a flat, near-blank
+image) is not matched: its bits say little and would match any other blank; PDQ is computed for
+images the check can decode, so a listed image that is, say, too small is rejected by the check
+(the digests match it before that, whatever it is).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class SafetyConfig:
 
     hash_lists: tuple[str, ...] = ()  # KIND:URI (KIND md5|sha1|sha256|pdq; one hex hash per line, # comments); matches are removed (hashlist_match), the lists never copied into the run
     pdq_threshold: int = 31  # a PDQ hash matches a list entry within this Hamming distance (of 256 bits; ThreatExchange's 31)
+    pdq_min_quality: int = 50  # PDQ hashes of lower quality (flat, near-blank images) are not matched (ThreatExchange's advice)
     nsfw: bool = True  # score every checked image with NudeNet's detector (nsfw_score in the metadata)
     nsfw_threshold: float = 0.6  # reject images whose nsfw_score is above this (reason nsfw); 1: score only
     nsfw_words: str | None = None  # caption word list (one word or phrase per line): such captions are rejected before download (nsfw_caption)
@@ -88,8 +93,11 @@ def _read(uri: str) -> bytes:
 
 
 def file_identity(uri: str, data: bytes, **extra) -> dict:
-    """What a run records of a list it was given: its name, size and SHA-256, never its content."""
-    return {"name": posixpath.basename(uri.rstrip("/")), **extra, "bytes": len(data),
+    """What a run records of a list it was given: its file name (no directory, no query string:
+    a signed URL's token stays out), size and SHA-256, never its content."""
+    from urllib.parse import urlsplit
+
+    return {"name": posixpath.basename(urlsplit(uri).path.rstrip("/")) or "list", **extra, "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -123,6 +131,15 @@ def list_identities(config: SafetyConfig) -> dict:
     return {"hash_list_files": hash_lists, "nsfw_words_file": words}
 
 
+def safety_fingerprint(config: SafetyConfig) -> dict:
+    """The settings that decide the safety stages' results, the lists by identity (their
+    digests), never by path: a run dir must not hold a list's location (a signed URL, say)."""
+    from dataclasses import asdict
+
+    return {**{k: v for k, v in asdict(config).items() if k not in ("hash_lists", "nsfw_words")},
+            **list_identities(config)}
+
+
 @dataclass(frozen=True)
 class Match:
     """A hash-list match: the list's name and kind, the listed hash (hex) and the distance."""
@@ -138,7 +155,7 @@ class HashLists:
     index for PDQ (all entries within ``pdq_threshold`` bits are found; the nearest one, then the
     first list, is the match)."""
 
-    def __init__(self, specs: tuple[str, ...], pdq_threshold: int = 31):
+    def __init__(self, specs: tuple[str, ...], pdq_threshold: int = 31, expected: tuple[str, ...] = ()):
         self.pdq_threshold = pdq_threshold
         self.exact: dict[str, dict[bytes, str]] = {k: {} for k in ("md5", "sha1", "sha256")}
         self.identity: list[dict] = []
@@ -146,6 +163,9 @@ class HashLists:
         for spec in specs:
             kind, uri = parse_hash_list_spec(spec)
             hashes, identity = read_hash_list(kind, uri)
+            if expected and identity["sha256"] != expected[len(self.identity)]:
+                raise ValueError(f"hash list {identity['name']} changed since the run recorded it "
+                                 "(its SHA-256 differs): start the run again")
             self.identity.append(identity)
             if kind == "pdq":
                 pdq_codes.append(hashes)
@@ -174,6 +194,8 @@ class HashLists:
         return None
 
     def match_pdq(self, code: bytes) -> Match | None:
+        """The nearest listed PDQ hash within the threshold: the match records the image's own
+        hash and the distance (never the listed entry, which only the list's holder has)."""
         if self.index is None:
             return None
         query = np.frombuffer(code, np.uint8).reshape(1, 32)
@@ -181,8 +203,7 @@ class HashLists:
         if not len(ids):
             return None
         best = int(np.lexsort((ids, distances))[0])
-        i = int(ids[best])
-        return Match(self.pdq_names[i], "pdq", self.pdq_codes[i].tobytes().hex(), int(distances[best]))
+        return Match(self.pdq_names[int(ids[best])], "pdq", code.hex(), int(distances[best]))
 
 
 def digests(data: bytes) -> dict[str, bytes]:
@@ -217,10 +238,11 @@ def worker_words(uri: str) -> tuple[re.Pattern | None, dict]:
 
 
 @functools.lru_cache(maxsize=4)
-def worker_hash_lists(specs: tuple[str, ...], pdq_threshold: int) -> HashLists:
+def worker_hash_lists(specs: tuple[str, ...], pdq_threshold: int, expected: tuple[str, ...] = ()) -> HashLists:
     """The run's hash lists, read once per worker process (the engine ships a fresh task
-    object with every task; this cache lives as long as the worker)."""
-    return HashLists(specs, pdq_threshold)
+    object with every task; this cache lives as long as the worker) and checked against the
+    digests the run recorded (``expected``), so every worker matches against the same lists."""
+    return HashLists(specs, pdq_threshold, expected)
 
 
 def caption_rejects(texts: list, words_uri: str | None) -> np.ndarray:
@@ -235,7 +257,10 @@ def caption_rejects(texts: list, words_uri: str | None) -> np.ndarray:
 
 class NsfwScorer:
     """NudeNet's detector on one CPU thread: ``score(bgr)`` = the highest confidence of the
-    :data:`NSFW_CLASSES` it detects, rounded to 3 decimals (0.0 when none)."""
+    :data:`NSFW_CLASSES` it detects, rounded to 2 decimals (0.0 when none). Rounded because
+    onnxruntime's CPU kernels differ in the last float bits between instruction sets: on one
+    kind of CPU the score is exact and repeatable; across kinds, a score on a rounding (or
+    threshold) boundary could still differ -- a cluster of mixed CPUs should be told so."""
 
     def __init__(self):
         import os
@@ -254,12 +279,14 @@ class NsfwScorer:
 
     def score(self, bgr: np.ndarray) -> float:
         found = [d["score"] for d in self.detector.detect(bgr) if d["class"] in NSFW_CLASSES]
-        return round(float(max(found)), 3) if found else 0.0
+        return round(float(max(found)), 2) if found else 0.0
 
 
 class FaceDetector:
     """OpenCV's frontal-face Haar cascade: ``boxes(bgr)`` → ``[[x0, y0, x1, y1], …]`` as
-    fractions of the width and height (4 decimals), sorted top to bottom, left to right."""
+    fractions of the width and height (4 decimals), sorted top to bottom, left to right. Run on
+    the image before its border, the fractions are those of the original image (DataComp's
+    ``face_bboxes``), not of a "border"-mode shard JPEG's padded square."""
 
     def __init__(self):
         import cv2
@@ -315,20 +342,21 @@ class SafetyInspector:
     ``blur_faces``, the blurred image. ``__call__(bgr)`` → (metadata fields, image to store or
     None when unchanged)."""
 
-    def __init__(self, config: SafetyConfig):
+    def __init__(self, config: SafetyConfig, list_digests: tuple[str, ...] = ()):
         self.config = config
-        self.lists = worker_hash_lists(config.hash_lists, config.pdq_threshold)
+        self.lists = worker_hash_lists(config.hash_lists, config.pdq_threshold, list_digests)
         self.nsfw = NsfwScorer() if config.nsfw else None
         self.faces = FaceDetector() if config.faces else None
+        self.blurred = 0  # images whose faces this inspector blurred
 
     def __call__(self, bgr: np.ndarray) -> tuple[dict, np.ndarray | None]:
         code, quality = pdq_hash(bgr)
-        match = self.lists.match_pdq(code)
+        match = self.lists.match_pdq(code) if quality >= self.config.pdq_min_quality else None
         if match is not None:
             raise Rejected("hashlist_match", match)
         fields = {"pdq": code.hex(), "pdq_quality": quality, "nsfw_score": None, "face_bboxes": None}
         if self.nsfw is not None:
-            fields["nsfw_score"] = score = self.nsfw.score(bgr)
+            fields["nsfw_score"] = score = self.nsfw.score(bgr)  # 2 decimals: see NsfwScorer
             if score > self.config.nsfw_threshold:
                 raise Rejected("nsfw")
         replaced = None
@@ -336,4 +364,5 @@ class SafetyInspector:
             fields["face_bboxes"] = boxes = self.faces.boxes(bgr)
             if boxes and self.config.blur_faces:
                 replaced = blur_boxes(bgr, boxes)
+                self.blurred += 1
         return fields, replaced

@@ -289,7 +289,7 @@ def test_absent_stages_and_reports_are_said_to_be_absent(tmp_path):
     assert sheet["safety"]["takedown"] == {"run": False}
     assert sheet["safety"]["removed_links"] == {"files": 0, "rows": 0, "by_source_and_list": []}
     assert "safetytext: not run, hashlist: not run, safety: not run" in md
-    assert md.count("**not run** in this run.") == 3 and "the NSFW/face stage was **not run**" in md
+    assert md.count("**not run** in this run.") == 3 and "the NSFW and face detectors were **not run**" in md
     assert sheet["eval_overlap"]["report"] is None and "No contamination report in this run dir" in md
     assert sheet["sources"]["web_archives"] is None and "crawl dates are not known from the run" in md
     assert "**Takedowns applied to this run:** none." in md

@@ -98,10 +98,11 @@ def test_pdq_matches_within_the_threshold_only(tmp_path):
     for flips, expected in ((0, True), (31, True), (32, False)):
         bits = np.unpackbits(target)
         bits[rng.choice(256, flips, replace=False)] ^= 1
-        match = lists.match_pdq(np.packbits(bits).tobytes())
+        query = np.packbits(bits).tobytes()
+        match = lists.match_pdq(query)
         assert (match is not None) == expected, flips
-        if match:
-            assert (match.hash, match.distance, match.list, match.kind) == (target.tobytes().hex(), flips, "pdq.txt", "pdq")
+        if match:  # the image's own hash and its distance, never the listed entry
+            assert (match.hash, match.distance, match.list, match.kind) == (query.hex(), flips, "pdq.txt", "pdq")
 
 
 def test_caption_words_are_whole_words_case_insensitive(tmp_path):
@@ -263,8 +264,13 @@ def test_release_safety_through_the_image_stages(tmp_path, site):
         if kind == "sha256":
             assert row["hash"] == hashlib.sha256(site["files"][path]).hexdigest() and row["distance"] == 0
             assert row["list"] == "sha.txt"
-        else:  # a re-encoded, resized copy: only PDQ matches, at a non-zero distance
-            assert row["hash"] == site["pdq"][path.rsplit("/", 1)[-1].split(".")[0]] and 0 < row["distance"] <= 31
+        else:  # a re-encoded, resized copy: only PDQ matches, at a non-zero distance; the ledger holds the
+            # image's own PDQ (never the list's entry), its distance to the listed one
+            own = pdq_hash(scaled(site["files"][path]))[0]
+            listed_code = bytes.fromhex(site["pdq"][path.rsplit("/", 1)[-1].split(".")[0]])
+            distance = int(np.unpackbits(np.frombuffer(own, np.uint8) ^ np.frombuffer(listed_code, np.uint8)).sum())
+            assert row["hash"] == own.hex() and row["distance"] == distance and 0 < distance <= 31
+            assert row["list"] == "pdq.txt"
     assert [x["name"] for x in stats["hashlist"]["lists"]] == ["sha.txt", "pdq.txt"]
     assert stats["hashlist"]["lists"][0]["entries"] == 3 and stats["hashlist"]["rejected"] == {"hashlist_match": 4}
 
@@ -273,7 +279,9 @@ def test_release_safety_through_the_image_stages(tmp_path, site):
     assert not [p for p in Path(layout.root, "curation", "download").rglob("*.tar")]
     for path in listed:
         assert not [p for p, data in everything if site["files"][path] in data], path
-    assert not [p for p, data in everything if site["decoy"].encode() in data or bytes.fromhex(site["decoy"]) in data]
+    for listed_hash in [site["decoy"], *site["pdq"].values()]:  # no list entry (unless an image's own hash)
+        assert not [p for p, data in everything if listed_hash.encode() in data or bytes.fromhex(listed_hash) in data]
+    assert str(site["lists"]) not in (Path(layout.root) / "curation" / "images_fingerprint.json").read_text()
     checked_uids = {r["uid"] for f in layout.list(layout.cur("checked"), ".parquet")
                     for r in layout.read_parquet(f, ["uid"]).to_pylist()}
     assert not checked_uids & set(rejected)
