@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 DEMO_OUT ?= runs/demo
 export OPENWIT_DATA ?= $(CURDIR)/data/sample
 
-.PHONY: demo demo-web test venv sample-data clean-demo bench
+.PHONY: demo demo-web demo-worldwide test venv sample-data clean-demo bench
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,28 @@ demo-web: venv sample-data
 	$(PY) pipelines/build_wit.py --warc $(OPENWIT_DATA)/web/crawl.warc.gz --out $(DEMO_WEB_OUT) \
 	    --serve-images $(OPENWIT_DATA)/images
 	@echo "pool:     $(DEMO_WEB_OUT)/pool/pairs/   shards: $(DEMO_WEB_OUT)/curation/shards/"
+
+# Worldwide curation (MetaCLIP 2) in minutes: per-language query lists (the English sample; es,
+# fr: their Wikipedia lead paragraphs + wordfreq; zh, ja: wordfreq, segmented), the worldwide
+# sample pool (every sample emoji also under its real CLDR name in es, fr, zh, ja; see
+# pipelines/demo/worldwide_pool.py), language ID mapped to Wikipedia codes, matching per language
+# (raw substring for zh and ja), each language's t from English's tail share, shards with a
+# language per sample, a short training run with the multilingual (unigram) tokenizer, and the
+# per-language figures (curation/stats/summary.json "by_language", report.html, datasheet.md).
+DEMO_WW_OUT ?= runs/demo-worldwide
+DEMO_WW_LANGS ?= en es fr zh ja
+DEMO_WW_ABS := $(abspath $(DEMO_WW_OUT))
+demo-worldwide: venv sample-data
+	$(PY) pipelines/build_queries.py --out $(DEMO_WW_OUT) --sample $(foreach l,$(DEMO_WW_LANGS),--language $(l))
+	$(PY) pipelines/build_wit.py --out $(DEMO_WW_ABS) --pool $(OPENWIT_DATA)/images/worldwide.parquet \
+	    --languages $(DEMO_WW_LANGS) --serve-images $(OPENWIT_DATA)/images --holdout-fraction 0.15
+	$(PY) pipelines/pretrain.py --train-data $(DEMO_WW_ABS)/curation/shards --model tiny --steps 200 \
+	    --batch-size 64 --workers 0 --tokenizer-kind unigram --out $(DEMO_WW_ABS)/pretrain/tiny
+	$(PY) pipelines/evaluate.py --checkpoint $(DEMO_WW_OUT)/pretrain/tiny --retrieval-shards $(DEMO_WW_OUT)/curation/heldout \
+	    --out $(DEMO_WW_OUT)/pretrain/tiny/eval/heldout-retrieval.json
+	$(PY) -c "import json,sys; s=json.load(open(sys.argv[1])); print('tail share', round(s['tail_share'], 4)); \
+	    [print(k, v) for k, v in s['by_language'].items()]" $(DEMO_WW_OUT)/curation/stats/summary.json
+	@echo "per language: $(DEMO_WW_OUT)/curation/stats/summary.json (by_language), report.html, $(DEMO_WW_OUT)/datasheet.md"
 
 test: venv $(VENV)/.installed-airflow sample-data
 	$(PY) -m pytest -q --durations=20 tests

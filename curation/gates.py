@@ -6,7 +6,7 @@ computes a few figures, and checks each against its closed band ``[lo, hi]``:
 
 | gate        | stage(s)            | figure              | value                                        |
 |-------------|---------------------|---------------------|----------------------------------------------|
-| selection   | text                | english_share       | 1 − not_english / in                         |
+| selection   | text                | english_share       | 1 − language rejects / in (wanted languages) |
 | selection   | match               | matched_share       | out / in                                     |
 | selection   | entry_counts        | cap_share           | entries with c_e ≥ t / entries with c_e > 0  |
 | download    | download            | download_success    | out / in                                     |
@@ -125,12 +125,12 @@ def selection_figures(run_dir: str, t: float, bands: GateBands, t_scaled: bool =
     MetaCLIP's tail share of the matches) the cap share follows from that choice: it is reported,
     in the band [0, 1], not judged."""
     text = read_stage_stats(run_dir, "text")
-    not_en = int(text["rejected"].get("not_english", 0))
+    not_en = sum(int(text["rejected"].get(r, 0)) for r in ("not_english", "unwanted_language", "uncertain_language"))
     match = read_stage_stats(run_dir, "match")
     at_cap, matched = _entries_at_cap(run_dir, t)
     return [
         Figure("text", "english_share", _share(text["in"] - not_en, text["in"]), bands.english_share,
-               f"{text['in'] - not_en} of {text['in']} not rejected as not_english"),
+               f"{text['in'] - not_en} of {text['in']} not rejected for their language"),
         Figure("match", "matched_share", _share(match["out"], match["in"]), bands.matched_share,
                f"{match['out']} of {match['in']} matched"),
         Figure("balance", "cap_share", _share(at_cap, matched), Band(0.0, 1.0) if t_scaled else bands.cap_share,

@@ -6,6 +6,7 @@ Reads what the stages left behind, nothing else:
 - the curation core's per-entry counts before/after balancing (``stats/entry_counts.png``),
   when present;
 - the first final shard → a grid of sample images with their captions;
+- a worldwide selection's languages (``stats/summary.json`` ``by_language``: t, entries, pairs);
 - a link to the run's datasheet (``<out>/datasheet.md``) when it is written.
 
 Open ``report.html`` in a browser; it only references files next to it.
@@ -106,6 +107,13 @@ def _stats_table(stats: dict[str, dict]) -> str:
             + "".join(rows) + "</table>")
 
 
+def _languages_table(languages: dict[str, dict]) -> str:
+    columns = ("t", "entries", "entries_matched", "entries_selected", "matches", "pairs_selected")
+    rows = "".join(f"<tr><td>{html.escape(lang)}</td>" + "".join(f"<td>{v.get(c, '')}</td>" for c in columns) + "</tr>"
+                   for lang, v in languages.items())
+    return "<table><tr><th>language</th>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + rows + "</table>"
+
+
 def write_report(layout: RunLayout) -> str:
     """Write ``report.html`` and its PNGs for the run's curation dir; return the HTML's URI."""
     stats = read_all_stats(layout)
@@ -117,6 +125,9 @@ def write_report(layout: RunLayout) -> str:
     if stats:
         plot_funnel(stats, layout, layout.report_asset("funnel.png"))
         parts += ["<h2>Rows per stage</h2>", f'<img src="{layout.report_link(layout.report_asset("funnel.png"))}">', _stats_table(stats)]
+    languages = (layout.read_json(layout.summary) if layout.exists(layout.summary) else {}).get("by_language")
+    if languages:  # a worldwide selection (MetaCLIP 2): each language's t, entries and pairs
+        parts += ["<h2>Languages</h2>", _languages_table(languages)]
     if layout.exists(layout.entry_counts_plot):
         parts += ["<h2>Pairs per entry, before/after balancing</h2>", f'<img src="{layout.report_link(layout.entry_counts_plot)}">']
     shards = layout.list(layout.shards_dir, ".tar")

@@ -88,7 +88,7 @@ IMAGE_STAGES = ("evaltext", "safetytext", "urlguard", "download", "hashlist", "i
 # in their modules, except the eval decontamination's (its rejects also carry ``eval_id``)
 REASONS = {
     "read": ("null_url", "null_text", "invalid_utf8"),
-    "text": ("empty_text", "text_too_short", "text_too_long", "not_english"),
+    "text": ("empty_text", "text_too_short", "text_too_long", "not_english", "uncertain_language", "unwanted_language"),
     "match": ("no_match",),
     "balance": ("not_sampled",),
     "evaltext": ("eval_url", "eval_caption"),

@@ -5,6 +5,8 @@
         [--wordnet DIR] [--min-count 100] [--min-bigram-count 3] [--pmi-threshold 8]
         [--max-bigrams K] [--min-views 1000] [--keep-case] [--wordnet-all-lemmas]
         [--sample [--data-dir DIR]]
+        [--language CODE]... [--languages FILE] [--unigram-top-fraction 0.1] [--unigram-cap 251465]
+        [--bigram-cap 100646] [--title-top-fraction 0.76] [--title-cap 61235] [--max-entry-chars 256]
         [--beam-runner FlinkRunner --beam-temp-dir URI ... any Beam pipeline flags]
 
 With ``--sample`` and no source flag it builds from the sample data (`make sample-data`, read
@@ -12,6 +14,10 @@ through the data dir's manifest): the gensim enwiki dump + 10,033 lead paragraph
 corpus, pywordfreq's unigram counts, the 10,033 Vital Articles titles and WordNet. Writes
 DIR/queries/{queries.parquet, metadata.json, stats.json} and prints the per-source counts. The
 job is :func:`pipelines.jobs.build_query_list`.
+
+With ``--language`` (MetaCLIP 2, :mod:`queries.worldwide`): one list per Wikipedia language, its
+sources named ``--text CODE=PATH`` (or a path holding ``{lang}``; ``--pageviews GLOB`` shared),
+written as one list with a ``language`` column plus ``metadata/<code>.json`` per language.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
     sel.add_argument("--dedup", default=",".join(cli.field_default(CurationConfig, "dedup_keys")),
                      help=f"{cli.field_help(CurationConfig, 'dedup_keys')}, comma-separated ('' disables) "
                           "(default: %(default)s)")
-    cli.add_config_flags(sel, TextConfig, prefix="text_", only=("min_chars", "max_chars", "language", "lid_threshold"))
+    cli.add_config_flags(sel, TextConfig, prefix="text_", only=("min_chars", "max_chars", "language", "languages",
+                                                                "lid_threshold"))
     cli.add_config_flags(sel, PoolConfig, prefix="pool_", only=("url_column", "text_column", "uid_column"))
     if with_images:
         try:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from curation.text.balance import count_entries
 from curation.text.config import CurationConfig, dedup_bucket_count, record_part_plan, rows_read, write_entry_counts
 from curation.text.dedup import key_buckets, mark_duplicates
-from curation.text.match import MatchStage, load_queries
+from curation.text.match import MatchStage, load_queries, load_query_languages
 from curation.text.pool import PoolConfig, list_pool_files, read_counted
 from curation.text.selection import (
     PART_COLUMN,
@@ -63,12 +63,13 @@ class BalanceDoFn(beam.DoFn):
     counts side input, the part count from the part plan side input (built on the first batch
     a worker sees)."""
 
-    def __init__(self, t: float, seed: int):
-        self.t, self.seed, self.stage = t, seed, None
+    def __init__(self, t: float, seed: int, queries: str | None = None):
+        self.t, self.seed, self.queries, self.stage = t, seed, queries, None
 
     def process(self, table: pa.Table, counts: np.ndarray, plan: dict):
         if self.stage is None:
-            self.stage = BalanceAndPart(counts, self.t, self.seed, plan["num_parts"])
+            languages = load_query_languages(self.queries) if self.queries else None  # a worldwide list's
+            self.stage = BalanceAndPart(counts, self.t, self.seed, plan["num_parts"], languages)
         yield self.stage(table)
 
 
@@ -134,7 +135,7 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
         plan = counts | "Plan" >> beam.Map(record_part_plan, beam.pvalue.AsSingleton(inputs), config)
         parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
         _ = (matched
-             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed), counts=beam.pvalue.AsSingleton(counts),
+             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.queries), counts=beam.pvalue.AsSingleton(counts),
                                        plan=beam.pvalue.AsSingleton(plan))
              | "Output/Part" >> beam.FlatMap(parts)
              | "Output/Group" >> beam.GroupByKey()

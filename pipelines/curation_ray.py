@@ -28,7 +28,7 @@ from curation.text.config import (
     write_entry_counts,
 )
 from curation.text.dedup import key_buckets, mark_duplicates
-from curation.text.match import MatchStage, load_queries
+from curation.text.match import MatchStage, load_queries, load_query_languages
 from curation.text.pool import PoolConfig, list_pool_files, raise_read_failures, read_counted
 from curation.text.selection import (
     PART_COLUMN,
@@ -222,7 +222,7 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
     num_parts = plan["num_parts"]
     clock.lap("counts")
     # 3. balance + part (tasks over the shared tables), then one writer per part
-    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, num_parts))
+    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, num_parts, load_query_languages(config.queries)))
     (matched.map_batches(_apply, fn_args=([balance],), **batched)
      .groupby(PART_COLUMN, num_partitions=num_parts)
      .map_groups(_write_part(config.layout, config.reason_stages(), config.max_part_rows),

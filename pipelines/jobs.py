@@ -96,15 +96,61 @@ def sample_query_sources(data_dir: str | None = None):
                         m["wordnet_dir"])
 
 
+def sample_worldwide_sources(codes, data_dir: str | None = None):
+    """The sample sources of each language of a worldwide list (:class:`queries.worldwide.WorldwideSources`):
+    ``en`` the English sample's (:func:`sample_query_sources`); ``es``, ``fr`` their Wikipedia lead
+    paragraphs (the counted corpus) + the wordfreq list; ``th`` pythainlp's Thai National Corpus
+    counts, Thai Wikipedia titles and Thai WordNet; any other language wordfreq has a list for, that
+    list. Raises SystemExit for a language with no offline sample source."""
+    import importlib.util
+    from pathlib import Path
+
+    import wordfreq
+
+    from queries.recipe import QuerySources
+    from queries.worldwide import WORDFREQ_CODES, WORDFREQ_PREFIX, WorldwideSources
+    from storage.datadir import data_manifest
+
+    manifest = data_manifest(data_dir) if {"en", "es", "fr"} & set(codes) else {}
+    languages = []
+    for code in codes:
+        if code == "en":
+            languages.append((code, sample_query_sources(data_dir)))
+        elif code == "th":
+            corpus = Path(importlib.util.find_spec("pythainlp").submodule_search_locations[0]) / "corpus"
+            languages.append((code, QuerySources((), (), str(corpus / "tnc_freq.txt"),
+                                                 str(corpus / "wikipedia_titles_th.txt"), (),
+                                                 str(corpus / "wordnet_th.db"))))
+        elif WORDFREQ_CODES.get(code, code) in wordfreq.available_languages():
+            texts = (manifest[f"wiki_summaries_{code}"],) if f"wiki_summaries_{code}" in manifest else ()
+            languages.append((code, QuerySources((), texts, WORDFREQ_PREFIX + code, None, (), None)))
+        else:
+            raise SystemExit(f"build_queries --sample: no offline sample source for {code!r} (en, th, and the "
+                             f"wordfreq languages have one: {', '.join(sorted(wordfreq.available_languages()))})")
+    return WorldwideSources(tuple(languages))
+
+
 def build_query_list(sources, config, engine: QueryEngine, out: str) -> dict:
     """Build the query list from ``sources`` (:class:`queries.recipe.QuerySources`) with
     ``config`` (:class:`queries.build.QueryListConfig`) on ``engine`` into ``<out>/queries/``;
-    returns the stats written to ``stats.json`` (and prints them unless ``engine.progress`` is off)."""
+    returns the stats written to ``stats.json`` (and prints them unless ``engine.progress`` is off).
+    Worldwide (MetaCLIP 2): :class:`queries.worldwide.WorldwideSources` with a
+    :class:`queries.worldwide.WorldwideConfig`, one list per language in one file."""
     from pipelines.runtime import configure_environment
     from queries.recipe import build_query_list as build
+    from queries.worldwide import WorldwideSources, build_worldwide_query_list
 
     configure_environment()
     start = time.time()
+    if isinstance(sources, WorldwideSources):
+        stats = build_worldwide_query_list(sources, config, query_counter(engine), out, engine.runner,
+                                           engine.batch_size)
+        if engine.progress:
+            print(f"[build_queries] {stats['rows']} queries in {len(stats['languages'])} languages in "
+                  f"{time.time() - start:.1f} s -> {RunLayout(out).queries.root}/")
+            for code, lang in stats["by_language"].items():
+                print(f"  {code:8s} {lang['rows']:8d}  {json.dumps(lang['sources'])}  ({lang['matching']})")
+        return stats
     stats = build(sources, config, query_counter(engine), out, engine.runner, engine.batch_size)
     if engine.progress:
         print(f"[build_queries] {stats['rows']} queries in {time.time() - start:.1f} s -> {RunLayout(out).queries.root}/")
@@ -172,8 +218,8 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
         selected_entry_counts,
         stage_stats,
     )
-    from curation.text.match import load_queries
-    from curation.text.threshold import resolve_threshold
+    from curation.text.match import load_queries, load_query_languages
+    from curation.text.threshold import language_thresholds, resolve_threshold
     from pipelines.runtime import configure_environment
 
     configure_environment()
@@ -193,15 +239,50 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
     num_queries = len(load_queries(config.queries))
     before = read_entry_counts(layout, num_queries)
     after = selected_entry_counts(layout, num_queries)
-    t = resolve_threshold(before, config.t)
+    languages = load_query_languages(config.queries)
+    worldwide = {}
+    if languages is None:
+        t = resolve_threshold(before, config.t)
+    else:  # MetaCLIP 2: English's t gives the tail share p, each language its own t_L
+        plan = language_thresholds(before, languages, config.t)
+        t = plan["t"].get(plan["reference"], max(plan["t"].values()))
+        worldwide = {"tail_share": plan["p"], "by_language": language_summary(layout, languages, before, after,
+                                                                              plan["t"])}
     plot_entry_counts(before, after, t, layout)
     stages = {name: stats.body() for name, stats in stage_stats(config).items()}
     summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
                "selected": int(stages["balance"]["out"]), "parts": layout.read_json(layout.parts_plan)["num_parts"],
                "entries_matched": int((before > 0).sum()),
-               "entries_selected": int((after > 0).sum())}
+               "entries_selected": int((after > 0).sum()), **worldwide}
     layout.write_json(layout.summary, summary)
     return summary
+
+
+def language_summary(layout: RunLayout, languages, before, after, thresholds: dict) -> dict:
+    """Per language of a worldwide selection: its t, its entries (in the list, matched,
+    selected), matched pairs (sum of c_e: a pair counts once per entry) and selected pairs (the
+    selection parts' ``language`` column, counted a part at a time)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    languages = np.asarray(languages, dtype=object)
+    pairs: dict[str, int] = {}
+    for uri in layout.list(layout.selected_dir, ".parquet"):
+        with layout.open(uri) as f:
+            if "language" not in pq.read_schema(f).names:
+                continue
+        counts = pc.value_counts(layout.read_parquet(uri, ["language"]).column("language").combine_chunks())
+        for row in counts.to_pylist():
+            pairs[row["values"]] = pairs.get(row["values"], 0) + int(row["counts"])
+    out = {}
+    for language in sorted(thresholds):
+        mine = languages == language
+        out[language] = {"t": thresholds[language], "entries": int(mine.sum()),
+                         "entries_matched": int((before[mine] > 0).sum()),
+                         "entries_selected": int((after[mine] > 0).sum()),
+                         "matches": int(before[mine].sum()), "pairs_selected": pairs.get(language, 0)}
+    return out
 
 
 def run_image_stages(curation_dir: str, config, serve_dir: str | None = None, serve_port: int | None = None,

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="out_dir", help="run directory, a local path or a URI (s3://...): checkpoints/, "
                                                  "metrics.jsonl, loss.png, tokenizer.json, result.json (required: "
                                                  "flag or config file)")
-    add_config_flags(p, PretrainJob, no_defaults=True)
+    add_config_flags(p, PretrainJob, no_defaults=True, choices={"tokenizer_kind": ("bpe", "unigram")})
     add_config_flags(p, TrainConfig, skip=("train_data", "tokenizer_json", "out_dir", "betas"),
                      choices={"precision": PRECISIONS}, no_defaults=True)
     p.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
@@ -103,7 +103,8 @@ def prepare_tokenizer(job: dict, model_name: str, out_dir: Path) -> str:
     else:
         captions = read_captions(job["train_data"], job.get("tokenizer_captions", 100_000))
         vocab = job.get("vocab_size") or text_cfg.get("vocab_size", 49408)
-        tokenizer = CaptionTokenizer.train(captions, vocab_size=vocab, context_length=context)
+        tokenizer = CaptionTokenizer.train(captions, vocab_size=vocab, context_length=context,
+                                           kind=job.get("tokenizer_kind", "bpe"))
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(PretrainLayout(str(out_dir)).tokenizer)
     return tokenizer.to_str()

@@ -71,11 +71,12 @@ class StripWikitext(beam.DoFn):
 class CountNgrams(beam.DoFn):
     """Document batch -> (ngram, count) pairs, one per distinct ngram of the batch."""
 
-    def __init__(self, lowercase: bool):
+    def __init__(self, lowercase: bool, language: str | None = None):
         self.lowercase = lowercase  # lowercase documents before counting
+        self.language = language  # a worldwide list's language (no-space ones are segmented)
 
     def setup(self):
-        self.counter = NgramCounter(self.lowercase)
+        self.counter = NgramCounter(self.lowercase, self.language)
 
     def process(self, batch):
         counts = self.counter(batch)
@@ -102,7 +103,7 @@ class CountNgramsTransform(beam.PTransform):
             | "ReadDocuments" >> beam.ParDo(ReadDocuments(job.batch_size))
             | "Redistribute" >> beam.Reshuffle()
             | "StripWikitext" >> beam.ParDo(StripWikitext())
-            | "CountNgrams" >> beam.ParDo(CountNgrams(job.lowercase))
+            | "CountNgrams" >> beam.ParDo(CountNgrams(job.lowercase, job.language))
             | "SumPerNgram" >> beam.CombinePerKey(sum)
             | "Batch" >> beam.BatchElements(min_batch_size=1000, max_batch_size=100_000)
             | "ToArrow" >> beam.Map(pairs_to_table)

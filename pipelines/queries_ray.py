@@ -69,7 +69,7 @@ def count_with_ray(job: CountingJob, num_cpus: int | None = None) -> pa.Table:
     )
     ds = ds.map_batches(
         NgramCounter,
-        fn_constructor_kwargs={"lowercase": job.lowercase},
+        fn_constructor_kwargs={"lowercase": job.lowercase, "language": job.language},
         batch_size=None,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=workers),

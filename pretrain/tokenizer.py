@@ -1,4 +1,5 @@
-"""Caption tokenizer: a byte-level BPE trained on the training captions with HF ``tokenizers``.
+"""Caption tokenizer: a byte-level BPE trained on the training captions with HF ``tokenizers``
+(or, for worldwide captions, a SentencePiece-style unigram LM: ``--tokenizer-kind unigram``).
 
 Why not CLIP's own 49,152-merge BPE vocabulary: no package installed here ships it (open_clip's
 ``bpe_simple_vocab_16e6.txt.gz`` comes with open_clip, which needs torchvision), and a BPE
@@ -22,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
 SPECIAL_TOKENS = [PAD, SOT, EOT]  # ids 0, 1, 2 in this order
+UNK = "<unk>"  # id 3 of a unigram tokenizer (a byte-level BPE has no unknown)
 DEFAULT_CONTEXT_LENGTH = 77
 
 _WHITESPACE = re.compile(r"\s+")
@@ -53,9 +55,16 @@ class CaptionTokenizer:
         vocab_size: int,
         min_frequency: int = 2,
         context_length: int = DEFAULT_CONTEXT_LENGTH,
+        kind: str = "bpe",
     ) -> "CaptionTokenizer":
-        """Train a byte-level BPE of at most ``vocab_size`` ids (specials and the 256-byte
-        alphabet included) on ``captions``."""
+        """Train a tokenizer of at most ``vocab_size`` ids on ``captions``: ``kind="bpe"`` a
+        lower-cased byte-level BPE (specials and the 256-byte alphabet included; English, as
+        CLIP's); ``kind="unigram"`` a cased SentencePiece-style unigram LM (:meth:`train_unigram`)
+        for worldwide captions."""
+        if kind == "unigram":
+            return cls.train_unigram(captions, vocab_size, context_length)
+        if kind != "bpe":
+            raise ValueError(f"tokenizer kind must be 'bpe' or 'unigram', got {kind!r}")
         if vocab_size < len(SPECIAL_TOKENS) + 256:
             raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab_size}")
         tok = Tokenizer(models.BPE())
@@ -69,6 +78,25 @@ class CaptionTokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
+        tok.train_from_iterator((clean_caption(c) for c in captions), trainer=trainer)
+        return cls(tok, context_length)
+
+    @classmethod
+    def train_unigram(cls, captions: Iterable[str], vocab_size: int,
+                      context_length: int = DEFAULT_CONTEXT_LENGTH) -> "CaptionTokenizer":
+        """A multilingual tokenizer for worldwide captions (MetaCLIP 2 used XLM-V's, a
+        SentencePiece unigram LM): HF ``tokenizers``' unigram model, NFKC-normalised, cased,
+        pieces marked by SentencePiece's metaspace, so a script written without spaces (Chinese,
+        Japanese, Thai) is segmented by the model itself, never left as one token. Characters
+        never seen in training map to ``<unk>`` (id 3); the specials keep ids 0, 1, 2."""
+        if vocab_size < len(SPECIAL_TOKENS) + 8:
+            raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + 8}, got {vocab_size}")
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, UNK],
+                                          unk_token=UNK, show_progress=False)
         tok.train_from_iterator((clean_caption(c) for c in captions), trainer=trainer)
         return cls(tok, context_length)
 

@@ -94,6 +94,7 @@ class PretrainJob:
     tokenizer: str = ""  # existing tokenizer.json ('' = train one on the shards' captions)
     tokenizer_captions: int = 100_000  # captions read from the shards to train the BPE
     vocab_size: int = 0  # BPE vocabulary size (0 = the model's token embedding rows)
+    tokenizer_kind: str = "bpe"  # tokenizer trained on the captions: bpe (English, lower-cased byte-level BPE) | unigram (worldwide: cased SentencePiece-style unigram)
 
 
 @dataclass

@@ -28,12 +28,13 @@ class CountingJob:
     min_bigram: int = 5  # bigrams below this are dropped after the reduce
     batch_size: int = 256  # documents per batch handed to the strip/count stages
     merge_every: int = 32  # local run: fold partial counts every this many batches (bounds memory)
+    language: str | None = None  # a worldwide list's language (a no-space one is segmented); None: English-only
 
 
 def count_locally(job: CountingJob, progress: bool = True) -> pa.Table:
     """Run the counting job in this process; returns the filtered, merged count table."""
     stripper = WikitextStripper()
-    counter = NgramCounter(job.lowercase)
+    counter = NgramCounter(job.lowercase, job.language)
     merged: list[pa.Table] = []
     partial: list[pa.Table] = []
     for source in job.sources:

@@ -11,6 +11,11 @@ the matcher sees too, but they are markup/punctuation artefacts, not entries any
   empty pieces are kept, ``a`` and ``b`` are separated by exactly one space in the spaced text,
   so ``" a b "`` is a substring of it and the entry ``a b`` matches there.
 
+A language written without spaces (:mod:`queries.languages`) is first cut into words by its
+segmenter (:func:`queries.languages.segment_text`: words one space apart, the text's own breaks
+two), so the same counting gives its words and its pairs of adjacent words; such a pair ``a b``
+becomes the entry ``ab`` (a raw substring of the text) when the list is built.
+
 Case: with ``lowercase=True`` (the default) documents are lowercased before counting, as
 MetaCLIP's (lowercase) unigram list and pywordfreq's counts are; the matcher stays
 case-sensitive, so ``paris`` then matches "paris" but not "Paris".
@@ -29,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from queries.languages import segment_text, segmenter
 from queries.text import space_texts
 
 COUNT_SCHEMA = pa.schema([("ngram", pa.string()), ("count", pa.int64())])
@@ -44,8 +50,10 @@ class NgramCounter:
     """Callable stage: a batch with a plain-text ``text`` column -> a :data:`COUNT_SCHEMA` table of
     the batch's unigram and bigram counts plus the corpus-total rows. Null texts count nothing."""
 
-    def __init__(self, lowercase: bool = True):
+    def __init__(self, lowercase: bool = True, language: str | None = None):
         self.lowercase = lowercase  # lowercase documents before counting (see module doc)
+        self.language = language  # None or a spaced language: as above; a no-space language: segmented first
+        self.segment = segmenter(language) if language is not None else None
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         texts = batch.column("text")
@@ -55,6 +63,8 @@ class NgramCounter:
         meta = [len(texts), int(pc.sum(pc.binary_length(texts)).as_py() or 0)]
         if self.lowercase:
             texts = pc.utf8_lower(texts)
+        if self.segment is not None:
+            texts = pa.array([segment_text(t, self.segment) for t in texts.to_pylist()], pa.string())
         pieces = pc.split_pattern(space_texts(texts), " ")
         flat = pc.list_flatten(pieces)
         if len(flat) == 0:

@@ -105,6 +105,8 @@ def counted(count: Count, job: CountingJob, out: str) -> pa.Table:
     changed or added input file counts again."""
     identity = {"inputs": [file_identity(s.path) for s in job.sources], "lowercase": job.lowercase,
                 "min_unigram": job.min_unigram, "min_bigram": job.min_bigram}
+    if job.language is not None:  # a worldwide list's per-language counts (English-only keys unchanged)
+        identity["language"] = job.language
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     table_uri, marker_uri = RunLayout(out).queries.counts(key)
     if is_input_file(marker_uri) and is_input_file(table_uri):

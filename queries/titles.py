@@ -3,7 +3,8 @@
 Pageview dumps (https://dumps.wikimedia.org/other/pageviews/, hourly
 ``pageviews-YYYYMMDD-HH0000.gz``) hold one line per (project, page):
 ``domain_code page_title count_views total_response_size``, e.g. ``en.m Albert_Einstein 42 0``.
-We keep the English Wikipedia projects (``en`` desktop, ``en.m`` mobile), turn ``_`` into
+We keep the English Wikipedia projects (``en`` desktop, ``en.m`` mobile; a worldwide list: each
+language's ``<code>`` and ``<code>.m``), turn ``_`` into
 spaces and sum the views of a title over all lines and files. Lines with fewer or more than four
 fields, a non-numeric count, or are not valid UTF-8 are counted as bad and skipped; lines of other
 projects are counted as ``other_project``. Every line lands in exactly one counter.
@@ -50,13 +51,20 @@ class PageviewStats:
             self.bad[key] = self.bad.get(key, 0) + value
 
 
-def read_pageview_file(path: str | Path) -> tuple[pa.Table, PageviewStats]:
-    """One pageview dump file (.gz or plain) -> (:data:`VIEWS_SCHEMA` table of views summed per
-    title within the file, its :class:`PageviewStats`). Raises :class:`TitleSourceError` naming
-    the file if it is missing or not a readable gzip stream."""
+def wikipedia_projects(languages) -> dict[bytes, str]:
+    """The pageview domain codes of each language's Wikipedia: ``<code>`` (desktop) and
+    ``<code>.m`` (mobile) -> ``code``."""
+    return {f"{code}{suffix}".encode(): code for code in languages for suffix in ("", ".m")}
+
+
+def read_language_pageviews(path: str | Path, projects: dict[bytes, str]) -> tuple[dict[str, pa.Table], PageviewStats]:
+    """One pageview dump file (.gz or plain) -> ({language: :data:`VIEWS_SCHEMA` table of views
+    summed per title within the file}, its :class:`PageviewStats`), for the domain codes of
+    ``projects`` (:func:`wikipedia_projects`); lines of other domains count as ``other_project``.
+    Raises :class:`TitleSourceError` naming the file if it is missing or not a readable gzip stream."""
     path = str(path)
     stats = PageviewStats(files=1)
-    views: dict[str, int] = {}
+    views: dict[str, dict[str, int]] = {code: {} for code in dict.fromkeys(projects.values())}
     try:
         with open_input(path) as f:
             for raw in f:
@@ -65,7 +73,8 @@ def read_pageview_file(path: str | Path) -> tuple[pa.Table, PageviewStats]:
                 if len(parts) != 4:
                     stats.bad["short" if len(parts) < 4 else "extra_fields"] += 1
                     continue
-                if parts[0] not in ENGLISH_PROJECTS:
+                language = projects.get(parts[0])
+                if language is None:
                     stats.other_project += 1
                     continue
                 if not parts[2].isdigit():
@@ -77,13 +86,23 @@ def read_pageview_file(path: str | Path) -> tuple[pa.Table, PageviewStats]:
                     stats.bad["bad_utf8"] += 1
                     continue
                 stats.kept += 1
-                views[title] = views.get(title, 0) + int(parts[2])
+                mine = views[language]
+                mine[title] = mine.get(title, 0) + int(parts[2])
     except FileNotFoundError as err:
         raise TitleSourceError(f"{path}: no such pageview file") from err
     except (OSError, EOFError) as err:
         raise TitleSourceError(f"{path}: unreadable pageview file ({err})") from err
-    table = pa.table({"title": list(views), "views": list(views.values())}, schema=VIEWS_SCHEMA)
-    return table, stats
+    tables = {code: pa.table({"title": list(v), "views": list(v.values())}, schema=VIEWS_SCHEMA)
+              for code, v in views.items()}
+    return tables, stats
+
+
+def read_pageview_file(path: str | Path) -> tuple[pa.Table, PageviewStats]:
+    """One pageview dump file (.gz or plain) -> (:data:`VIEWS_SCHEMA` table of views summed per
+    English Wikipedia title within the file, its :class:`PageviewStats`). Raises
+    :class:`TitleSourceError` naming the file if it is missing or not a readable gzip stream."""
+    tables, stats = read_language_pageviews(path, {project: "en" for project in ENGLISH_PROJECTS})
+    return tables["en"], stats
 
 
 def sum_views(tables: list[pa.Table]) -> pa.Table:
@@ -97,7 +116,7 @@ def sum_views(tables: list[pa.Table]) -> pa.Table:
 def read_title_list(path: str | Path) -> pa.Table:
     """A plain title list -> :data:`VIEWS_SCHEMA` table with null views, de-duplicated and sorted.
     ``.json``: the keys of an object (ovos ``titles_en-us.json``) or a list of strings; anything
-    else: one title per non-empty line (``_`` -> space)."""
+    else: one title per non-empty line (``_`` -> space; lines starting with ``#`` are comments)."""
     path = str(path)
     try:
         with open_input_text(path) as f:
@@ -114,8 +133,9 @@ def read_title_list(path: str | Path) -> pa.Table:
         titles = list(data) if isinstance(data, (dict, list)) else None
         if titles is None or not all(isinstance(t, str) for t in titles):
             raise TitleSourceError(f"{path}: expected a JSON object keyed by title or a list of titles")
-    else:
-        titles = [line.strip().replace("_", " ") for line in text.splitlines() if line.strip()]
+    else:  # '#' never starts a title (MediaWiki forbids it): such lines are comments
+        titles = [line.strip().replace("_", " ") for line in text.splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
     unique = sorted(set(titles))
     return pa.table({"title": unique, "views": pa.nulls(len(unique), pa.int64())}, schema=VIEWS_SCHEMA)
 
@@ -140,6 +160,20 @@ def select_titles(titles: pa.Table, min_views: int | None) -> tuple[pa.Table, di
         else:
             keep.append(True)
     return titles.filter(pa.array(keep, pa.bool_())), dropped
+
+
+def titles_from_language_pageviews(paths: list[str], languages) -> tuple[dict[str, pa.Table], PageviewStats]:
+    """Read every pageview file once and sum the views of each language's titles
+    (``<code>`` + ``<code>.m`` domains): ({language: views table sorted by title}, stats)."""
+    projects = wikipedia_projects(languages)
+    stats = PageviewStats()
+    tables: dict[str, list[pa.Table]] = {code: [] for code in languages}
+    for path in paths:
+        per_language, file_stats = read_language_pageviews(path, projects)
+        for code, table in per_language.items():
+            tables[code].append(table)
+        stats.add(file_stats)
+    return {code: sum_views(t) for code, t in tables.items()}, stats
 
 
 def titles_from_pageviews(paths: list[str]) -> tuple[pa.Table, PageviewStats]:

@@ -71,3 +71,67 @@ def read_wordnet(wordnet_dir: str | Path, all_lemmas: bool = False) -> WordNetNa
 def wordnet_table(names: WordNetNames) -> pa.Table:
     """The names as a one-column (``query``) Arrow table."""
     return pa.table({"query": pa.array(names.names, pa.string())})
+
+
+def read_language_wordnet(path: str | Path, all_lemmas: bool = False) -> WordNetNames:
+    """The head names (or all lemma names) of a WordNet of any language (a worldwide list's):
+
+    - a directory with Princeton's ``data.*`` files: :func:`read_wordnet`;
+    - an Open Multilingual Wordnet tab file (``.tab``: ``synset<TAB>[lang:]lemma<TAB>name`` lines,
+      other types such as ``def``/``exe`` and ``#`` lines skipped);
+    - a SQLite database (``.db``, local) with a ``word_synset(synsetid, li)`` table (the Thai
+      WordNet that pythainlp ships).
+
+    A synset's head name is its first lemma in file (row) order, lowercased, ``_`` -> space;
+    ``all_lemmas``: every lemma name, case kept, ``_`` -> space."""
+    path = str(path)
+    if is_input_file(join(path, DATA_FILES[0])):
+        return read_wordnet(path, all_lemmas)
+    if path.endswith(".db"):
+        pairs = _sqlite_pairs(path)
+    elif path.endswith(".tab") or path.endswith(".tab.gz"):
+        pairs = _tab_pairs(path)
+    else:
+        raise WordNetError(f"{path}: not a WordNet (a directory of data.* files, an OMW .tab file or a .db)")
+    heads: dict[str, str] = {}
+    names: set[str] = set()
+    synsets: set[str] = set()
+    for synset, lemma in pairs:
+        lemma = lemma.strip()
+        if not lemma:
+            continue
+        synsets.add(synset)
+        names.add(lemma.replace("_", " "))
+        if synset not in heads:
+            heads[synset] = lemma.lower().replace("_", " ")
+    return WordNetNames(sorted(names if all_lemmas else set(heads.values())), len(synsets))
+
+
+def _tab_pairs(path: str):
+    if not is_input_file(path):
+        raise WordNetError(f"{path}: WordNet tab file not found")
+    try:
+        with open_input_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.startswith("#") or not line.strip():
+                    continue
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) < 3:
+                    raise WordNetError(f"{path}:{lineno}: not an OMW tab line (synset, type, name)")
+                if fields[1].rsplit(":", 1)[-1] == "lemma":
+                    yield fields[0], fields[2]
+    except UnicodeDecodeError as err:
+        raise WordNetError(f"{path}: not UTF-8 ({err})") from err
+
+
+def _sqlite_pairs(path: str):
+    import sqlite3
+
+    if not Path(path).is_file():
+        raise WordNetError(f"{path}: WordNet database not found (a local file)")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT synsetid, li FROM word_synset ORDER BY rowid").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise WordNetError(f"{path}: not a WordNet database with a word_synset table ({err})") from err
+    yield from rows

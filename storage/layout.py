@@ -6,6 +6,7 @@ reads and writes through it, so a worker on any node writes straight to the run'
 classes below name every file of a run; nothing outside this package builds a run path::
 
     <out>/queries/queries.parquet, metadata.json, stats.json        QueryListLayout
+    <out>/queries/metadata/<code>.json                             a worldwide list: one language's entries
     <out>/queries/_counts/<key>.parquet (+ marker <key>)            counted n-grams (a rerun skips counting)
     <out>/pool/{pairs,rejects,stats,done}/                          PoolLayout (build_wit.py --warc/--wat)
     <out>/curation/_config.json                       selection fingerprint (+ the config)
@@ -238,6 +239,10 @@ class QueryListLayout(Store):
     def metadata(self) -> str:
         """MetaCLIP's ``metadata.json``: the entries as a JSON list, in id order."""
         return self.join("metadata.json")
+
+    def language_metadata(self, language: str) -> str:
+        """A worldwide list's ``metadata/<code>.json``: one language's entries, in id order."""
+        return self.join("metadata", f"{language}.json")
 
     @property
     def stats(self) -> str:

@@ -133,8 +133,8 @@ def selected_parts(layout: RunLayout) -> list[str]:
     return files
 
 
-META_COLUMNS = ("url", "text", "query_ids", "source")  # the selection's columns a shard sample carries
-META_TYPES = (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string())
+META_COLUMNS = ("url", "text", "query_ids", "source", "language")  # the selection's columns a shard sample carries
+META_TYPES = (pa.string(), pa.string(), pa.list_(pa.int32()), pa.string(), pa.string())  # (language: worldwide only)
 
 
 def with_meta_columns(table: pa.Table, uri: str) -> pa.Table:
@@ -500,7 +500,7 @@ class ShardTasks:
     def mark(self, item: tuple[int, str | list[str]]) -> dict:
         index, group = item
         layout = self.layout
-        table = read_group(layout, group, list(SAMPLE_COLUMNS[:-len(SAFETY_SCHEMA)]), optional=SAFETY_SCHEMA)
+        table = read_group(layout, group, list(SAMPLE_BASE), optional=OPTIONAL_SCHEMA)
         dropped = dropped_rows(layout, ("imagededup", "decontaminate"), index, len(table))
         table = table.filter(pa.array(~dropped))
         uid_hash = uid_hashes(table.column("uid")) if len(table) else np.zeros(0, np.uint64)
@@ -536,8 +536,10 @@ class ShardTasks:
         return {**write_shard(layout, shard_id, table, split), "node": node_name()}
 
 
-SAMPLE_COLUMNS = ("uid", *META_COLUMNS, "jpg", "width", "height", "original_width", "original_height",
-                  *SAFETY_SCHEMA.names)
+OPTIONAL_SCHEMA = pa.schema([*SAFETY_SCHEMA, pa.field("language", pa.string())])  # null where a part lacks them
+SAMPLE_BASE = ("uid", *(c for c in META_COLUMNS if c != "language"), "jpg", "width", "height", "original_width",
+               "original_height")
+SAMPLE_COLUMNS = (*SAMPLE_BASE, *OPTIONAL_SCHEMA.names)
 
 
 def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: MapTasks,

@@ -27,10 +27,12 @@ from storage.layout import RunLayout, shard_name
 INDEX_COLUMNS = ("key", "uid", "url", "text", "query_ids", "source", "width", "height",
                  "original_width", "original_height",
                  # the release-safety fields (curation/images/safety.py), when the samples carry them
-                 "md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes")
-OPTIONAL_FIELDS = ("md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes")  # left out when null
+                 "md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes",
+                 "language")  # a worldwide selection's caption language (absent in English-only runs)
+OPTIONAL_FIELDS = ("md5", "sha1", "sha256", "pdq", "pdq_quality", "nsfw_score", "face_bboxes",
+                   "language")  # left out when null
 JSON_FIELDS = ("uid", "url", "query_ids", "source", "width", "height", "original_width", "original_height",
-               "sha256", "nsfw_score", "face_bboxes")  # a sample's <key>.json (those the row has)
+               "sha256", "nsfw_score", "face_bboxes", "language")  # a sample's <key>.json (those the row has)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 

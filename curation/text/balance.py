@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stage import with_reasons
-from curation.text.threshold import resolve_threshold
+from curation.text.threshold import entry_thresholds
 from curation.xxh3 import xxh3_64_column
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -133,10 +133,11 @@ def _keep_rows(uid_hash: np.ndarray, offsets: np.ndarray, flat: np.ndarray, tabl
 class Balancer:
     """The balance stage: annotates live rows not drawn as ``not_sampled`` (rows rejected
     upstream keep their reason). ``counts`` are the global c_e (:func:`count_entries` summed);
-    ``t=None`` scales t to them (curation/text/threshold.py)."""
+    ``t=None`` scales t to them (curation/text/threshold.py); with ``languages`` (each entry's,
+    a worldwide list) each entry is balanced with its language's t (MetaCLIP 2's ``p_to_t``)."""
 
-    def __init__(self, counts: np.ndarray, t: float | None = 20_000, seed: int = 0):
-        self.t = resolve_threshold(counts, t)
+    def __init__(self, counts: np.ndarray, t: float | None = 20_000, seed: int = 0, languages: np.ndarray | None = None):
+        self.t = entry_thresholds(counts, t, languages)  # a float; per entry for a worldwide list (its language's)
         self.probs = balance_probabilities(counts, self.t)
         self.seed = int(seed)
         self.salts = entry_salts(np.arange(len(self.probs)), self.seed)

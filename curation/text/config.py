@@ -79,7 +79,7 @@ class CurationConfig:
         """Everything that changes the selection, by name (not parallelism or batch size):
         the settings, the identity of every pool file (name, size, mtime/ETag) and the content
         hash of the query list."""
-        body = asdict(self)
+        body = english_only_compatible(asdict(self))
         for volatile in ("batch_size", "parallelism", "dedup_buckets", "curation_dir", "pool"):
             body.pop(volatile)
         settings = json.loads(json.dumps(body, sort_keys=True, default=str))
@@ -90,6 +90,14 @@ class CurationConfig:
         """A short hash of :meth:`fingerprint_parts`."""
         text = json.dumps(self.fingerprint_parts(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def english_only_compatible(body: dict) -> dict:
+    """A config as recorded: without ``text.languages`` when it is empty (an English-only run),
+    so such runs keep the fingerprint and ``_config.json`` they had before worldwide curation."""
+    if not body.get("text", {}).get("languages"):
+        body = {**body, "text": {k: v for k, v in body["text"].items() if k != "languages"}}
+    return body
 
 
 def _content_hash(uri: str) -> str:
@@ -140,7 +148,7 @@ def prepare_run(config: CurationConfig) -> bool:
               "recomputing the selection", flush=True)
     clear_selection(layout)
     layout.write_json(layout.config_stamp, {"fingerprint": fingerprint, "inputs": current,
-                                            "config": asdict(config)})
+                                            "config": english_only_compatible(asdict(config))})
     return True
 
 
@@ -204,7 +212,10 @@ def record_part_plan(counts: np.ndarray, inputs: np.ndarray, config: CurationCon
     every engine, known before the balance stage writes a part — recorded in
     ``selected/_parts.json`` (:func:`curation.text.selection.record_parts_plan`) and returned.
     Every engine calls this one function (Beam as a ``Map`` over the counts)."""
-    plan = plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts)
+    from curation.text.match import load_query_languages
+
+    plan = plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts,
+                      load_query_languages(config.queries))
     record_parts_plan(config.layout, plan)
     return plan
 

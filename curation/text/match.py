@@ -49,6 +49,10 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _BYTE_CLASS = np.zeros(256, dtype=np.uint8)
 _BYTE_CLASS[[ord(c) for c in (" ", *CHARS_TO_SPACE)]] = 1
 _BYTE_CLASS[[ord(c) for c in PUNCT_TO_WRAP]] = 2
+# character mode (raw substring matching, scripts written without spaces): every UTF-8 lead byte
+# starts a piece (3), continuation bytes (0b10xxxxxx) extend it: the pieces are the code points
+_CHAR_CLASS = np.full(256, 3, dtype=np.uint8)
+_CHAR_CLASS[0x80:0xC0] = 0
 
 
 class QueryMatcher:
@@ -58,17 +62,28 @@ class QueryMatcher:
     also loads or compiles the kernels); :meth:`match_arrow` takes a batch of texts and returns,
     per text, the sorted, distinct ids of the entries it matches. Null texts match nothing.
     Repeated entries match under each of their ids.
+
+    ``characters=True`` is MetaCLIP 2's raw-substring rule for scripts written without spaces:
+    every code point of a text is a piece (no spacing rule: the byte-class table makes each UTF-8
+    lead byte start a piece) and an entry is the run of its code points, so an entry matches
+    exactly when it is a substring of the text; the empty entry matches nothing.
     """
 
-    def __init__(self, queries: Sequence[str]):
+    def __init__(self, queries: Sequence[str], characters: bool = False):
         queries = list(queries)
         self.num_queries = len(queries)
+        self.characters = characters
+        self._byte_class = _CHAR_CLASS if characters else _BYTE_CLASS
         vocab: dict[str, int] = {}
         run_entries: list[tuple[int, list[int]]] = []
         literal: list[tuple[int, str]] = []
         for query_id, entry in enumerate(queries):
             if not isinstance(entry, str):
                 raise TypeError(f"query {query_id} is {type(entry).__name__}, expected str")
+            if characters:  # raw substring: the entry's code points as a run of pieces; "" matches nothing
+                if entry:
+                    run_entries.append((query_id, [vocab.setdefault(ch, len(vocab)) for ch in entry]))
+                continue
             words = entry.split(" ")
             if "" in words:
                 literal.append((query_id, f" {entry} "))
@@ -130,7 +145,7 @@ class QueryMatcher:
         valid = np.ascontiguousarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
         data, row_offsets = _string_buffers(texts)
         offsets, ids = _match_rows(
-            data, row_offsets, valid, _BYTE_CLASS, self._vocab_table, self._vocab_bytes, self._vocab_offsets,
+            data, row_offsets, valid, self._byte_class, self._vocab_table, self._vocab_bytes, self._vocab_offsets,
             self._edges, self._term_ids, self._vocab_size)
         if self._literal:
             offsets, ids = self._add_literal_matches(texts, valid, offsets, ids)
@@ -341,6 +356,13 @@ def _tokenize(data, start, end, byte_class, table, words, word_offsets, tokens, 
             elif at < 16:
                 w1 |= c << np.uint64(8 * (at - 8))
             continue
+        if kind == 3:  # character mode: every code point is a piece (its lead byte starts one)
+            if i > piece:
+                _add_piece(piece, i, w0, w1, table, n, starts, ends, keys0, keys1, hashes)
+                n += 1
+            piece = i
+            w0, w1 = c, np.uint64(0)
+            continue
         _add_piece(piece, i, w0, w1, table, n, starts, ends, keys0, keys1, hashes)
         n += 1
         if kind == 2:  # " P ": the punctuation is a piece of its own
@@ -473,12 +495,94 @@ def load_queries(path: str) -> list[str]:
     return table.column("query").to_pylist()
 
 
+def load_query_languages(path: str) -> np.ndarray | None:
+    """The ``language`` of each entry of a worldwide ``queries.parquet`` (object array, id
+    order), or None for a list without that column (English-only: one matcher, one t)."""
+    if not path.endswith(".parquet"):
+        return None
+    import pyarrow.parquet as pq
+
+    if "language" not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=["query_id", "language"]).sort_by("query_id")
+    languages = np.asarray(table.column("language").to_pylist(), dtype=object)
+    if any(lang is None or lang == "" for lang in languages):
+        raise ValueError(f"{path}: an entry has no language")
+    return languages
+
+
+# scripts written without spaces between words (MetaCLIP 2's raw-substring languages): matched by
+# substring, never by the spaced rule; the query side's segmenters make their entries
+NO_SPACE_LANGUAGES = frozenset({"zh", "zh-yue", "yue", "wuu", "gan", "lzh", "zh-classical", "ja", "th", "lo", "my",
+                                "km", "bo", "dz"})
+
+
+def is_no_space(language: str) -> bool:
+    """Whether captions of ``language`` are matched by raw substring (``QueryMatcher(characters=True)``)."""
+    try:
+        from queries.languages import is_no_space as query_side  # the query lists' own set, when present
+    except ImportError:
+        return language in NO_SPACE_LANGUAGES
+    return bool(query_side(language))
+
+
+class WorldwideMatcher:
+    """One matcher per language of a worldwide query list (MetaCLIP 2): a caption is matched
+    only against its own language's entries -- by the spaced rule, or by raw substring for
+    scripts written without spaces (:func:`is_no_space`): the same compiled matcher in character
+    mode (``QueryMatcher(characters=True)``: every code point is a piece, so a run of pieces is
+    exactly a substring). Returns global query ids (positions in the whole list), sorted."""
+
+    def __init__(self, queries: Sequence[str], languages: Sequence[str]):
+        queries = list(queries)
+        languages = np.asarray(languages, dtype=object)
+        if len(languages) != len(queries):
+            raise ValueError(f"{len(queries)} entries but {len(languages)} languages")
+        self.num_queries = len(queries)
+        self.by_language: dict[str, tuple[np.ndarray, object]] = {}
+        for language in sorted(set(languages.tolist())):
+            ids = np.flatnonzero(languages == language).astype(np.int32)
+            entries = [queries[i] for i in ids]
+            matcher = QueryMatcher(entries, characters=is_no_space(language))
+            self.by_language[language] = (ids, matcher)
+
+    def match_arrow(self, texts, row_languages) -> pa.ListArray:
+        """Per text, its language's matched entries as global ids (a row whose language has no
+        entries, or none, matches nothing)."""
+        texts = _as_string_array(texts)
+        if isinstance(row_languages, pa.ChunkedArray):
+            row_languages = row_languages.combine_chunks() if row_languages.num_chunks else pa.array([], pa.string())
+        row_languages = pc.fill_null(pa.array(row_languages, pa.string()), "")
+        n = len(texts)
+        lengths = np.zeros(n, dtype=np.int64)
+        rows_of, values_of = [], []
+        for language, (ids, matcher) in self.by_language.items():
+            rows = np.flatnonzero(pc.equal(row_languages, language).to_numpy(zero_copy_only=False))
+            if not len(rows):
+                continue
+            local = matcher.match_arrow(texts.take(pa.array(rows)))
+            counts = np.diff(local.offsets.to_numpy())
+            lengths[rows] = counts
+            rows_of.append(np.repeat(rows, counts))
+            values_of.append(ids[pc.list_flatten(local).to_numpy(zero_copy_only=False).astype(np.int64)])
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        if rows_of:
+            rows, values = np.concatenate(rows_of), np.concatenate(values_of)
+            values = values[np.argsort(rows, kind="stable")]  # one language per row: its ids stay sorted
+        else:
+            values = np.zeros(0, np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))
+
+
 class MatchStage:
     """The match stage: adds ``query_ids`` (list<int32>, empty for rows rejected upstream) and
-    marks live rows matching no entry as ``no_match``. Builds the matcher once, in ``__init__``."""
+    marks live rows matching no entry as ``no_match``. Builds the matcher once, in ``__init__``:
+    for a worldwide list (a ``language`` column) one per language, each row matched against its
+    own ``language``'s entries (the text stage's language ID, ``--languages``)."""
 
     def __init__(self, queries_path: str):
-        self.matcher = QueryMatcher(load_queries(queries_path))
+        queries, languages = load_queries(queries_path), load_query_languages(queries_path)
+        self.matcher = QueryMatcher(queries) if languages is None else WorldwideMatcher(queries, languages)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from curation.stage import live_mask, with_reasons
@@ -486,7 +590,13 @@ class MatchStage:
         table = with_reasons(table)
         live = live_mask(table)
         texts = pc.if_else(pa.array(live), table.column("text"), pa.scalar(None, pa.string()))
-        query_ids = self.matcher.match_arrow(texts)
+        if isinstance(self.matcher, WorldwideMatcher):
+            if "language" not in table.column_names:
+                raise ValueError("the query list is worldwide (it has a language column): the text stage must "
+                                 "give each caption its language (--languages)")
+            query_ids = self.matcher.match_arrow(texts, table.column("language"))
+        else:
+            query_ids = self.matcher.match_arrow(texts)
         if "query_ids" in table.column_names:
             table = table.drop_columns(["query_ids"])
         table = table.append_column("query_ids", query_ids)

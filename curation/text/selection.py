@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from curation.stage import KEPT, REASON, kept_rows, reason_counts
 from curation.text.balance import balance_probabilities, draw_thresholds, uid_hashes
-from curation.text.threshold import resolve_threshold
+from curation.text.threshold import entry_thresholds, language_thresholds, resolve_threshold
 from storage.layout import RunLayout, part_name
 
 PART_COLUMN = "_part"
@@ -58,7 +58,7 @@ def _overflow_exponent(mean: float, bound: int) -> float:
 
 
 def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part_rows: int,
-               min_parts: int) -> dict:
+               min_parts: int, languages: np.ndarray | None = None) -> dict:
     """The selection's part count, a pure function of the global entry counts ``counts`` (c_e),
     ``inputs`` (:func:`balance_inputs` summed over the pool), ``t`` and the two settings.
 
@@ -74,7 +74,8 @@ def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part
     if max_part_rows < 1 or min_parts < 1:
         raise ValueError(f"max_part_rows ({max_part_rows}) and the minimum part count ({min_parts}) must be >= 1")
     live, live_without_ids = (int(x) for x in inputs)
-    t = resolve_threshold(counts, t)
+    recorded = resolve_threshold(counts, t) if languages is None else language_thresholds(counts, languages, t)
+    t = entry_thresholds(counts, t, languages)  # per entry for a worldwide list (``languages``: each entry's)
     counts = np.asarray(counts, dtype=np.int64)
     chance = np.minimum(draw_thresholds(balance_probabilities(counts, t)), np.uint64(1 << 53)).astype(np.float64)
     expected = float(np.dot(counts.astype(np.float64), chance / float(1 << 53)))
@@ -92,7 +93,7 @@ def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part
             limit = ((2 * a + log_terms) - math.sqrt(8 * a * log_terms + log_terms ** 2)) / 2
             parts = max(parts + 1, math.ceil(mean / limit))
     return {"num_parts": parts, "max_part_rows": max_part_rows, "min_parts": min_parts, "balance_rows": live,
-            "expected_selected_bound": round(expected, 3), "t": t}
+            "expected_selected_bound": round(expected, 3), "t": recorded}
 
 
 def record_parts_plan(layout: RunLayout, plan: dict) -> None:
@@ -232,10 +233,10 @@ class BalanceAndPart:
     per run and shared read-only through the object store (Ray); the entry tables of a
     500k-entry list take ~15 ms, never rebuilt per batch."""
 
-    def __init__(self, counts: np.ndarray, t: float, seed: int, num_parts: int):
+    def __init__(self, counts: np.ndarray, t: float, seed: int, num_parts: int, languages: np.ndarray | None = None):
         from curation.text.balance import Balancer
 
-        self.balancer, self.num_parts = Balancer(counts, t, seed), int(num_parts)
+        self.balancer, self.num_parts = Balancer(counts, t, seed, languages), int(num_parts)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         hashes = uid_hashes(table.column("uid"))

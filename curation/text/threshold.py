@@ -48,3 +48,51 @@ def resolve_threshold(counts: np.ndarray, t: float | None) -> float:
     if t <= 0:
         raise ValueError(f"balancing threshold t must be > 0, got {t}")
     return float(t)
+
+
+REFERENCE_LANGUAGE = "en"  # MetaCLIP 2: English's t sets the tail share every language shares
+
+
+def language_thresholds(counts: np.ndarray, languages: np.ndarray, t: float | None) -> dict:
+    """MetaCLIP 2's per-language thresholds for a worldwide list (``languages``: each entry's):
+    English's t (``t``, else :func:`scaled_threshold` of its counts) gives its tail share p
+    (``t_to_p``); each language L gets t_L, the t whose tail share on L's counts is closest to p
+    (``p_to_t``, the same search as :func:`scaled_threshold`). Without English entries (or
+    matches), p is MetaCLIP's own tail share. Returns ``{"p", "reference", "t": {L: t_L}}``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    languages = np.asarray(languages, dtype=object)
+    english = counts[languages == REFERENCE_LANGUAGE]
+    if english.size and english.sum() > 0:
+        t_en = resolve_threshold(english, t)
+        p = tail_share(english, t_en)
+    else:
+        t_en, p = (None if t is None else float(t)), METACLIP_TAIL_SHARE
+    by_language = {}
+    for language in sorted(set(languages.tolist())):
+        if language == REFERENCE_LANGUAGE and t_en is not None:
+            by_language[language] = float(t_en)
+            continue
+        own = counts[languages == language]
+        matched = np.sort(own[own > 0])
+        if not matched.size:
+            by_language[language] = float(t_en if t_en is not None else METACLIP_T)
+        elif p <= 0.0:  # an empty English tail: the smallest t with an empty tail
+            by_language[language] = float(matched[0])
+        elif p >= 1.0:  # every English entry in the tail: nothing is sampled down
+            by_language[language] = float(matched[-1] + 1)
+        else:
+            by_language[language] = scaled_threshold(own, p)
+    return {"p": float(p), "reference": REFERENCE_LANGUAGE, "t": by_language}
+
+
+def entry_thresholds(counts: np.ndarray, t: float | None, languages: np.ndarray | None = None):
+    """t for the balance: a float (:func:`resolve_threshold`) for a one-language list, else
+    each entry's language's t (:func:`language_thresholds`) as a float64 array."""
+    if languages is None:
+        return resolve_threshold(counts, t)
+    plan = language_thresholds(counts, languages, t)
+    languages = np.asarray(languages, dtype=object)
+    out = np.empty(len(languages), dtype=np.float64)
+    for language, value in plan["t"].items():
+        out[languages == language] = value
+    return out

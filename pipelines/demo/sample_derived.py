@@ -164,7 +164,13 @@ def _build_planted_copies(root: Path, manifest: dict[str, str]) -> dict[str, str
     return build_planted_copies(root, manifest)
 
 
-BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl, _build_planted_copies]
+def _build_worldwide_pool(root: Path, manifest: dict[str, str]) -> dict[str, str]:
+    from pipelines.demo.worldwide_pool import build_worldwide_pool  # CLDR names: make demo-worldwide's pool
+
+    return build_worldwide_pool(root, manifest)
+
+
+BUILDERS: list[Builder] = [build_sample_images, _build_sample_crawl, _build_planted_copies, _build_worldwide_pool]
 
 
 def build_all(root: Path, manifest: dict[str, str]) -> dict[str, str]:
