@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +34,28 @@ def clean_caption(text: str) -> str:
     """CLIP's text cleaning: fix mojibake (ftfy), unescape HTML twice, collapse whitespace."""
     text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return _WHITESPACE.sub(" ", text).strip()
+
+
+CHARACTER_COVERAGE = 0.9995  # share of character occurrences the unigram's alphabet covers (SentencePiece's default)
+
+
+def covered_characters(texts: list[str], coverage: float, limit: int) -> set[str]:
+    """The most frequent characters of ``texts`` (NFKC-normalised, as the tokenizer does) that
+    together cover ``coverage`` of all character occurrences, at most ``limit`` of them: the rest
+    are left out of a unigram tokenizer's training, so they map to ``<unk>`` (SentencePiece's
+    ``character_coverage``; a CJK pool has more distinct characters than a small vocabulary)."""
+    import collections
+
+    counts = collections.Counter(ch for t in texts for ch in t)
+    counts.pop(" ", None)
+    total = sum(counts.values())
+    kept, seen = set(), 0
+    for ch, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(kept) >= limit or (total and seen / total >= coverage):
+            break
+        kept.add(ch)
+        seen += n
+    return kept
 
 
 class CaptionTokenizer:
@@ -91,13 +114,18 @@ class CaptionTokenizer:
         never seen in training map to ``<unk>`` (id 3); the specials keep ids 0, 1, 2."""
         if vocab_size < len(SPECIAL_TOKENS) + 8:
             raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS) + 8}, got {vocab_size}")
+        texts = [unicodedata.normalize("NFKC", clean_caption(c)) for c in captions]
+        alphabet = covered_characters(texts, CHARACTER_COVERAGE, max(8, vocab_size // 2))
+        rare = re.compile("[^" + re.escape("".join(sorted(alphabet))) + "]") if alphabet else None
+        if rare is not None:  # SentencePiece's character coverage: the rarest characters stay <unk>
+            texts = [rare.sub(" ", t) for t in texts]
         tok = Tokenizer(models.Unigram())
         tok.normalizer = normalizers.NFKC()
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, UNK],
                                           unk_token=UNK, show_progress=False)
-        tok.train_from_iterator((clean_caption(c) for c in captions), trainer=trainer)
+        tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok, context_length)
 
     @classmethod

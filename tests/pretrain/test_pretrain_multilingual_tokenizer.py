@@ -50,3 +50,14 @@ def test_the_english_bpe_is_unchanged_and_a_wrong_kind_is_refused(captions):
     assert bpe.tokenizer.encode("Paris").ids == bpe.tokenizer.encode("paris").ids  # lower-cased, as before
     with pytest.raises(ValueError, match="bpe' or 'unigram"):
         CaptionTokenizer.train(captions[:10], vocab_size=600, kind="wordpiece")
+
+
+def test_a_small_vocabulary_covers_the_common_characters_and_leaves_the_rare_unknown(captions):
+    """More distinct characters than a tiny vocabulary holds (SentencePiece's character coverage):
+    training succeeds, common characters are pieces, a character seen once maps to <unk>."""
+    rare = "\u9f98"  # a single, rare CJK character (龘)
+    tok = CaptionTokenizer.train([*captions, f"很少見的字{rare}"], vocab_size=120, kind="unigram", context_length=32)
+    assert tok.vocab_size <= 120
+    ids = tok([f"la {rare}"])[0].tolist()
+    assert 3 in ids  # <unk>
+    assert 3 not in tok(["la"])[0].tolist()
