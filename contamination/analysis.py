@@ -52,7 +52,7 @@ class ReportConfig:
     """Everything one contamination report needs."""
 
     train_data: str  # training shards: a shard directory, brace pattern, glob, or several joined by "::" (paths or URIs)
-    checkpoint: str  # CLIP checkpoint dir or pretrain run dir (zero-shot accuracy)
+    checkpoint: str  # CLIP checkpoint: its .pt file (tokenizer.json beside it), its dir, or a pretrain run dir (zero-shot accuracy)
     datasets: tuple[str, ...]  # eval sets: built-in names (fashion-mnist, mnist, digits), class_name/*.jpg folders, or .tar shards
     out: str  # report directory (local path or URI)
     detector: str = "learned"  # duplicate detector: learned (copy detector) or phash

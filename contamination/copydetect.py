@@ -423,14 +423,17 @@ def save_copy_detector(model: CopyDetector, path: str | Path, summary: dict | No
 
 def load_copy_detector(path: str | Path) -> CopyDetector:
     """A detector saved by :func:`save_copy_detector` (a path or an fsspec URI; loaded with
-    ``weights_only=True``), in eval mode."""
+    ``weights_only=True``), in eval mode. No file is a ``FileNotFoundError``, an unreadable one a
+    :class:`pretrain.checkpoint.CheckpointError`, each naming it."""
     import fsspec
+
+    from pretrain.checkpoint import CheckpointNotFoundError, read_weights
 
     try:
         with fsspec.open(str(path), "rb") as f:
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            state = read_weights(f, path, what="copy-detector checkpoint", keys=("config", "model"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no copy-detector weights there") from None
+        raise CheckpointNotFoundError(f"{path}: no copy-detector weights there") from None
     model = CopyDetector(CopyDetectorConfig(**state["config"]))
     model.load_state_dict(state["model"])
     return model.eval()

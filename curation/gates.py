@@ -125,12 +125,13 @@ def selection_figures(run_dir: str, t: float, bands: GateBands, t_scaled: bool =
     MetaCLIP's tail share of the matches) the cap share follows from that choice: it is reported,
     in the band [0, 1], not judged."""
     text = read_stage_stats(run_dir, "text")
-    not_en = sum(int(text["rejected"].get(r, 0)) for r in ("not_english", "unwanted_language", "uncertain_language"))
+    language_reasons = [r for r in ("not_english", "unwanted_language", "uncertain_language") if r in text["rejected"]]
+    not_en = sum(int(text["rejected"][r]) for r in language_reasons)
     match = read_stage_stats(run_dir, "match")
     at_cap, matched = _entries_at_cap(run_dir, t)
     return [
         Figure("text", "english_share", _share(text["in"] - not_en, text["in"]), bands.english_share,
-               f"{text['in'] - not_en} of {text['in']} not rejected for their language"),
+               f"{text['in'] - not_en} of {text['in']} not rejected as {'/'.join(language_reasons) or 'not_english'}"),
         Figure("match", "matched_share", _share(match["out"], match["in"]), bands.matched_share,
                f"{match['out']} of {match['in']} matched"),
         Figure("balance", "cap_share", _share(at_cap, matched), Band(0.0, 1.0) if t_scaled else bands.cap_share,

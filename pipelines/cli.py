@@ -17,9 +17,11 @@ import argparse
 import dataclasses
 import inspect
 import io
+import shlex
 import tokenize
 import types
 import typing
+from collections.abc import Callable
 from functools import cache
 
 MISSING = dataclasses.MISSING
@@ -150,3 +152,19 @@ def config_values(cls: type, args: argparse.Namespace, prefix: str = "") -> dict
 def config_from_args(cls: type, args: argparse.Namespace, prefix: str = "", **overrides):
     """``cls(**flags, **overrides)`` from a namespace parsed with :func:`add_config_flags`."""
     return cls(**{**config_values(cls, args, prefix), **overrides})
+
+
+def require_shards(prog: str, flag: str, spec: str, expand: Callable[[str], list[str]] | None = None) -> None:
+    """Before any work: exit with one line, ``<prog>: <flag> '<part>': no file matches`` (or
+    what else is wrong with that part), when a part of the shard spec ``spec`` names no file
+    (``expand``: :func:`storage.layout.expand_shards` unless given). ``pipe:`` parts are left
+    to the reader."""
+    from storage.layout import ShardsNotFoundError, expand_shards
+
+    parts = [part for part in spec.split("::") if part and not part.startswith("pipe:")]
+    if not parts:
+        return
+    try:
+        (expand or expand_shards)("::".join(parts))
+    except ShardsNotFoundError as err:
+        raise SystemExit(f"{prog}: {flag} {shlex.quote(err.part)}: {err.reason}") from None

@@ -9,7 +9,10 @@ Writes ``OUT/results.json``, ``details.json`` (every Overlap image: eval id, sco
 training shard and key, zero-shot correct), ``report.md``, ``report.html`` + PNGs; embeddings are
 cached per shard version in ``OUT/cache/`` and a detector trained here is kept as
 ``OUT/copy_detector.pt``. ``--train-data`` may be a shard directory, a brace pattern, a glob, or
-several joined by ``::``; every path may be an fsspec URI (``s3://``…).
+several joined by ``::``; every path may be an fsspec URI (``s3://``…). ``--checkpoint`` is a
+checkpoint file (``checkpoint.pt``, its ``tokenizer.json`` beside it), a checkpoint directory or
+a pretrain run directory. Shards that name no file, or a checkpoint (CLIP or copy detector) that
+cannot be read, end the run with one line naming them.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import argparse
 import json
 
 from contamination.analysis import ReportConfig, report
-from pipelines.cli import add_config_flags, config_from_args
+from pipelines.cli import add_config_flags, config_from_args, require_shards
 from pipelines.runtime import configure_environment
+from storage.files import is_local
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> ReportConfig:
-    """Command line -> :class:`ReportConfig`."""
-    return config_from_args(ReportConfig, build_parser().parse_args(argv))
+    """Command line -> :class:`ReportConfig` (exits with one line if ``--train-data`` names no file)."""
+    cfg = config_from_args(ReportConfig, build_parser().parse_args(argv))
+    require_shards("contamination_report", "--train-data", cfg.train_data)
+    return cfg
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Entry point: parse, run the report, print where it is."""
     configure_environment()
     cfg = parse_args(argv)
-    results = report(cfg, log=lambda m: print(m, flush=True))
+    from pretrain.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+    try:
+        if is_local(cfg.checkpoint):  # a bad checkpoint is named before the embedding, not after it
+            load_checkpoint(resolve_checkpoint(cfg.checkpoint))
+        results = report(cfg, log=lambda m: print(m, flush=True))
+    except CheckpointError as err:
+        raise SystemExit(f"contamination_report: {err}") from None
     print(json.dumps(results, indent=2))
     return results
 

@@ -7,7 +7,9 @@
     python pipelines/evaluate.py --checkpoint RUN --dataset openclipart \
         --eval-shards OUT/curation/heldout --out RUN/eval/openclipart.json
 
-``--checkpoint`` is a checkpoint directory or a pretrain run directory (its last checkpoint).
+``--checkpoint`` is a checkpoint file (``checkpoint.pt``, with its ``tokenizer.json`` beside it), a
+checkpoint directory or a pretrain run directory (its last checkpoint). A checkpoint that cannot
+be read, or shards that name no file, end the run with one line naming them.
 Writes JSON: ``top1``, ``top5``, ``mean_per_class_recall``, ``chance`` (each metric for uniform
 guessing), ``n`` (+ ``dataset``, ``kind``, ``classes``, ``templates``, ``checkpoint``, ``step``);
 with ``--retrieval-shards`` (a directory of shards or a brace pattern) ``retrieval``:
@@ -29,8 +31,9 @@ if __name__ == "__main__":
 
 import argparse
 
-from pipelines.cli import add_config_flags, config_from_args
+from pipelines.cli import add_config_flags, config_from_args, require_shards
 from pipelines.runtime import configure_environment
+from pretrain.evalsets import shard_urls
 from pretrain.evaluate import IN_DOMAIN, TRANSFER, EvalConfig, evaluate, summary_lines
 from storage.layout import RunLayout
 
@@ -51,6 +54,10 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     if cfg.dataset in IN_DOMAIN and not cfg.eval_shards:
         p.error(f"--dataset {cfg.dataset} reads held-out pairs: give --eval-shards "
                 f"(e.g. {RunLayout('OUT').split_dir('heldout')})")
+    for flag, spec in (("--retrieval-shards", cfg.retrieval_shards),
+                       ("--eval-shards", cfg.eval_shards if cfg.dataset in IN_DOMAIN else "")):
+        if spec:
+            require_shards("evaluate", flag, spec, expand=shard_urls)
     return cfg
 
 
@@ -59,7 +66,12 @@ def run(argv: list[str] | None = None) -> dict:
     summary."""
     configure_environment()
     cfg = parse_args(argv)
-    result = evaluate(cfg)
+    from pretrain.checkpoint import CheckpointError
+
+    try:
+        result = evaluate(cfg)
+    except CheckpointError as err:
+        raise SystemExit(f"evaluate: {err}") from None
     for line in summary_lines(result):
         print(f"[evaluate] {line}")
     print(f"[evaluate] -> {cfg.out}")

@@ -5,7 +5,9 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python pipelines/pretrain.py --config pretrain.yaml
 
-Steps: 1. read the config (``--config`` JSON/YAML, then command-line flags win);
+Steps: 1. read the config (``--config`` JSON/YAML, then command-line flags win); a
+``--train-data`` part that matches no file, or a ``--resume-from`` that is no checkpoint (its
+``.pt`` file, its directory or a run directory), ends the run here with one line;
 2. train the caption BPE on the shards' captions (or load ``--tokenizer``), save it in OUT;
 3. run ``pretrain.train.train_loop_per_worker`` under ``TorchTrainer`` with ``--workers`` workers
 (gloo on CPU, nccl with ``--use-gpu``), ``FailureConfig(max_failures)``, checkpoints in
@@ -31,9 +33,9 @@ import shutil
 import tempfile
 from dataclasses import asdict, fields
 
-from pipelines.cli import add_config_flags, field_default, field_help
+from pipelines.cli import add_config_flags, field_default, field_help, require_shards
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.checkpoint import step_checkpoints, write_result
+from pretrain.checkpoint import CheckpointError, resolve_checkpoint, step_checkpoints, write_result
 from pretrain.train import PRECISIONS, PretrainJob, TrainConfig, train_loop_per_worker
 from storage.files import is_dir, is_local
 from storage.layout import CHECKPOINTS, PretrainLayout, shard_pattern
@@ -124,6 +126,21 @@ def absolute_shard_pattern(pattern: str) -> str:
     return "::".join(parts)
 
 
+def check_inputs(flat: dict) -> dict:
+    """Before Ray starts or a tokenizer is trained: exit with one line when ``--train-data``
+    names no file (:func:`pipelines.cli.require_shards`) or ``--resume-from`` is not a readable
+    checkpoint; a local ``--resume-from`` (a checkpoint file or directory, or a run directory) is
+    resolved to its absolute checkpoint path, so every worker finds it."""
+    require_shards("pretrain", "--train-data", flat["train_data"])
+    resume = flat.get("resume_from")
+    if resume and is_local(resume):
+        try:
+            flat = {**flat, "resume_from": str(resolve_checkpoint(resume).resolve())}
+        except CheckpointError as err:
+            raise SystemExit(f"pretrain: --resume-from: {err}") from None
+    return flat
+
+
 def build_job(flat: dict, staging: str | None = None) -> PretrainJob:
     """Flat config dict -> typed job (trains or loads the tokenizer). With ``staging`` (a local
     temp dir for a run whose ``--out`` is a URI) the run's files are written there first."""
@@ -147,7 +164,7 @@ def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_
         metrics = train_loop(asdict(cfg))
         ckpts = step_checkpoints(cfg.out_dir)
         return {"metrics": metrics, "checkpoint": ckpts[-1] if ckpts else None}
-    init_ray()
+    init_ray(state_api=True)  # Ray Train's placement-group cleaner polls the state API (init_ray)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -191,7 +208,7 @@ def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict
     """Entry point: parse, prepare, train (``train_loop``: see :func:`fit`), write
     ``OUT/result.json``; return that dict."""
     configure_environment()
-    flat = parse_args(argv)
+    flat = check_inputs(parse_args(argv))
     out = str(flat["out_dir"])
     staging = None if is_local(out) else tempfile.mkdtemp(prefix="openwit-pretrain-")
     try:

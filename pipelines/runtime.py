@@ -99,9 +99,17 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
+def init_ray(address: str | None = None, num_cpus: int | None = None, state_api: bool = False, **kwargs):
     """Connect to ``address`` (or ``$RAY_ADDRESS``, e.g. inside `ray job submit`), else start a
-    local Ray bound to 127.0.0.1. Idempotent: returns at once if Ray is already initialised."""
+    local Ray bound to 127.0.0.1. Idempotent: returns at once if Ray is already initialised.
+
+    ``state_api``: a local Ray also runs its dashboard head (on 127.0.0.1, behind the token), the
+    server of Ray's state API, and names it to every worker (``RAY_API_SERVER_ADDRESS``). Ray
+    Train needs it: its PlacementGroupCleaner (Ray 2.60) asks the state API once a second whether
+    the train controller is alive. Without a dashboard every ask fails and logs "Failed to query
+    Ray Train Controller actor state"; with other Ray instances on the machine the ask cannot tell
+    which cluster is meant and the cleaner's thread dies (or asks another cluster, whose "no such
+    actor" it would take for a dead controller and remove the run's placement group)."""
     configure_environment()
     import ray
 
@@ -114,16 +122,36 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
         # address="local": always a fresh local runtime, never a stale `ray_current_cluster`
         # file left behind by an earlier head in the same temp dir.
         ensure_auth_token()
+        dashboard = {}
+        if state_api:
+            # Ray's state-API client in a worker finds the cluster by guessing (the head `ray start`
+            # recorded last, else the only GCS on the machine): wrong or ambiguous when other
+            # clusters run here. This variable names our dashboard instead; the raylet and every
+            # worker inherit it from this process.
+            port = _free_loopback_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            dashboard = {"dashboard_port": port}
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            include_dashboard=False,
+            include_dashboard=state_api,
+            dashboard_host="127.0.0.1",
+            **dashboard,
             _temp_dir=ray_tmpdir(),
             _node_ip_address="127.0.0.1",
             log_to_driver=True,
             **kwargs,
         )
     return ray
+
+
+def _free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def beam_pipeline_options(runner: str | None = None, extra_args: list[str] | None = None,

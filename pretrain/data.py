@@ -99,6 +99,8 @@ class SampleDecoder:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             return self._failed("corrupt_image", where)
         self.counts["decoded"] += 1
+        if "__source__" in sample:  # a mixed stream's sample: which source it came from
+            self.counts[f"source_{sample['__source__']}"] += 1
         self.consecutive_failures = 0
         return pixels, caption
 
@@ -173,6 +175,45 @@ def _shard_samples(src: Iterator[dict], handler=wds.reraise_exception) -> Iterat
 shard_samples = pipelinefilter(_shard_samples)
 
 
+def parse_weights(urls: str, weights: str) -> list[float]:
+    """The mixing weights of the ``::``-joined sources of ``urls`` (``weights``: as many numbers,
+    ``::``-joined or comma-separated); a count that differs or a weight that is not a positive
+    number is an error naming both."""
+    sources = urls.split("::")
+    values = [w for w in weights.replace(",", "::").split("::") if w.strip()]
+    try:
+        parsed = [float(w) for w in values]
+    except ValueError:
+        parsed = []
+    if len(parsed) != len(sources) or any(not w > 0 for w in parsed):
+        raise ValueError(f"--train-data-weights {weights!r}: need {len(sources)} positive number(s), one per "
+                         f"'::'-joined --train-data source ({len(sources)} given)")
+    return parsed
+
+
+class MixedSources(torch.utils.data.IterableDataset):
+    """Weighted mixing of several shard sources (open_clip's long-asked ``--train-data``
+    weights): each source is an endless stream (shards resampled with replacement, its own
+    shuffle buffer), and every sample is drawn from source ``i`` with probability ``w_i / sum w``
+    by a generator seeded by ``seed`` and the rank/loader worker (deterministic, different per
+    worker). Samples carry ``__source__``, which the decoder counts (``source_<i>``)."""
+
+    def __init__(self, sources: list[str], weights: list[float], seed: int, shuffle_buffer: int, handler):
+        self.sources, self.weights, self.seed = sources, weights, seed
+        self.shuffle_buffer, self.handler = shuffle_buffer, handler
+
+    def __iter__(self) -> Iterator[dict]:
+        streams = [iter(wds.DataPipeline(wds.ResampledShards(source, seed=self.seed + 7919 * i, deterministic=True),
+                                         shard_samples(handler=self.handler),
+                                         wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100))))
+                   for i, source in enumerate(self.sources)]
+        rng = random.Random(self.seed * 1_000_003 + wds.utils.pytorch_worker_seed())
+        choices = list(range(len(streams)))
+        while True:
+            i = rng.choices(choices, weights=self.weights)[0]
+            yield {**next(streams[i]), "__source__": i}
+
+
 def make_train_pipeline(
     urls: str | list[str],
     tokenizer: CaptionTokenizer,
@@ -181,12 +222,21 @@ def make_train_pipeline(
     seed: int = 0,
     resample: bool = True,
     shuffle_buffer: int = 1000,
+    weights: str = "",
 ) -> wds.DataPipeline:
     """The per-rank WebDataset pipeline yielding ``TrainBatch``es forever (see module doc).
 
     ``urls`` is a brace pattern (``'shards/{00000..00009}.tar'``, several joined by ``::``)
-    or a list of paths/URIs (``s3://bucket/run/curation/shards/{00000..00009}.tar``)."""
+    or a list of paths/URIs (``s3://bucket/run/curation/shards/{00000..00009}.tar``). With
+    ``weights`` (one per ``::``-joined source) the sources are mixed sample by sample with
+    those weights (:class:`MixedSources`; resampling only); without, they are one shard list."""
     decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
+    if weights:
+        if not resample or not isinstance(urls, str):
+            raise ValueError("--train-data-weights mixes '::'-joined sources of a resampled stream (resample=True)")
+        return wds.DataPipeline(MixedSources(urls.split("::"), parse_weights(urls, weights), seed, shuffle_buffer,
+                                             decoder.on_tar_error),
+                                decoder, Batcher(decoder, tokenizer, batch_size))
     if resample:
         shards = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pretrain.zeroshot import FASHION_MNIST_CLASSES
-from storage.layout import shard_name
+from storage.layout import ShardsNotFoundError, expand_shards, shard_name
 
 # Training-caption wordings for captioned Fashion-MNIST; none is a zero-shot eval template
 # (zeroshot.FASHION_MNIST_TEMPLATES), so the learning check measures transfer to new prompts.
@@ -184,18 +184,19 @@ class LabelledPictures:
         return self.pictures[i]
 
 
-def shard_urls(source: str) -> str | list[str]:
-    """A directory of WebDataset shards (local or a URI) -> its ``*.tar`` files (sorted); anything
-    else (a brace pattern, a file) is returned as given. ``FileNotFoundError`` for an empty
-    directory."""
+def shard_urls(source: str) -> list[str]:
+    """The shard files of ``source``: a directory of WebDataset shards (local or a URI) -> its
+    ``*.tar`` files (sorted); anything else (a brace pattern, a glob, a file, several joined by
+    ``::``) as :func:`storage.layout.expand_shards` expands it. A source naming no file is a
+    :class:`storage.layout.ShardsNotFoundError` naming it."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(source)
-    if any(c in source for c in "{*?") or not fs.isdir(root):
-        return source
+    if any(c in source for c in "{*?[") or "::" in source or not fs.isdir(root):
+        return expand_shards(source)
     tars = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".tar"))
     if not tars:
-        raise FileNotFoundError(f"{source}: no .tar shards in this directory")
+        raise ShardsNotFoundError(source, "no .tar shards in this directory")
     return [fs.unstrip_protocol(p) if "://" in source else p for p in tars]
 
 

@@ -24,7 +24,7 @@ TRANSFER = ("fashion-mnist", "mnist", "digits")  # zero-shot transfer to other d
 class EvalConfig:
     """One evaluation of a checkpoint (``pipelines/evaluate.py``'s flags)."""
 
-    checkpoint: str  # checkpoint directory (checkpoint.pt + tokenizer.json) or a pretrain run dir, local or URI
+    checkpoint: str  # checkpoint file (checkpoint.pt, tokenizer.json beside it), checkpoint directory or pretrain run dir, local or URI
     out: str  # JSON file to write (local path or URI)
     dataset: str = ""  # openclipart | fashion-mnist | mnist | digits ('' = no zero-shot classification)
     limit: int = 0  # evaluate the first N images only (0 = all)

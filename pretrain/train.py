@@ -43,6 +43,7 @@ class TrainConfig:
     train_data: str  # WebDataset shards: a shard directory or brace pattern, several joined by '::'
     tokenizer_json: str  # the caption tokenizer as a JSON string (CaptionTokenizer.to_str())
     out_dir: str  # run directory: metrics.jsonl, loss.png, local checkpoints (rank 0 writes)
+    train_data_weights: str = ""  # mix the '::'-joined --train-data sources sample by sample with these weights, '::'-joined ('3::1'); '' = one pooled shard list
     model: str = "tiny"  # registered architecture name (pretrain/model_configs/*.json)
     steps: int = 100  # total optimizer steps
     steps_per_epoch: int = 0  # batches per epoch on every rank (0 = steps); checkpoint per epoch
@@ -62,13 +63,19 @@ class TrainConfig:
     shuffle_buffer: int = 1000  # samples in the shuffle buffer
     seed: int = 0  # model init and data order
     log_every: int = 10  # steps between metrics.jsonl lines
-    resume_from: str = ""  # checkpoint directory to start from ('' = fresh, or Ray's checkpoint)
+    resume_from: str = ""  # checkpoint to start from: its directory or .pt file (pretrain.py: also a run dir) ('' = fresh, or Ray's checkpoint)
     use_gpu: bool = False  # train on CUDA (one GPU per worker)
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not implemented; use one of {', '.join(PRECISIONS)}")
+        if self.train_data_weights:
+            from pretrain.data import parse_weights
+
+            parse_weights(self.train_data, self.train_data_weights)  # one weight per source, or a clear error
+            if not self.resample:
+                raise ValueError("--train-data-weights mixes resampled streams: it needs --resample")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -208,13 +215,13 @@ class MetricsLog:
         self.layout.write_bytes(self.layout.loss_plot, buffer.getvalue())  # atomic
 
 
-def _reduce_counts(counts: Counter, env: WorkerEnv) -> dict[str, int]:
+def _reduce_counts(counts: Counter, env: WorkerEnv, keys: tuple[str, ...] = COUNT_KEYS) -> dict[str, int]:
     """Sum the data counters over all ranks (a collective: every rank calls it at the same step)."""
-    t = torch.tensor([counts[k] for k in COUNT_KEYS], dtype=torch.float64)
+    t = torch.tensor([counts[k] for k in keys], dtype=torch.float64)
     if env.world_size > 1:
         t = t.to(env.device)
         dist.all_reduce(t)
-    return {k: int(v) for k, v in zip(COUNT_KEYS, t.tolist())}
+    return {k: int(v) for k, v in zip(keys, t.tolist())}
 
 
 def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int, metrics: dict) -> None:
@@ -258,7 +265,10 @@ def train_loop_per_worker(config: dict) -> dict:
                        gather_with_grad=env.world_size > 1, rank=env.rank, world_size=env.world_size)
     # 3. data: an endless stream of equal-shape batches for this rank
     pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
-                                   seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer)
+                                   seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer,
+                                   weights=cfg.train_data_weights)
+    sources = len(cfg.train_data.split("::")) if cfg.train_data_weights else 0
+    count_keys = COUNT_KEYS + tuple(f"source_{i}" for i in range(sources))
     batches = train_batches(pipeline, cfg.data_workers, pin_memory=env.device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
     steps_per_epoch = cfg.steps_per_epoch or cfg.steps
@@ -296,7 +306,10 @@ def train_loop_per_worker(config: dict) -> dict:
             now = time.perf_counter()
             metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "loss": mean_loss,
                        "lr": lr, "logit_scale": float(raw_model.logit_scale.detach().exp()),
-                       "samples_per_s": samples_since / (now - t_last), "data": _reduce_counts(counts, env)}
+                       "samples_per_s": samples_since / (now - t_last), "data": _reduce_counts(counts, env, count_keys)}
+            if cfg.train_data_weights:  # the achieved mix so far (decoded samples per source, all ranks)
+                mixed = {k: v for k, v in metrics["data"].items() if k.startswith("source_")}
+                metrics["mix"] = {k: round(v / max(1, sum(mixed.values())), 4) for k, v in mixed.items()}
             t_last, samples_since = now, 0
             log.write(metrics)
             if progress is not None:

@@ -98,10 +98,33 @@ def shard_pattern(directory: str) -> str:
     return f"{directory.rstrip('/')}/{{{stems[0]}..{stems[-1]}}}.tar"
 
 
+class ShardsNotFoundError(FileNotFoundError):
+    """A part of a shard spec that names no file (``reason``: "no file matches", ...), or a
+    named shard that is missing. ``part`` is the part as given, for a one-line CLI message."""
+
+    def __init__(self, part: str, reason: str):
+        super().__init__(f"{part}: {reason}")
+        self.part = part
+        self.reason = reason
+
+
+def _existing(paths: list[str], fs) -> set[str]:
+    """Those of ``paths`` (``fs`` paths, no protocol) that are files: one listing per directory,
+    not one request per shard (a 10,000-shard pattern on an object store is a few listings)."""
+    found: set[str] = set()
+    for folder in dict.fromkeys(posixpath.dirname(p) for p in paths):
+        try:
+            found.update(e["name"].rstrip("/") for e in fs.ls(folder, detail=True) if e["type"] == "file")
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return found & set(paths)
+
+
 def expand_shards(spec: str) -> list[str]:
     """Shard files of ``spec``, in order: a shard directory (its ``NNNNN.tar``), a brace pattern
     (``DIR/{00000..00009}.tar``), a glob, or several of these joined by ``::`` (local paths or
-    fsspec URIs). Nothing found, or a named shard missing, is an error naming it."""
+    fsspec URIs). A part that matches no file, or a named shard missing, is a
+    :class:`ShardsNotFoundError` naming the part (and the shard)."""
     import webdataset as wds
 
     files: list[str] = []
@@ -110,14 +133,21 @@ def expand_shards(spec: str) -> list[str]:
         if any(c in part for c in "*?["):  # a glob: what it finds exists
             found = expand_glob(part)
             if not found:
-                raise FileNotFoundError(f"{part}: no shards")
+                raise ShardsNotFoundError(part, "no file matches")
         elif "{" not in part and fs.isdir(local):
-            found = numbered_shards(part)
+            try:
+                found = numbered_shards(part)
+            except FileNotFoundError:
+                raise ShardsNotFoundError(part, "no NNNNN.tar shards in this directory") from None
         else:  # a brace pattern or a file: every name it spells must exist
             found = list(wds.SimpleShardList(part).urls)
-            missing = next((f for f in found if not fs.isfile(url_to_fs(f)[1])), None)
+            named = [url_to_fs(f)[1] for f in found]
+            present = _existing(named, fs)
+            if not present:
+                raise ShardsNotFoundError(part, "no file matches")
+            missing = next((f for f, n in zip(found, named) if n not in present), None)
             if missing:
-                raise FileNotFoundError(f"{missing}: shard not found")
+                raise ShardsNotFoundError(part, f"{missing}: shard not found")
         files.extend(found)
     return files
 

@@ -48,7 +48,7 @@ def test_step_checkpoints_in_step_order_skipping_other_entries(saved):
 
 
 def test_run_dir_resolves_to_the_checkpoint_its_result_names(saved, tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a pretrain run"):
+    with pytest.raises(FileNotFoundError, match=r"neither a checkpoint \(its .pt file or directory\) nor a pretrain run"):
         resolve_checkpoint(saved.root)  # no result.json: not finished
     assert read_result(saved.root) is None
     written = write_result(saved.root, {"checkpoint": saved.checkpoint(10), "metrics": {"step": 10}})
