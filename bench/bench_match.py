@@ -56,9 +56,16 @@ def full_size_queries(manifest: dict[str, str]) -> tuple[list[str], str]:
 
 def real_captions(manifest: dict[str, str], n: int) -> list[str]:
     """Wikipedia lead-paragraph sentences cut at word boundaries to <= 60 characters."""
+    captions = wiki_sentences(manifest["wiki_summaries_en"])
+    return (captions * (n // len(captions) + 1))[:n]
+
+
+def wiki_sentences(path: str) -> list[str]:
+    """The sentences of a sample file of Wikipedia lead paragraphs, cut at word boundaries to
+    <= 60 characters."""
     captions: list[str] = []
-    for value in json.load(open(manifest["wiki_summaries_en"], encoding="utf-8")).values():
-        for sentence in re.split(r"(?<=[.!?]) ", value["extract"]):
+    for value in json.load(open(path, encoding="utf-8")).values():
+        for sentence in re.split(r"(?<=[.!?]) ", value.get("extract") or ""):
             current = ""
             for word in sentence.split(" "):
                 if current and len(current) + 1 + len(word) > 60:
@@ -68,7 +75,7 @@ def real_captions(manifest: dict[str, str], n: int) -> list[str]:
                     current = f"{current} {word}" if current else word
             if current:
                 captions.append(current)
-    return (captions * (n // len(captions) + 1))[:n]
+    return captions
 
 
 def metaclip_loop(entries: list[str], texts: list[str]) -> list[list[int]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,28 +28,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_match import best_rate, full_size_queries, real_captions  # noqa: E402
+from bench.bench_match import best_rate, full_size_queries, real_captions, wiki_sentences  # noqa: E402
 from curation.text.match import QueryMatcher, WorldwideMatcher  # noqa: E402
 from pipelines.demo.sample_data import load_manifest  # noqa: E402
 
 GOAL = 0.8
 MIX = {"en": 0.50, "es": 0.20, "fr": 0.15, "zh": 0.10, "ja": 0.05}
-
-
-def sentences(path: str) -> list[str]:
-    out = []
-    for value in json.load(open(path, encoding="utf-8")).values():
-        for sentence in re.split(r"(?<=[.!?]) ", value.get("extract") or ""):
-            current = ""
-            for word in sentence.split(" "):
-                if current and len(current) + 1 + len(word) > 60:
-                    out.append(current)
-                    current = word
-                else:
-                    current = f"{current} {word}" if current else word
-            if current:
-                out.append(current)
-    return out
 
 
 def no_space_captions(language: str, n: int, rng: np.random.Generator) -> list[str]:
@@ -81,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     queries = [q for lang in sorted(lists) for q in lists[lang]]
     languages = [lang for lang in sorted(lists) for _ in lists[lang]]
 
-    pools = {"en": real_captions(manifest, args.captions), "es": sentences(manifest["wiki_summaries_es"]),
-             "fr": sentences(manifest["wiki_summaries_fr"]), "zh": no_space_captions("zh", 20_000, rng),
+    pools = {"en": real_captions(manifest, args.captions), "es": wiki_sentences(manifest["wiki_summaries_es"]),
+             "fr": wiki_sentences(manifest["wiki_summaries_fr"]), "zh": no_space_captions("zh", 20_000, rng),
              "ja": no_space_captions("ja", 20_000, rng)}
     row_languages = rng.choice(list(MIX), size=args.captions, p=list(MIX.values()))
     texts, at = [], {lang: 0 for lang in MIX}

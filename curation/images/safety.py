@@ -82,14 +82,16 @@ def parse_hash_list_spec(spec: str) -> tuple[str, str]:
     return kind.lower(), uri
 
 
-def _read(uri: str) -> bytes:
+def read_list_file(uri: str, what: str = "") -> bytes:
+    """A list file's bytes (a path or fsspec URI); an unreadable one is FileNotFoundError naming
+    it and ``what`` it is, never its content."""
     import fsspec
 
     try:
         with fsspec.open(uri, "rb") as f:
             return f.read()
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"{uri}: cannot read ({type(err).__name__})") from err
+        raise FileNotFoundError(f"{uri}: cannot read{' ' + what if what else ''} ({type(err).__name__})") from None
 
 
 def file_identity(uri: str, data: bytes, **extra) -> dict:
@@ -106,7 +108,7 @@ def read_hash_list(kind: str, uri: str) -> tuple[np.ndarray, dict]:
     blank lines and ``#`` comments are skipped and a CSV line counts by its first field. A line
     that is not a ``kind`` hash is an error naming the file and line number -- never the line,
     which may hold a listed hash."""
-    data = _read(uri)
+    data = read_list_file(uri)
     width = HEX_DIGITS[kind]
     hashes = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
@@ -224,7 +226,7 @@ def pdq_hash(bgr: np.ndarray) -> tuple[bytes, int]:
 def read_words(uri: str) -> tuple[re.Pattern | None, dict]:
     """A caption word list: one word or phrase per line (``#`` comments, blank lines skipped),
     matched as whole words, case-insensitively; returns the compiled pattern and the list's identity."""
-    data = _read(uri)
+    data = read_list_file(uri)
     words = sorted({line.split("#", 1)[0].strip().lower() for line in data.decode("utf-8").splitlines()} - {""})
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)",
                          re.IGNORECASE) if words else None

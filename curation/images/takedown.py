@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.images.safety import HEX_DIGITS
+from curation.images.safety import HEX_DIGITS, read_list_file
 from curation.stage import MapTasks, StageStats, in_process, write_rejects
 from storage.files import atomic_write
 from storage.layout import SPLITS, RunLayout
@@ -123,16 +123,6 @@ def _lines(uri: str, data: bytes):
             yield number, line
 
 
-def _read_file(uri: str) -> bytes:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"{uri}: cannot read the request file ({type(err).__name__})") from None
-
-
 def parse_urls(uri: str, data: bytes) -> tuple[str, ...]:
     """The distinct URLs of a ``--urls`` file: one per line (``scheme://…``, no spaces); blank
     lines and lines starting with ``#`` skipped."""
@@ -166,7 +156,7 @@ def parse_hashes(uri: str, data: bytes) -> dict[str, tuple[str, ...]]:
 def read_request(uri: str, kind: str) -> TakedownRequest:
     """Read and parse a request file (``kind``: ``urls`` or ``hashes``); a request naming
     nothing is an error naming the file."""
-    data = _read_file(uri)
+    data = read_list_file(uri, "the request file")
     name = posixpath.basename(uri.rstrip("/"))
     identity = {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "kind": kind}
     if kind == "urls":
