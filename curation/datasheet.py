@@ -286,7 +286,8 @@ def _removed_links(files: _RunFiles) -> dict:
     """Rows of the removed-links ledger counted by source and list (no URL, no hash)."""
     layout = files.layout
     uris = layout.list(layout.removed_dir, ".parquet")
-    files.read.update(files.rel(u) for u in uris)
+    if uris:  # the directory, not its files (a run has one per download shard with a match)
+        files.read.add(files.rel(layout.removed_dir) + "/*.parquet")
     table = layout.read_parquets(uris, ["source", "list"])
     groups = table.group_by(["source", "list"]).aggregate([([], "count_all")]).to_pylist() if table.num_rows else []
     rows = sorted(({"source": g["source"], "list": g["list"], "rows": int(g["count_all"])} for g in groups),

@@ -384,7 +384,8 @@ def _by_tar(ok: pa.Table) -> list[tuple[str, pa.Table]]:
 
 
 def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, decontaminating: bool,
-                 selected_rows: int, limiter=None) -> tuple[list[tuple[str, int]], dict[str, float]]:
+                 selected_rows: int, limiter=None,
+                 identities: dict | None = None) -> tuple[list[tuple[str, int]], dict[str, float]]:
     """Stages ``evaltext`` (with ``decontaminating``), ``urlguard``, ``download`` and
     ``imagecheck`` as one pipeline (:class:`PartTasks`: a task per selection part, then a task
     per download shard as soon as its part is prepared, while other parts are prepared and
@@ -393,7 +394,8 @@ def fetch_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTasks, 
     before (the first against ``selected_rows``, counted by the digest tasks); returns
     ``[(checked part, rows)]`` in name order and the tasks' seconds per stage (summed over
     tasks; this run's, not in the stats files, which depend only on the results)."""
-    identities = list_identities(config.safety)  # the lists' names, sizes and digests, never their content
+    if identities is None:  # the lists' names, sizes and digests (the fingerprint's, when it is at hand)
+        identities = list_identities(config.safety)
     tasks = PartTasks(layout, config, decontaminating, limiter,
                       tuple(identity["sha256"] for identity in identities["hash_list_files"]))
     part_hosts: dict[str, int] = {}  # the parts' largest hosts, summed (at most TOP_HOSTS per part)
@@ -600,7 +602,8 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
     started = time.time()
     decontaminating = bool(config.decontaminate.datasets)
     with serving or contextlib.nullcontext():
-        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"], limiter)
+        checked, task_seconds = fetch_stages(layout, config, pipe, decontaminating, current["selected_rows"], limiter,
+                                             identities=current["safety"])  # the lists read once, by the fingerprint
     hosts = limiter_report(limiter) if limiter is not None else None  # turns per host: requests, waits, trips
     if until == "download":
         return {"stages": {s: read_stats(layout, s) for s in FETCH_STAGES if stage_done(layout, s)}, "until": "download", "task_seconds": task_seconds,

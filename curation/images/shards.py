@@ -95,10 +95,16 @@ def _shard_matches(layout: RunLayout, shard_id: int, table: pa.Table, split: str
     return done.column("uid").equals(table.column("uid")) and done.column("key").equals(table.column("key"))
 
 
+def tar_writer(f) -> wds.TarWriter:
+    """The one way a shard tar is written: webdataset's ``TarWriter`` with a fixed owner and
+    mtime and no encoder (members are bytes), so equal samples give equal bytes."""
+    return wds.TarWriter(f, user="openwit", group="openwit", mtime=0, encoder=False)
+
+
 def _write_tar(f, table: pa.Table) -> None:
     """Stream ``table``'s samples into the open file ``f`` as a WebDataset tar (fixed owner and
     mtime), a batch of rows at a time: the shard is never whole in memory."""
-    with wds.TarWriter(f, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
+    with tar_writer(f) as sink:
         for batch in table.to_batches(max_chunksize=64):
             for row in batch.to_pylist():
                 sink.write(sample_members(row))

@@ -206,13 +206,12 @@ def relative(layout: RunLayout, uri: str) -> str:
 def copy_tar_without(src, dst, drop: set[str]) -> list[str]:
     """Stream the WebDataset tar ``src`` into ``dst`` without the samples whose key is in
     ``drop``; every other member is copied with its name and bytes, written as the shard writer
-    writes (webdataset's ``TarWriter``: owner ``openwit``, mtime 0, no encoder), so the result is
-    the tar the writer makes of the remaining samples. Returns the kept keys, in order."""
-    import webdataset as wds
+    writes (:func:`curation.images.shards.tar_writer`), so the result is the tar the writer
+    makes of the remaining samples. Returns the kept keys, in order."""
+    from curation.images.shards import tar_writer
 
     kept: list[str] = []
-    with tarfile.open(fileobj=src, mode="r|") as tar, \
-            wds.TarWriter(dst, user="openwit", group="openwit", mtime=0, encoder=False) as sink:
+    with tarfile.open(fileobj=src, mode="r|") as tar, tar_writer(dst) as sink:
         sample: dict = {}
         for member in tar:
             if not member.isfile():

@@ -40,6 +40,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from queries.languages import is_no_space  # MetaCLIP 2's raw-substring languages: the query lists' own set
 from queries.text import CHARS_TO_SPACE, PUNCT_TO_WRAP, space_texts
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -511,21 +512,6 @@ def load_query_languages(path: str) -> np.ndarray | None:
     return languages
 
 
-# scripts written without spaces between words (MetaCLIP 2's raw-substring languages): matched by
-# substring, never by the spaced rule; the query side's segmenters make their entries
-NO_SPACE_LANGUAGES = frozenset({"zh", "zh-yue", "yue", "wuu", "gan", "lzh", "zh-classical", "ja", "th", "lo", "my",
-                                "km", "bo", "dz"})
-
-
-def is_no_space(language: str) -> bool:
-    """Whether captions of ``language`` are matched by raw substring (``QueryMatcher(characters=True)``)."""
-    try:
-        from queries.languages import is_no_space as query_side  # the query lists' own set, when present
-    except ImportError:
-        return language in NO_SPACE_LANGUAGES
-    return bool(query_side(language))
-
-
 class WorldwideMatcher:
     """One matcher per language of a worldwide query list (MetaCLIP 2): a caption is matched
     only against its own language's entries -- by the spaced rule, or by raw substring for
@@ -552,14 +538,18 @@ class WorldwideMatcher:
         texts = _as_string_array(texts)
         if isinstance(row_languages, pa.ChunkedArray):
             row_languages = row_languages.combine_chunks() if row_languages.num_chunks else pa.array([], pa.string())
-        row_languages = pc.fill_null(pa.array(row_languages, pa.string()), "")
+        encoded = pc.dictionary_encode(pc.fill_null(pa.array(row_languages, pa.string()), ""))
         n = len(texts)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(codes, kind="stable")  # the rows grouped by language, in one pass
+        bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
         lengths = np.zeros(n, dtype=np.int64)
         rows_of, values_of = [], []
-        for language, (ids, matcher) in self.by_language.items():
-            rows = np.flatnonzero(pc.equal(row_languages, language).to_numpy(zero_copy_only=False))
-            if not len(rows):
+        for code, language in enumerate(encoded.dictionary.to_pylist()):
+            if language not in self.by_language:
                 continue
+            ids, matcher = self.by_language[language]
+            rows = order[bounds[code]:bounds[code + 1]]
             local = matcher.match_arrow(texts.take(pa.array(rows)))
             counts = np.diff(local.offsets.to_numpy())
             lengths[rows] = counts

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from curation.stage import KEPT, REASON, kept_rows, reason_counts
 from curation.text.balance import balance_probabilities, draw_thresholds, uid_hashes
-from curation.text.threshold import entry_thresholds, language_thresholds, resolve_threshold
+from curation.text.threshold import language_thresholds, per_entry, resolve_threshold
 from storage.layout import RunLayout, part_name
 
 PART_COLUMN = "_part"
@@ -75,7 +75,7 @@ def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part
         raise ValueError(f"max_part_rows ({max_part_rows}) and the minimum part count ({min_parts}) must be >= 1")
     live, live_without_ids = (int(x) for x in inputs)
     recorded = resolve_threshold(counts, t) if languages is None else language_thresholds(counts, languages, t)
-    t = entry_thresholds(counts, t, languages)  # per entry for a worldwide list (``languages``: each entry's)
+    t = recorded if languages is None else per_entry(recorded, languages)  # per entry for a worldwide list
     counts = np.asarray(counts, dtype=np.int64)
     chance = np.minimum(draw_thresholds(balance_probabilities(counts, t)), np.uint64(1 << 53)).astype(np.float64)
     expected = float(np.dot(counts.astype(np.float64), chance / float(1 << 53)))

@@ -90,7 +90,11 @@ def entry_thresholds(counts: np.ndarray, t: float | None, languages: np.ndarray 
     each entry's language's t (:func:`language_thresholds`) as a float64 array."""
     if languages is None:
         return resolve_threshold(counts, t)
-    plan = language_thresholds(counts, languages, t)
+    return per_entry(language_thresholds(counts, languages, t), languages)
+
+
+def per_entry(plan: dict, languages: np.ndarray) -> np.ndarray:
+    """Each entry's t (float64) from a :func:`language_thresholds` plan and the entries' languages."""
     languages = np.asarray(languages, dtype=object)
     out = np.empty(len(languages), dtype=np.float64)
     for language, value in plan["t"].items():
