@@ -1,6 +1,6 @@
 """Training loader throughput (issue 25): samples/s per loader process of openwit's pipeline
-(one source; two sources mixed 3:1) against webdataset's plain loader doing the same work on the
-same shards. Goal: >= 0.9x plain.
+(one source; two sources mixed 3:1; online balancing) against webdataset's plain loader doing the
+same work on the same shards. Goal: >= 0.9x plain.
 
     python bench/bench_loader.py [--shards DIR] [--samples 4000] [--image-size 224]
 
@@ -10,7 +10,11 @@ in every loader, in this process (no loader workers, so the figure is per proces
 shards, a 1,000-sample shuffle buffer, decode, a random resized crop to ``--image-size``,
 normalisation, tokenisation (the same BPE), batches of 64. Plain: ``wds.WebDataset(...,
 resampled=True).shuffle(1000).decode("pil").to_tuple(...).map(...).batched(64)``. openwit adds its
-per-sample reject accounting (and, mixed, the per-sample source draw). Best of ``--repeats``.
+per-sample reject accounting, the recorded stream position per sample, the crop seeded per sample
+(and, mixed, the per-sample source draw). Online: the same shards as an online pool (balance
+files written beside links to them: c_e counted from the shards' json ``query_ids``, t =
+``--online-t``); its figure counts the samples it yields (those the epoch's draw keeps), and it
+reads (without decoding) the ones it leaves out. Best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,40 @@ def shard_pattern(directory: str) -> str:
     return pattern(directory)
 
 
+def online_pool(urls: str, out: Path, t: float) -> tuple[str, float]:
+    """``urls``' shards as an online pool: links to them in ``out`` with ``balance.parquet`` (c_e
+    counted from their json ``query_ids``, the given t) and ``balance.json`` (seed 1). Returns the
+    pool's pattern and the share of its samples epoch 0 keeps."""
+    import os
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from pretrain.data import shard_files
+    from pretrain.online import OnlineBalance
+    from storage.layout import BALANCE_META as BALANCE_INFO
+    from storage.layout import BALANCE_TABLE
+
+    out.mkdir(parents=True)
+    uids, ids = [], []
+    for file in shard_files(urls):
+        os.symlink(file, out / Path(file).name)
+        for sample in wds.WebDataset(file, shardshuffle=False):
+            meta = json.loads(sample["json"])
+            uids.append(meta["uid"])
+            ids.append([int(q) for q in meta["query_ids"]])
+    counts = np.bincount([q for row in ids for q in row])
+    present = np.flatnonzero(counts)
+    pq.write_table(pa.table({"query_id": pa.array(present, pa.int32()), "count": pa.array(counts[present], pa.int64()),
+                             "t": pa.array(np.full(len(present), t))}), out / BALANCE_TABLE)
+    (out / BALANCE_INFO).write_text(json.dumps({"mode": "online", "seed": 1, "num_queries": len(counts)}))
+    pattern = shard_pattern(str(out))
+    kept = OnlineBalance.from_shards(shard_files(pattern)[0]).keep(uids, ids, 0)
+    return pattern, float(kept.mean())
+
+
 def main(argv: list[str] | None = None) -> dict:
     import torch
     import webdataset as wds
@@ -48,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--online-t", type=float, default=2.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory(prefix="ow-bl-")
@@ -63,10 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = CaptionTokenizer.train(read_captions(urls, 20_000), vocab_size=1024)
     batches = args.samples // BATCH
 
-    def ours(weights: str = "") -> float:
-        source = f"{urls}::{urls}" if weights else urls
+    online_urls, kept_share = online_pool(urls, Path(tmp.name) / "online", args.online_t)
+
+    def ours(weights: str = "", balance: str = "offline") -> float:
+        source = f"{urls}::{urls}" if weights else online_urls if balance == "online" else urls
         pipeline = make_train_pipeline(source, tokenizer, args.image_size, BATCH, seed=1, shuffle_buffer=1000,
-                                       weights=weights)
+                                       weights=weights, balance=balance)
         it = iter(pipeline)
         started = time.perf_counter()
         for _ in range(batches):
@@ -87,8 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rates = {"plain_webdataset": max(plain() for _ in range(args.repeats)),
              "openwit": max(ours() for _ in range(args.repeats)),
-             "openwit_mixed_3_1": max(ours("3::1") for _ in range(args.repeats))}
+             "openwit_mixed_3_1": max(ours("3::1") for _ in range(args.repeats)),
+             "openwit_online": max(ours(balance="online") for _ in range(args.repeats))}
     result = {"shards": urls, "samples": batches * BATCH, "image_size": args.image_size,
+              "online": {"t": args.online_t, "kept_share_epoch0": round(kept_share, 3)},
               "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
               "ratio_vs_plain": {k: round(v / rates["plain_webdataset"], 3) for k, v in rates.items()
                                  if k != "plain_webdataset"}, "goal": GOAL}

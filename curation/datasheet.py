@@ -11,7 +11,8 @@ Distribution, Maintenance), so the two files can never disagree. What it reads:
   the web archives of ``<out>/pool/`` (files, Common Crawl crawl ids and capture window as the
   archive names spell them, the extraction's two ledgers) and the query list's own stats;
 - settings: every setting of the selection fingerprint, t (given, or derived from the pool and
-  how), the image stages' fingerprint;
+  how), the balancing mode (offline, or online: training draws per epoch; epoch 0's size from
+  the balance ledger), the image stages' fingerprint;
 - every stage ledger (``stats/<stage>.json``) in data-flow order, counts copied, never re-derived;
 - release safety: publisher opt-outs among the guard's and the download's reject reasons, the
   hash-list, caption-word and NSFW/face stages (or "not run"), takedowns, the removed-links ledger
@@ -43,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.images.robots import REASONS as ROBOTS_REASONS
-from curation.report import read_all_stats
+from curation.report import online_balance_note, read_all_stats
 from curation.stage import WEB_STAGES
 from curation.text.threshold import METACLIP_T, METACLIP_TAIL_SHARE
 from storage.files import file_identity
@@ -133,7 +134,7 @@ def build_datasheet(layout: RunLayout, *, digest_pool: bool = True) -> dict:
     stamp = files.json(layout.config_stamp) or {}
     summary = files.json(layout.summary) or {}
     images = files.json(layout.images_fingerprint)
-    settings = _settings(files, stamp, summary, images)
+    settings = {**_settings(files, stamp, summary, images), "balance": _balancing(stamp, stats)}
     queries_uri = (stamp.get("config") or {}).get("queries") or layout.queries_parquet
     sheet = {
         "datasheet": FORMAT,
@@ -261,6 +262,26 @@ def _settings(files: _RunFiles, stamp: dict, summary: dict, images: dict | None)
             "languages": languages, "tail_share": summary.get("tail_share")}
 
 
+def _balancing(stamp: dict, stats: dict[str, dict]) -> dict:
+    """The balancing mode the selection recorded ("offline" when it records none) and, online,
+    the pairs the balance stage kept and those the offline draw keeps (epoch 0's sample)."""
+    selection = (stamp.get("inputs") or {}).get("settings") or stamp.get("config") or {}
+    mode = selection.get("balance", "offline")
+    ledger = stats.get("balance") or {}
+    if mode != "online":
+        return {"mode": mode}
+    return {"mode": mode, "matched_pairs": ledger.get("in"), "epoch0_pairs": ledger.get("epoch0_pairs")}
+
+
+def _balancing_text(balance: dict) -> str:
+    """The balancing mode in a sentence."""
+    if balance["mode"] != "online":
+        return "offline: the balance stage kept the draw's sample (the rest rejected as not_sampled)"
+    return (f"online (MetaCLIP 2): all {_n(balance['matched_pairs'])} matched pairs kept; training draws a balanced "
+            f"sample each epoch with balance.parquet and balance.json beside the shards (epoch 0, the offline draw: "
+            f"{_n(balance['epoch0_pairs'])} pairs)")
+
+
 def _stage_or_not_run(stats: dict[str, dict], stage: str) -> dict:
     """A safety stage's ledger without its per-node figures, or ``{"run": False}``."""
     if stage not in stats:
@@ -380,7 +401,8 @@ def _eval_overlap(files: _RunFiles, images: dict | None) -> dict:
 
 def _index_columns(files: _RunFiles, split: str) -> list[str] | None:
     layout = files.layout
-    index = layout.list(layout.split_dir(split), ".parquet")
+    index = [u for u in layout.list(layout.split_dir(split), ".parquet")
+             if posixpath.basename(u).removesuffix(".parquet").isdigit()]  # not balance.parquet
     if not index:
         return None
     with layout.open(index[0]) as f:
@@ -470,6 +492,7 @@ def _md_head(sheet: dict) -> list[str]:
         ["candidate pairs read", f"{_n(read['in'] if read else None)} from "
                                  f"{_n(len(sheet['sources']['pool_files']))} pool file(s)"],
         ["balancing threshold t", f"{_n(t['value'])} ({'given' if t['given'] else 'derived from the pool'})"],
+        ["balancing", _balancing_text(sheet["settings"]["balance"])],
         ["release-safety stages", ", ".join(f"{s}: {'run' if safety[s]['run'] else 'not run'}" for s in SAFETY_STAGES)],
         ["eval overlap (contamination report)", "; ".join(f"{name}: {_n(r['n_overlap'])} of {_n(r['n_all'])} "
                                                           f"({_n(r['overlap_pct'])}%)" for name, r in overlap.items())
@@ -647,6 +670,7 @@ def _md_preprocessing(sheet: dict) -> list[str]:
     text = selection.get("text") or {}
     key = [["balancing threshold t", f"{_n(t['value'])}: {t['how']}"],
            ["seed of the balancing draw", selection.get("seed")],
+           ["balancing", _balancing_text(settings["balance"])],
            ["language kept", ", ".join(text["languages"]) + " (worldwide: each caption's language by fastText LID, "
             "mapped to Wikipedia codes by curation/text/lid_to_wiki.tsv)" if text.get("languages")
             else text.get("language") or "any (language ID off)"],
@@ -668,8 +692,11 @@ def _md_preprocessing(sheet: dict) -> list[str]:
              *_table(["setting", "value"], [[f"selection.{k}", v] for k, v in _flat("", selection)]
                      + [[f"images.{k}", v] for k, v in _flat("", images)])]
     lines += ["**Rows per stage**, in data-flow order, from each stage's ledger (in = out + rejected):", ""]
+    balance = settings["balance"]
     lines += _table(["stage", "in", "out", "rejected by reason"],
-                    [[s["stage"], s["in"], s["out"], _reasons(s["rejected"])] for s in sheet["stages"]])
+                    [[s["stage"], s["in"], s["out"], online_balance_note(balance)
+                      if s["stage"] == "balance" and balance["mode"] == "online" else _reasons(s["rejected"])]
+                     for s in sheet["stages"]])
     unbalanced = [s["stage"] for s in sheet["stages"] if s["in"] != s["out"] + sum(s["rejected"].values())]
     if unbalanced:
         lines += [f"**Warning:** the ledgers of {', '.join(unbalanced)} do not balance (in != out + rejected).", ""]

@@ -2,7 +2,8 @@
 
 Reads what the stages left behind, nothing else:
 
-- every ``stats/<stage>.json`` → a funnel of rows per stage and a table of reject reasons;
+- every ``stats/<stage>.json`` → a funnel of rows per stage and a table of reject reasons (an
+  online-balanced ``balance`` stage says that training balances per epoch, and epoch 0's size);
 - the curation core's per-entry counts before/after balancing (``stats/entry_counts.png``),
   when present;
 - the first final shard → a grid of sample images with their captions;
@@ -98,10 +99,18 @@ def sample_grid(layout: RunLayout, shard: str, uri: str, count: int = 16) -> lis
     return captions
 
 
+def online_balance_note(ledger: dict) -> str:
+    """What an online-balanced ``balance`` ledger means (its ``mode``/``epoch0_pairs`` extras)."""
+    return (f"none dropped: online balancing, training draws a balanced sample each epoch "
+            f"(epoch 0, the offline draw: {ledger['epoch0_pairs']:,} pairs)")
+
+
 def _stats_table(stats: dict[str, dict]) -> str:
     rows = []
     for stage, s in stats.items():
         reasons = ", ".join(f"{html.escape(r)}: {n}" for r, n in s.get("rejected", {}).items()) or "—"
+        if s.get("mode") == "online":
+            reasons = html.escape(online_balance_note(s))
         rows.append(f"<tr><td>{html.escape(stage)}</td><td>{s['in']}</td><td>{s['out']}</td><td>{reasons}</td></tr>")
     return ("<table><tr><th>stage</th><th>in</th><th>out</th><th>rejected by reason</th></tr>"
             + "".join(rows) + "</table>")

@@ -7,7 +7,9 @@
 
 Writes ``<out>/curation/selected/part-*.parquet``, ``entry_counts.parquet``, ``stats/*.json``,
 ``rejects/<stage>/`` and ``stats/entry_counts.png``; then, unless ``--until select``, the image
-stages (download, image dedup, WebDataset shards). This module only parses flags; the work is
+stages (download, image dedup, WebDataset shards). ``--balance online`` keeps every matched pair
+and writes ``balance.parquet`` / ``balance.json`` (beside the shards too) for training to draw a
+balanced sample each epoch. This module only parses flags; the work is
 :mod:`pipelines.jobs`' (``build_query_list`` when the run has no query list yet, ``extract_pool``
 for ``--warc/--wat``, ``select``, ``run_image_stages``).
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python pipelines/build_wit.py` from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.text.config import CurationConfig
+from curation.text.config import BALANCE_MODES, CurationConfig
 from curation.text.pool import PoolConfig
 from curation.text.textfilter import TextConfig
 from pipelines import cli, jobs
@@ -53,9 +55,9 @@ def build_parser(with_images: bool = True) -> argparse.ArgumentParser:
                    help="stop after selection, or after the download (a later run resumes from there)")
     sel = p.add_argument_group("selection (text stages)")
     cli.add_config_flags(sel, CurationConfig, prefix="select_", flags={"num_parts": "--parts"},
-                         only=("t", "seed", "num_parts", "max_part_rows", "batch_size", "parallelism",
+                         only=("t", "seed", "balance", "num_parts", "max_part_rows", "batch_size", "parallelism",
                                "on_bad_file"),
-                         choices={"on_bad_file": ("error", "skip")},
+                         choices={"on_bad_file": ("error", "skip"), "balance": BALANCE_MODES},
                          help_extra={"on_bad_file": "(skipped files are recorded in rejects/read/ and stats/read.json)"})
     sel.add_argument("--dedup", default=",".join(cli.field_default(CurationConfig, "dedup_keys")),
                      help=f"{cli.field_help(CurationConfig, 'dedup_keys')}, comma-separated ('' disables) "
@@ -126,7 +128,9 @@ def run(argv: list[str] | None = None) -> dict:
         build_parser().error(f"unrecognized arguments: {' '.join(unknown)} (runner flags go with --runner beam)")
     config = config_from_args(args)
     summary = jobs.select(config, engine.runner, engine.beam_runner, unknown)
-    print(f"[build_wit] selected {summary['selected']} pairs covering {summary['entries_selected']} entries "
+    online = (f" (online balancing: every matched pair kept, training draws a balanced sample each epoch; "
+              f"epoch 0 = the offline draw keeps {summary['epoch0_pairs']})" if config.online else "")
+    print(f"[build_wit] selected {summary['selected']} pairs{online} covering {summary['entries_selected']} entries "
           f"-> {config.layout.selected_dir}", flush=True)
     if args.until != "select":
         from pipelines.options import image_config_from_args

@@ -61,15 +61,15 @@ class StageDoFn(beam.DoFn):
 class BalanceDoFn(beam.DoFn):
     """The balance stage plus each row's output part; the probabilities come from the global
     counts side input, the part count from the part plan side input (built on the first batch
-    a worker sees)."""
+    a worker sees). ``online``: online balancing, every live row kept."""
 
-    def __init__(self, t: float, seed: int, queries: str | None = None):
-        self.t, self.seed, self.queries, self.stage = t, seed, queries, None
+    def __init__(self, t: float, seed: int, queries: str | None = None, online: bool = False):
+        self.t, self.seed, self.queries, self.online, self.stage = t, seed, queries, online, None
 
     def process(self, table: pa.Table, counts: np.ndarray, plan: dict):
         if self.stage is None:
             languages = load_query_languages(self.queries) if self.queries else None  # a worldwide list's
-            self.stage = BalanceAndPart(counts, self.t, self.seed, plan["num_parts"], languages)
+            self.stage = BalanceAndPart(counts, self.t, self.seed, plan["num_parts"], languages, self.online)
         yield self.stage(table)
 
 
@@ -135,8 +135,8 @@ def run_beam(config: CurationConfig, runner: str | None = None, extra_args: list
         plan = counts | "Plan" >> beam.Map(record_part_plan, beam.pvalue.AsSingleton(inputs), config)
         parts = _by_key(lambda t: t.column(PART_COLUMN).to_numpy())
         _ = (matched
-             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.queries), counts=beam.pvalue.AsSingleton(counts),
-                                       plan=beam.pvalue.AsSingleton(plan))
+             | "Balance" >> beam.ParDo(BalanceDoFn(config.t, config.seed, config.queries, config.online),
+                                       counts=beam.pvalue.AsSingleton(counts), plan=beam.pvalue.AsSingleton(plan))
              | "Output/Part" >> beam.FlatMap(parts)
              | "Output/Group" >> beam.GroupByKey()
              | "Output/Write" >> beam.MapTuple(

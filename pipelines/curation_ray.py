@@ -222,7 +222,8 @@ def _run(ray, config: CurationConfig) -> dict[str, float]:
     num_parts = plan["num_parts"]
     clock.lap("counts")
     # 3. balance + part (tasks over the shared tables), then one writer per part
-    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, num_parts, load_query_languages(config.queries)))
+    balance = ray.put(BalanceAndPart(counts, config.t, config.seed, num_parts, load_query_languages(config.queries),
+                                     config.online))
     (matched.map_batches(_apply, fn_args=([balance],), **batched)
      .groupby(PART_COLUMN, num_partitions=num_parts)
      .map_groups(_write_part(config.layout, config.reason_stages(), config.max_part_rows),

@@ -209,14 +209,16 @@ def sample_pool(data_dir: str | None = None) -> list[str]:
 
 def select(config, runner: str = "ray", beam_runner: str | None = None, beam_args: list[str] | None = None) -> dict:
     """Run the text-side stages of ``config`` (:class:`curation.text.config.CurationConfig`;
-    skipped when a complete, identical selection exists) and the before/after plot; return the
-    summary written to ``stats/summary.json``."""
+    skipped when a complete, identical selection exists) and the before/after plot (online
+    balancing: and ``balance.parquet`` / ``balance.json``); return the summary written to
+    ``stats/summary.json``."""
     from curation.text.config import (
         plot_entry_counts,
         prepare_run,
         read_entry_counts,
         selected_entry_counts,
         stage_stats,
+        write_balance_metadata,
     )
     from curation.text.match import load_queries, load_query_languages
     from curation.text.threshold import language_thresholds, resolve_threshold
@@ -249,8 +251,14 @@ def select(config, runner: str = "ray", beam_runner: str | None = None, beam_arg
         worldwide = {"tail_share": plan["p"], "by_language": language_summary(layout, languages, before, after,
                                                                               plan["t"])}
     plot_entry_counts(before, after, t, layout)
-    stages = {name: stats.body() for name, stats in stage_stats(config).items()}
+    ledgers = stage_stats(config)
+    stages = {name: stats.body() for name, stats in ledgers.items()}
+    online = {}
+    if config.online:  # training balances per epoch: the metadata its draw needs, beside the selection
+        write_balance_metadata(config, before, languages, ledgers["balance"])
+        online = {"epoch0_pairs": ledgers["balance"].extra["epoch0_pairs"]}
     summary = {"runner": runner, "seconds": round(time.time() - started, 2), "stages": stages, "t": t,
+               "balance": config.balance, **online,
                "selected": int(stages["balance"]["out"]), "parts": layout.read_json(layout.parts_plan)["num_parts"],
                "entries_matched": int((before > 0).sum()),
                "entries_selected": int((after > 0).sum()), **worldwide}

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 from pipelines.cli import add_config_flags, field_default, field_help, require_shards
 from pipelines.runtime import configure_environment, init_ray
@@ -128,10 +128,20 @@ def absolute_shard_pattern(pattern: str) -> str:
 
 def check_inputs(flat: dict) -> dict:
     """Before Ray starts or a tokenizer is trained: exit with one line when ``--train-data``
-    names no file (:func:`pipelines.cli.require_shards`) or ``--resume-from`` is not a readable
+    names no file (:func:`pipelines.cli.require_shards`), ``--balance online`` a source that is no
+    online pool (:func:`pretrain.data.online_balance`) or ``--resume-from`` is not a readable
     checkpoint; a local ``--resume-from`` (a checkpoint file or directory, or a run directory) is
     resolved to its absolute checkpoint path, so every worker finds it."""
     require_shards("pretrain", "--train-data", flat["train_data"])
+    if flat.get("balance") == "online":
+        from pretrain.data import online_balance, shard_files
+
+        sources = flat["train_data"].split("::") if flat.get("train_data_weights") else [flat["train_data"]]
+        try:
+            for source in sources:
+                online_balance(shard_files(source))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"pretrain: --balance online: {err}") from None
     resume = flat.get("resume_from")
     if resume and is_local(resume):
         try:
@@ -161,6 +171,10 @@ def fit(job: PretrainJob, storage: str | None = None, train_loop=train_loop_per_
     store) or to the run dir."""
     cfg = job.train
     if job.workers == 0:
+        previous = step_checkpoints(cfg.out_dir)
+        if not cfg.resume_from and previous:  # the same command again: go on, as Ray Train's runs do
+            print(f"[pretrain] {cfg.out_dir}: resuming from its last checkpoint, {previous[-1]}")
+            cfg = replace(cfg, resume_from=previous[-1])
         metrics = train_loop(asdict(cfg))
         ckpts = step_checkpoints(cfg.out_dir)
         return {"metrics": metrics, "checkpoint": ckpts[-1] if ckpts else None}

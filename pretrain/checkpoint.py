@@ -1,7 +1,8 @@
 """Checkpoints of a pretraining run: save, load and resolve them (local or URI), and the run's
 ``result.json``.
 
-A checkpoint is a directory: ``checkpoint.pt`` (model, optimizer, scheduler, step, configs) +
+A checkpoint is a directory: ``checkpoint.pt`` (model, optimizer, scheduler, step, configs, the
+data streams' positions) +
 ``tokenizer.json``, replaced atomically (:func:`storage.files.atomic_write_dir`: a crash leaves
 the new or the previous one) and read with ``torch.load(weights_only=True)``. Wherever a
 checkpoint is taken, its ``checkpoint.pt`` file (any name: the file, as open_clip's
@@ -96,7 +97,7 @@ def tokenizer_file(path: str | Path) -> Path:
     return tokenizer
 
 
-def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: TrainConfig) -> Path:
+def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: TrainConfig, data: dict | None = None) -> Path:
     """Write the checkpoint directory ``path`` (local) and return it. Atomic: the files are
     written and fsynced in a temp dir beside ``path`` and renamed into place; the checkpoint it
     replaces is kept aside (``.old-<name>``) until then, which :func:`load_checkpoint` falls back
@@ -109,6 +110,7 @@ def save_checkpoint(path: str | Path, model: CLIP, optimizer, step: int, cfg: Tr
         "step": step,
         "model_config": asdict(model.cfg),
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "tokenizer_json"},
+        "data": data,  # the data streams' positions and counts (pretrain.train.data_state): exact resume
     }
 
     def write(folder: Path) -> None:

@@ -1,22 +1,26 @@
-"""Streaming training data from WebDataset shards (``<key>.jpg|png|webp`` + ``<key>.txt``).
+"""Training batches from WebDataset shards (``<key>.jpg|png|webp`` + ``<key>.txt``).
 
-Per rank: shards are resampled with replacement (seeded by rank and loader worker, so ranks
-read different streams) or, with ``resample=False``, split by node and by worker and repeated;
-samples are shuffled in a buffer, decoded, randomly cropped, tokenised and batched into
-fixed-size batches only (no partial batch), so every rank runs the same number of steps with
-the same batch shapes (ranks with different step counts hang DDP, ray#66085).
+Per rank and loader worker, a :class:`pretrain.stream.SlotStream` gives an endless, deterministic
+sequence of raw samples whose position is recorded exactly (shard order per data epoch, block
+shuffle, weighted mixing of ``::``-joined sources, online balancing: :mod:`pretrain.stream`);
+samples are decoded, randomly cropped (the crop seeded by the sample's place in the stream, so a
+resumed run crops as the uninterrupted one did), tokenised and batched into fixed-size batches
+only, so every rank runs the same number of steps with the same batch shapes (ranks with
+different step counts hang DDP, ray#66085).
 
 Bad samples are skipped and counted, never fatal: ``missing_image``, ``missing_text``,
-``bad_text`` (not UTF-8 / empty), ``corrupt_image`` (PIL cannot decode it, or a
-decompression bomb); an unreadable tar file counts as ``unreadable_shard``. For samples,
-``read == decoded + sum(rejected)``; without resampling, the decoded samples left over at the
-end of each pass over the shards (less than a batch) count as ``partial_batch``. Each batch
-carries the counts since the previous batch.
+``bad_text`` (not UTF-8 / empty), ``corrupt_image`` (PIL cannot decode it, or a decompression
+bomb); an unreadable tar file counts as ``unreadable_shard``. For samples, ``read == decoded +
+sum(rejected) + not_sampled + no_query_ids`` + those waiting in a shuffle block. Each batch
+carries the counts since the previous batch of its loader worker, the ids of its samples (json
+``uid``, else the key) and its slot's state after its last sample.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import posixpath
 import random
 import warnings
 from collections import Counter
@@ -30,10 +34,14 @@ from PIL import Image
 from webdataset.filters import pipelinefilter
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pretrain.online import OnlineBalance
+from pretrain.stream import SlotStream, SourceStream, initial_state, mix64
 from pretrain.tokenizer import CaptionTokenizer
 from pretrain.transform import ImageTransform
+from storage.layout import expand_shards
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+BALANCE_MODES = ("offline", "online")  # --balance: train on the shards as they are | draw each epoch's balanced sample
 MAX_CONSECUTIVE_FAILURES = 1000  # this many failures in a row, no success: the data is unusable
 
 
@@ -42,18 +50,22 @@ class TrainBatch:
     images: torch.Tensor  # (B, 3, S, S) normalised pixels
     texts: torch.Tensor  # (B, context_length) token ids
     counts: dict[str, int] = field(default_factory=dict)  # read / decoded / rejects since last batch
+    ids: list[str] = field(default_factory=list)  # the samples' ids (json uid, else the key), in batch order
+    slot: int = 0  # the (rank, loader worker) slot it came from
+    state: dict = field(default_factory=dict)  # the slot's stream state after the batch's last sample
+    epoch: int = 0  # the data epoch of its last sample
 
     def pin_memory(self) -> "TrainBatch":
         """The batch in page-locked memory (DataLoader's ``pin_memory`` calls this), so the copy
         to the GPU can overlap compute (``.to(device, non_blocking=True)``)."""
-        return TrainBatch(self.images.pin_memory(), self.texts.pin_memory(), self.counts)
+        return TrainBatch(self.images.pin_memory(), self.texts.pin_memory(), self.counts, self.ids, self.slot,
+                          self.state, self.epoch)
 
 
 class SampleDecoder:
-    """WebDataset pipeline stage: raw tar samples -> (image tensor, caption), counting rejects.
-
-    Holds the per-worker state (transform RNG, counters); reseeded per rank and loader worker
-    when iteration starts so augmentations differ between workers."""
+    """WebDataset pipeline stage: raw tar samples -> (image tensor, caption, sample), counting
+    rejects. Holds the per-worker counters (shared with the stream); the crop of each sample is
+    drawn from a generator seeded by (seed, its slot, its index in the slot's stream)."""
 
     def __init__(self, transform: ImageTransform, seed: int):
         self.transform = transform
@@ -79,6 +91,8 @@ class SampleDecoder:
 
     def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
         """One raw sample -> (image, caption), or None after counting the reject reason."""
+        if "__state__" in sample:  # the crop: a pure function of the sample's place in the stream
+            self.transform.rng = random.Random(mix64(self.seed, sample["__slot__"], sample["__state__"]["k"]))
         where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
         if image_key is None:
@@ -104,13 +118,11 @@ class SampleDecoder:
         self.consecutive_failures = 0
         return pixels, caption
 
-    def __call__(self, samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, str]]:
-        self.transform.rng = random.Random(self.seed * 100_003 + wds.utils.pytorch_worker_seed())
+    def __call__(self, samples: Iterator[dict]) -> Iterator[tuple[torch.Tensor, str, dict]]:
         for sample in samples:
-            self.counts["read"] += 1
             decoded = self.decode(sample)
             if decoded is not None:
-                yield decoded
+                yield (*decoded, sample)
 
 
 class Batcher:
@@ -122,34 +134,31 @@ class Batcher:
         self.batch_size = batch_size
         self.reported: Counter = Counter()  # decoder counts already attached to a batch
 
-    def __call__(self, pairs: Iterator[tuple[torch.Tensor, str]]) -> Iterator[TrainBatch]:
-        images, captions = [], []
-        for pixels, caption in pairs:
+    def __call__(self, pairs: Iterator[tuple[torch.Tensor, str, dict]]) -> Iterator[TrainBatch]:
+        images, captions, ids = [], [], []
+        for pixels, caption, sample in pairs:
             images.append(pixels)
             captions.append(caption)
+            ids.append(sample_id(sample))
             if len(images) == self.batch_size:
                 counts = Counter(self.decoder.counts)
                 counts.subtract(self.reported)
                 self.reported = Counter(self.decoder.counts)
-                yield TrainBatch(torch.stack(images), self.tokenizer(captions), dict(counts))
-                images, captions = [], []
-        # end of a finite pass (resample=False): the decoded remainder is not trained on
-        self.decoder.counts["partial_batch"] += len(images)
+                yield TrainBatch(torch.stack(images), self.tokenizer(captions), {k: v for k, v in counts.items() if v},
+                                 ids, sample.get("__slot__", 0), sample.get("__state__", {}), sample.get("__epoch__", 0))
+                images, captions, ids = [], [], []
 
 
-def require_shards(shards: Iterator[dict]) -> Iterator[dict]:
-    """Pass shards through; raise if this rank/worker got none (fewer shards than
-    ranks x loader workers without resampling would otherwise repeat an empty epoch forever)."""
-    empty = True
-    for shard in shards:
-        empty = False
-        yield shard
-    if empty:
-        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        raise ValueError(
-            f"rank {rank}/{world_size}, loader worker {worker}/{num_workers} got no shard: "
-            "use at least ranks x loader workers shards, or resample=True"
-        )
+def sample_id(sample: dict) -> str:
+    """A sample's id: the ``uid`` of its json member (curation's shards carry one), else its key."""
+    if "json" in sample:
+        try:
+            uid = json.loads(sample["json"]).get("uid")
+            if isinstance(uid, str) and uid:
+                return uid
+        except (ValueError, AttributeError):
+            pass
+    return str(sample.get("__key__", ""))
 
 
 def open_shards(data: Iterator[dict], handler=wds.reraise_exception) -> Iterator[dict]:
@@ -191,27 +200,36 @@ def parse_weights(urls: str, weights: str) -> list[float]:
     return parsed
 
 
-class MixedSources(torch.utils.data.IterableDataset):
-    """Weighted mixing of several shard sources (open_clip's long-asked ``--train-data``
-    weights): each source is an endless stream (shards resampled with replacement, its own
-    shuffle buffer), and every sample is drawn from source ``i`` with probability ``w_i / sum w``
-    by a generator seeded by ``seed`` and the rank/loader worker (deterministic, different per
-    worker). Samples carry ``__source__``, which the decoder counts (``source_<i>``)."""
+class SlotSource(torch.utils.data.IterableDataset):
+    """The first stage of a rank's pipeline: in each loader worker (or in the training process),
+    the :class:`pretrain.stream.SlotStream` of its slot, ``rank * workers + (worker + rotation) %
+    workers`` of ``world_size * workers``, started from ``start[slot]`` when given. ``rotation``
+    (the step a run resumes at, mod ``workers``) keeps the batch order across a resume:
+    DataLoader takes batches from its workers in turn, starting with worker 0."""
 
-    def __init__(self, sources: list[str], weights: list[float], seed: int, shuffle_buffer: int, handler):
-        self.sources, self.weights, self.seed = sources, weights, seed
-        self.shuffle_buffer, self.handler = shuffle_buffer, handler
+    def __init__(self, sources: list[list[str]], weights: list[float] | None, seed: int, block: int, resample: bool,
+                 balances: list[OnlineBalance | None], decoder: SampleDecoder, rank: int = 0, world_size: int = 1,
+                 workers: int = 1, rotation: int = 0, start: dict[int, dict] | None = None):
+        self.sources, self.weights, self.seed, self.block, self.resample = sources, weights, seed, block, resample
+        self.balances, self.decoder = balances, decoder
+        self.rank, self.world_size, self.workers, self.rotation = rank, world_size, max(1, workers), rotation
+        self.start = start or {}
+
+    def slot(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        return self.rank * self.workers + (worker + self.rotation) % self.workers
 
     def __iter__(self) -> Iterator[dict]:
-        streams = [iter(wds.DataPipeline(wds.ResampledShards(source, seed=self.seed + 7919 * i, deterministic=True),
-                                         shard_samples(handler=self.handler),
-                                         wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100))))
-                   for i, source in enumerate(self.sources)]
-        rng = random.Random(self.seed * 1_000_003 + wds.utils.pytorch_worker_seed())
-        choices = list(range(len(streams)))
-        while True:
-            i = rng.choices(choices, weights=self.weights)[0]
-            yield {**next(streams[i]), "__source__": i}
+        slot = self.slot()
+        state = self.start.get(slot) or initial_state(slot, len(self.sources))
+        opener = self.decoder.on_tar_error
+        streams = [SourceStream(shards, i, self.seed, slot, self.world_size * self.workers, self.block, self.resample,
+                                self.balances[i], self.decoder.counts,
+                                lambda url: _shard_samples(iter([{"url": url}]), handler=opener), state["sources"][i])
+                   for i, shards in enumerate(self.sources)]
+        for sample in SlotStream(streams, self.weights, self.seed, slot, state["k"]):
+            yield {**sample, "__slot__": slot}
 
 
 def make_train_pipeline(
@@ -223,37 +241,58 @@ def make_train_pipeline(
     resample: bool = True,
     shuffle_buffer: int = 1000,
     weights: str = "",
+    balance: str = "offline",
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    rotation: int = 0,
+    start: dict[int, dict] | None = None,
 ) -> wds.DataPipeline:
     """The per-rank WebDataset pipeline yielding ``TrainBatch``es forever (see module doc).
 
-    ``urls`` is a brace pattern (``'shards/{00000..00009}.tar'``, several joined by ``::``)
-    or a list of paths/URIs (``s3://bucket/run/curation/shards/{00000..00009}.tar``). With
-    ``weights`` (one per ``::``-joined source) the sources are mixed sample by sample with
-    those weights (:class:`MixedSources`; resampling only); without, they are one shard list."""
+    ``urls``: a shard directory, brace pattern (``'shards/{00000..00009}.tar'``) or glob, local
+    or URI (``s3://bucket/run/curation/shards/{00000..00009}.tar``), several joined by ``::``, or
+    a list of files. Without ``weights`` the sources are one shard list; with them (one per
+    ``::``-joined source) they are mixed sample by sample with those weights. ``balance``:
+    ``online`` draws each data epoch's balanced sample of every source (each must be an online
+    pool: :mod:`pretrain.online`). ``shuffle_buffer`` is the shuffle block's size in samples;
+    ``workers`` the loader workers (0: in this process); ``rotation`` / ``start``: resume
+    (:class:`SlotSource`, :mod:`pretrain.stream`)."""
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"--balance {balance!r}: use one of {', '.join(BALANCE_MODES)}")
+    specs = [urls] if not isinstance(urls, str) else (urls.split("::") if weights else [urls])
+    sources = [list(spec) if not isinstance(spec, str) else shard_files(spec) for spec in specs]
+    mix = parse_weights(urls, weights) if weights else None
+    balances = [online_balance(files) if balance == "online" else None for files in sources]
     decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
-    if weights:
-        if not resample or not isinstance(urls, str):
-            raise ValueError("--train-data-weights mixes '::'-joined sources of a resampled stream (resample=True)")
-        return wds.DataPipeline(MixedSources(urls.split("::"), parse_weights(urls, weights), seed, shuffle_buffer,
-                                             decoder.on_tar_error),
-                                decoder, Batcher(decoder, tokenizer, batch_size))
-    if resample:
-        shards = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
-    else:
-        shards = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, require_shards]
-    pipeline = wds.DataPipeline(
-        *shards,
-        shard_samples(handler=decoder.on_tar_error),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
-        decoder,
-        Batcher(decoder, tokenizer, batch_size),
-    )
-    return pipeline if resample else pipeline.repeat(nepochs=-1)
+    source = SlotSource(sources, mix, seed, shuffle_buffer, resample, balances, decoder, rank, world_size, workers,
+                        rotation, start)
+    return wds.DataPipeline(source, decoder, Batcher(decoder, tokenizer, batch_size))
+
+
+def shard_files(spec: str) -> list[str]:
+    """The files of a shard spec (:func:`storage.layout.expand_shards`; ``pipe:`` parts, brace
+    patterns of commands, as webdataset expands them)."""
+    files: list[str] = []
+    for part in spec.split("::"):
+        files += wds.shardlists.expand_urls(part) if part.startswith("pipe:") else expand_shards(part)
+    return files
+
+
+def online_balance(files: list[str]) -> OnlineBalance:
+    """The online draw of one source: the balance files beside its shards, which must all be in
+    one pool directory (several pools: join them with ``::`` and mix them with weights)."""
+    directories = sorted({posixpath.dirname(f) for f in files})
+    if len(directories) > 1:
+        raise ValueError(f"--balance online: a source's shards must be one pool's ({directories[0]} and "
+                         f"{directories[1]}); join pools with '::' and --train-data-weights")
+    return OnlineBalance.from_shards(files[0])
 
 
 def train_batches(pipeline: wds.DataPipeline, num_workers: int, pin_memory: bool = False) -> Iterator[TrainBatch]:
-    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process); with
-    ``pin_memory`` (a CUDA run) the batches arrive in page-locked memory."""
+    """Iterate ``pipeline`` in ``num_workers`` loader processes (0 = in this process; the same
+    count the pipeline was made for); with ``pin_memory`` (a CUDA run) the batches arrive in
+    page-locked memory. Batches come from the workers in turn (DataLoader's order)."""
     if num_workers == 0:
         return (batch.pin_memory() for batch in pipeline) if pin_memory else iter(pipeline)
     loader = wds.WebLoader(

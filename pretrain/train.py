@@ -5,6 +5,12 @@ Read top to bottom: config -> worker environment -> model, tokenizer, optimizer 
 data -> the loop (LR, forward, ClipLoss, backward, clip, step, clamp logit_scale) -> logs and
 checkpoints. A checkpoint is a directory (:mod:`pretrain.checkpoint` saves, loads and resolves
 them); the run's files are named by :class:`storage.layout.PretrainLayout`.
+
+Resume is exact: a checkpoint records every (rank, loader worker) slot's data-stream position
+(:mod:`pretrain.stream`) and the data counts; a run resumed from it (``--resume-from``, Ray
+Train's restart after a worker dies, or the same command run again) trains on exactly the
+batches the uninterrupted run trains on, and rewrites ``metrics.jsonl`` (and the sample-id logs)
+from the checkpoint's step on, so each step is there once.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import torch
 import torch.distributed as dist
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
-from pretrain.data import make_train_pipeline, train_batches
+from pretrain.data import BALANCE_MODES, make_train_pipeline, train_batches
+from pretrain.stream import initial_state
 from pretrain.factory import create_model
 from pretrain.loss import ClipLoss
 from pretrain.model import CLIP
@@ -35,7 +42,7 @@ from storage.layout import PretrainLayout
 
 PRECISIONS = ("auto", "fp32", "bf16")  # the implemented --precision values
 COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
-              "partial_batch")
+              "not_sampled", "no_query_ids")
 
 
 @dataclass
@@ -44,6 +51,7 @@ class TrainConfig:
     tokenizer_json: str  # the caption tokenizer as a JSON string (CaptionTokenizer.to_str())
     out_dir: str  # run directory: metrics.jsonl, loss.png, local checkpoints (rank 0 writes)
     train_data_weights: str = ""  # mix the '::'-joined --train-data sources sample by sample with these weights, '::'-joined ('3::1'); '' = one pooled shard list
+    balance: str = "offline"  # offline: train on the shards as they are | online: draw each data epoch's balanced sample of a 'build_wit.py --balance online' pool (MetaCLIP 2)
     model: str = "tiny"  # registered architecture name (pretrain/model_configs/*.json)
     steps: int = 100  # total optimizer steps
     steps_per_epoch: int = 0  # batches per epoch on every rank (0 = steps); checkpoint per epoch
@@ -59,10 +67,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     local_loss: bool = True  # ClipLoss: local rows vs all columns (with gathered grads)
     data_workers: int = 1  # loader processes per worker (0 = decode in the training process)
-    resample: bool = True  # resample shards with replacement (else split + repeat)
-    shuffle_buffer: int = 1000  # samples in the shuffle buffer
+    resample: bool = True  # draw shards with replacement (else each data epoch reads every shard once)
+    shuffle_buffer: int = 1000  # samples per shuffle block (each loader worker permutes blocks of this many)
     seed: int = 0  # model init and data order
     log_every: int = 10  # steps between metrics.jsonl lines
+    log_sample_ids: bool = False  # write each step's sample ids per rank (samples/rank-NNNNN.jsonl)
     resume_from: str = ""  # checkpoint to start from: its directory or .pt file (pretrain.py: also a run dir) ('' = fresh, or Ray's checkpoint)
     use_gpu: bool = False  # train on CUDA (one GPU per worker)
     progress: bool = True  # tqdm bar on rank 0
@@ -70,12 +79,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not implemented; use one of {', '.join(PRECISIONS)}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance {self.balance!r}: use one of {', '.join(BALANCE_MODES)}")
         if self.train_data_weights:
             from pretrain.data import parse_weights
 
             parse_weights(self.train_data, self.train_data_weights)  # one weight per source, or a clear error
-            if not self.resample:
-                raise ValueError("--train-data-weights mixes resampled streams: it needs --resample")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -156,7 +165,8 @@ def _resume_dir(cfg: TrainConfig, env: WorkerEnv):
 
 
 def build(cfg: TrainConfig, env: WorkerEnv):
-    """Model (on its device), optimizer, tokenizer and the step to start at (after a resume)."""
+    """Model (on its device), optimizer, tokenizer, the step to start at and the checkpoint's
+    data state (None when fresh: :func:`data_start`)."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
     tokenizer = CaptionTokenizer.from_str(cfg.tokenizer_json, model.context_length)
@@ -168,30 +178,68 @@ def build(cfg: TrainConfig, env: WorkerEnv):
     # fused: one kernel per step over all parameters (3x faster than the per-tensor loop on CPU)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                   eps=cfg.eps, fused=True)
-    start_step = 0
+    start_step, data = 0, None
     with _resume_dir(cfg, env) as resume:
         if resume:
             state = load_checkpoint(resume)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])  # moves the state to the params' device
-            start_step = int(state["step"])
-    return model, optimizer, tokenizer, start_step
+            start_step, data = int(state["step"]), state.get("data")
+    return model, optimizer, tokenizer, start_step, data
 
 
-class MetricsLog:
-    """Rank 0's metrics.jsonl (appended across resumes) and the loss plot."""
+DATA_KEYS = ("train_data", "train_data_weights", "balance", "resample", "shuffle_buffer", "seed")  # what fixes the order
 
-    def __init__(self, out_dir: str, enabled: bool):
-        self.enabled = enabled
-        self.layout = PretrainLayout(out_dir)
-        self.path = Path(self.layout.metrics)
+
+def data_layout(cfg: TrainConfig, env: WorkerEnv) -> dict:
+    """What a data-stream position is valid for: the settings that fix the order and the slots."""
+    return {**{k: getattr(cfg, k) for k in DATA_KEYS}, "world_size": env.world_size, "workers": max(1, cfg.data_workers)}
+
+
+def data_start(cfg: TrainConfig, env: WorkerEnv, data: dict | None, step: int) -> tuple[dict[int, dict], int, Counter]:
+    """(start state per slot of this rank, the stream seed, the counts so far) for a run starting
+    at ``step`` with a checkpoint's ``data``. A checkpoint of another layout (other ranks x loader
+    workers, data or shuffle settings) or without a data state cannot be resumed exactly: its
+    stream starts afresh with the seed moved by the step (said once, on rank 0)."""
+    if step == 0:
+        return {}, cfg.seed, Counter()
+    if data is None or data.get("layout") != data_layout(cfg, env):
+        if env.rank == 0:
+            print(f"[pretrain] resuming at step {step} from a checkpoint whose data position does not fit this run "
+                  f"({'none recorded' if data is None else 'other ranks x loader workers or data settings'}): "
+                  f"the data stream restarts with seed {cfg.seed + step}, not exactly where it stopped")
+        return {}, cfg.seed + step, Counter()
+    workers = max(1, cfg.data_workers)
+    slots = range(env.rank * workers, (env.rank + 1) * workers)
+    counts = Counter(data.get("counts", {})) if env.rank == 0 else Counter()  # summed over ranks when reported
+    return {slot: data["slots"][str(slot)] for slot in slots}, int(data["stream_seed"]), counts
+
+
+class StepLog:
+    """A jsonl file of per-step records, appended; a run starting at ``step`` first drops the
+    records of later steps (left by the attempt it resumes), so each step is there once."""
+
+    def __init__(self, layout: PretrainLayout, path: str, enabled: bool, step: int = 0):
+        self.enabled, self.layout, self.path = enabled, layout, Path(path)
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # rewritten atomically: a crash here leaves the old file
+                kept = [line for line in self.path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= step]
+                layout.write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class MetricsLog(StepLog):
+    """Rank 0's metrics.jsonl (continued across resumes, each step once) and the loss plot."""
+
+    def __init__(self, out_dir: str, enabled: bool, step: int = 0):
+        layout = PretrainLayout(out_dir)
+        super().__init__(layout, layout.metrics, enabled, step)
 
     def plot(self) -> None:
         """loss.png: training loss and logit scale against step."""
@@ -224,7 +272,18 @@ def _reduce_counts(counts: Counter, env: WorkerEnv, keys: tuple[str, ...] = COUN
     return {k: int(v) for k, v in zip(keys, t.tolist())}
 
 
-def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int, metrics: dict) -> None:
+def data_state(cfg: TrainConfig, env: WorkerEnv, seed: int, positions: dict[int, dict], counts: dict[str, int]) -> dict:
+    """The checkpoint's data state: the stream's seed, every rank's slot positions (gathered: a
+    collective) and the counts summed over ranks."""
+    gathered = [positions]
+    if env.world_size > 1:
+        gathered = [None] * env.world_size
+        dist.all_gather_object(gathered, positions)
+    slots = {str(slot): state for part in gathered for slot, state in part.items()}
+    return {"layout": data_layout(cfg, env), "stream_seed": seed, "slots": slots, "counts": counts}
+
+
+def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int, metrics: dict, data: dict) -> None:
     """Checkpoint at ``step``: under Ray every rank calls ``ray.train.report`` (rank 0 attaches
     the checkpoint); alone, rank 0 writes ``out_dir/checkpoints/step_<step>``."""
     if env.in_ray:
@@ -234,11 +293,11 @@ def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int,
             checkpoint = None
             if env.rank == 0:
                 checkpoint = ray.train.Checkpoint.from_directory(
-                    save_checkpoint(Path(tmp) / "ckpt", model, optimizer, step, cfg)
+                    save_checkpoint(Path(tmp) / "ckpt", model, optimizer, step, cfg, data)
                 )
             ray.train.report(metrics, checkpoint=checkpoint)
     elif env.rank == 0:
-        save_checkpoint(PretrainLayout(cfg.out_dir).checkpoint(step), model, optimizer, step, cfg)
+        save_checkpoint(PretrainLayout(cfg.out_dir).checkpoint(step), model, optimizer, step, cfg, data)
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -253,7 +312,7 @@ def train_loop_per_worker(config: dict) -> dict:
     env = worker_env(cfg)
     torch.set_float32_matmul_precision("high")
     # 2. model, optimizer, tokenizer, resume point
-    model, optimizer, tokenizer, step = build(cfg, env)
+    model, optimizer, tokenizer, step, data = build(cfg, env)
     raw_model = model
     if env.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -263,17 +322,24 @@ def train_loop_per_worker(config: dict) -> dict:
         model = torch.compile(model)
     loss_fn = ClipLoss(local_loss=cfg.local_loss and env.world_size > 1,
                        gather_with_grad=env.world_size > 1, rank=env.rank, world_size=env.world_size)
-    # 3. data: an endless stream of equal-shape batches for this rank
+    # 3. data: an endless stream of equal-shape batches for this rank, from where the checkpoint left it
+    start, seed, counts = data_start(cfg, env, data, step)
+    workers = max(1, cfg.data_workers)
     pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
-                                   seed=cfg.seed + step, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer,
-                                   weights=cfg.train_data_weights)
-    sources = len(cfg.train_data.split("::")) if cfg.train_data_weights else 0
-    count_keys = COUNT_KEYS + tuple(f"source_{i}" for i in range(sources))
+                                   seed=seed, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer,
+                                   weights=cfg.train_data_weights, balance=cfg.balance, rank=env.rank,
+                                   world_size=env.world_size, workers=cfg.data_workers, rotation=step % workers,
+                                   start=start)
+    sources = len(cfg.train_data.split("::")) if cfg.train_data_weights else 1
+    positions = {slot: start.get(slot) or initial_state(slot, sources)
+                 for slot in range(env.rank * workers, (env.rank + 1) * workers)}
+    count_keys = COUNT_KEYS + (tuple(f"source_{i}" for i in range(sources)) if cfg.train_data_weights else ())
     batches = train_batches(pipeline, cfg.data_workers, pin_memory=env.device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
     steps_per_epoch = cfg.steps_per_epoch or cfg.steps
-    log = MetricsLog(cfg.out_dir, enabled=env.rank == 0)
-    counts: Counter = Counter()
+    log = MetricsLog(cfg.out_dir, enabled=env.rank == 0, step=step)
+    ids_log = StepLog(log.layout, log.layout.sample_ids(env.rank), cfg.log_sample_ids, step)
+    data_epoch = 0
     progress = _progress(cfg, env, step)
     metrics: dict = {"step": step}
     t_last, samples_since = time.perf_counter(), 0
@@ -284,6 +350,8 @@ def train_loop_per_worker(config: dict) -> dict:
             group["lr"] = lr
         batch = next(batches)
         counts.update(batch.counts)
+        positions[batch.slot], data_epoch = batch.state, batch.epoch
+        ids_log.write({"step": step + 1, "ids": batch.ids})
         images = batch.images.to(env.device, non_blocking=True)  # (B, 3, S, S)
         texts = batch.texts.to(env.device, non_blocking=True)  # (B, context)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -304,7 +372,7 @@ def train_loop_per_worker(config: dict) -> dict:
         if step % cfg.log_every == 0 or step == cfg.steps or step % steps_per_epoch == 0:
             mean_loss = _mean_loss(loss, env)  # waits for the device: the timing below is honest
             now = time.perf_counter()
-            metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "loss": mean_loss,
+            metrics = {"step": step, "epoch": math.ceil(step / steps_per_epoch), "data_epoch": data_epoch, "loss": mean_loss,
                        "lr": lr, "logit_scale": float(raw_model.logit_scale.detach().exp()),
                        "samples_per_s": samples_since / (now - t_last), "data": _reduce_counts(counts, env, count_keys)}
             if cfg.train_data_weights:  # the achieved mix so far (decoded samples per source, all ranks)
@@ -316,7 +384,8 @@ def train_loop_per_worker(config: dict) -> dict:
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
         # 6. checkpoint at each epoch end and at the last step
         if step % steps_per_epoch == 0 or step == cfg.steps:
-            _report(cfg, env, raw_model, optimizer, step, metrics)
+            state = data_state(cfg, env, seed, positions, _reduce_counts(counts, env, count_keys))
+            _report(cfg, env, raw_model, optimizer, step, metrics, state)
     if progress is not None:
         progress.close()
     log.plot()

@@ -15,6 +15,7 @@ classes below name every file of a run; nothing outside this package builds a ru
     <out>/curation/selected/_done/part-NNNNN          completion marker + reason tally of a part
     <out>/curation/selected/_parts.json               the part count, derived from the rows (max_part_rows)
     <out>/curation/entry_counts.parquet               c_e per entry
+    <out>/curation/balance.parquet, balance.json      online balancing (--balance online): c_e + t per entry, seed…
     <out>/curation/rejects/<stage>/<part>.parquet     dropped rows: uid, reason (+ stage columns)
     <out>/curation/stats/<stage>.json                 {stage, in, out, rejected: {reason: n}}
     <out>/curation/stats/summary.json, entry_counts.png
@@ -28,6 +29,7 @@ classes below name every file of a run; nothing outside this package builds a ru
     <out>/curation/decontaminate/eval_index.parquet   eval ids + pHash codes (--decontaminate)
     <out>/curation/decontaminate/eval_text.parquet    eval ids + URLs + caption keys (--decontaminate)
     <out>/curation/shards/NNNNN.tar, NNNNN.parquet, stats.json   the WebDataset shards
+    <out>/curation/shards/balance.parquet, balance.json           online balancing's metadata, beside the shards
     <out>/curation/heldout/…                                     held-out pairs (--holdout-fraction), same layout
     <out>/curation/report.html, report/*.png
     <out>/curation/removed/<task>.parquet             removed-links ledger: uid, url, list, kind, hash, distance, source
@@ -88,6 +90,18 @@ def numbered_shards(directory: str) -> list[str]:
     if not found:
         raise FileNotFoundError(f"no NNNNN.tar shards in {directory}")
     return found
+
+
+BALANCE_TABLE = "balance.parquet"  # online balancing: query_id, count (c_e), t per matched entry
+BALANCE_META = "balance.json"  # online balancing: mode, seed, t as given, num_queries, matched / epoch-0 pairs
+
+
+def balance_files(shards_dir: str) -> tuple[str, str]:
+    """(``balance.parquet``, ``balance.json``) of online balancing (``build_wit.py --balance
+    online``) in the shard directory ``shards_dir`` (local or URI): beside the ``NNNNN.tar``
+    shards, so a loader finds them from a ``--train-data`` pattern's directory."""
+    directory = str(shards_dir).rstrip("/")
+    return posixpath.join(directory, BALANCE_TABLE), posixpath.join(directory, BALANCE_META)
 
 
 def shard_pattern(directory: str) -> str:
@@ -326,6 +340,10 @@ class PretrainLayout(Store):
     def loss_plot(self) -> str:
         return self.join("loss.png")
 
+    def sample_ids(self, rank: int) -> str:
+        """``samples/rank-NNNNN.jsonl``: each step's sample ids on ``rank`` (``--log-sample-ids``)."""
+        return self.join("samples", f"rank-{rank:05d}.jsonl")
+
     @property
     def tokenizer(self) -> str:
         return self.join("tokenizer.json")
@@ -483,6 +501,16 @@ class RunLayout(Store):
         return self.cur("entry_counts.parquet")
 
     @property
+    def balance_table(self) -> str:
+        """``balance.parquet`` of an online-balanced selection (copied beside the shards)."""
+        return self.cur(BALANCE_TABLE)
+
+    @property
+    def balance_meta(self) -> str:
+        """``balance.json`` of an online-balanced selection (copied beside the shards)."""
+        return self.cur(BALANCE_META)
+
+    @property
     def removed_dir(self) -> str:
         """``removed/``: the removed-links ledger (hash-list matches, takedowns): URL, list, hash, never bytes."""
         return self.cur("removed")
@@ -583,6 +611,12 @@ class RunLayout(Store):
     @property
     def shard_stats(self) -> str:
         return self.shard_stats_of("shards")
+
+    @property
+    def shards_balance(self) -> tuple[str, str]:
+        """(``shards/balance.parquet``, ``shards/balance.json``): :func:`balance_files` of the
+        training shards (the held-out split has none)."""
+        return balance_files(self.split_dir("shards"))
 
     @property
     def report_html(self) -> str:

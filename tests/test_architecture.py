@@ -23,7 +23,7 @@ ALLOWED = (
     ("curation.images", {"storage", "queries", "curation.stage", "curation.xxh3", "curation.text", "curation.report",
                          "curation.datasheet"}),
     ("curation", {"storage", "queries", "curation"}),
-    ("pretrain", {"storage"}),
+    ("pretrain", {"storage", "curation.text.balance"}),  # online balancing draws with curation's pure draw
     ("contamination", {"storage", "curation", "pretrain"}),
     ("pipelines.demo", {"storage", "queries", "curation", "pretrain", "contamination", "pipelines"}),
     ("pipelines", {"storage", "queries", "curation", "pretrain", "contamination", "pipelines"}),

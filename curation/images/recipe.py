@@ -54,7 +54,7 @@ from curation.images.safety import (
     list_identities,
     safety_fingerprint,
 )
-from curation.images.shards import ShardConfig, finish_shards, plan_shards, write_shard
+from curation.images.shards import ShardConfig, finish_shards, plan_shards, publish_balance, write_shard
 from curation.images.urlguard import UrlGuard, UrlGuardConfig
 from curation.stage import (
     IMAGE_STAGES,
@@ -549,10 +549,11 @@ def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: 
     """Stage ``shards`` as tasks: the kept images + captions/metadata of the checked ``parts`` as
     WebDataset shards, in the order of :func:`sample_order` (a pure function of the uids), cut
     every ``shard_size`` samples; with ``holdout_fraction`` a uid-hash share goes to
-    ``heldout/`` instead. The marks scatter the samples to order buckets (about one per final
-    shard, at most :data:`MAX_ORDER_BUCKETS`; the driver keeps the rows per bucket, never
-    rows); shard ``k`` takes ranks ``k*shard_size..`` of the concatenated buckets. ``in`` is
-    what the mark tasks count as kept (checked against ``dedup_out`` when given)."""
+    ``heldout/`` instead; online balancing's metadata goes beside the training shards
+    (:func:`~curation.images.shards.publish_balance`). The marks scatter the samples to order
+    buckets (about one per final shard, at most :data:`MAX_ORDER_BUCKETS`; the driver keeps the
+    rows per bucket, never rows); shard ``k`` takes ranks ``k*shard_size..`` of the concatenated
+    buckets. ``in`` is what the mark tasks count as kept (checked against ``dedup_out`` when given)."""
     expected = dedup_out if dedup_out is not None else sum(
         layout.parquet_rows(f) for p in parts for f in group_files(p))
     buckets = min(MAX_ORDER_BUCKETS, max(1, -(-expected // config.shard_size)))
@@ -575,6 +576,7 @@ def shard_stage(layout: RunLayout, parts: list, config: ShardConfig, map_tasks: 
         for w in written:
             by_node[w["node"]] = by_node.get(w["node"], 0) + w["samples"]
         stats[split] = finish_shards(layout, written, config, split)
+    publish_balance(layout)
     layout.remove_tree(layout.scratch("shardplan"))
     heldout = stats.get("heldout", {}).get("samples", 0)
     StageStats("shards", rows_in, stats["shards"]["samples"] + heldout, {},
@@ -598,6 +600,7 @@ def run_image_stages(layout: RunLayout, config: ImageStagesConfig, pipe: PipeTas
     current = fingerprint(layout, parts, config, map_tasks)
     check_fingerprint(layout, current)
     if stage_done(layout, "shards") and layout.exists(layout.shard_stats):
+        publish_balance(layout)  # a rerun of an online selection with another seed or t: same shards, new draw
         return summary(layout, skipped=True)
     started = time.time()
     decontaminating = bool(config.decontaminate.datasets)

@@ -9,6 +9,9 @@ never hold a path separator, ``..`` or the dot WebDataset splits extensions at. 
 with webdataset's ``TarWriter`` with a fixed mtime/owner (byte-identical reruns), to a temp name,
 then renamed. They load unchanged with ``webdataset.WebDataset``, ``ray.data.read_webdataset``
 (``file_extensions=["tar"]``) and open_clip (``--train-data 'shards/{00000..000NN}.tar'``).
+An online-balanced run (``--balance online``) also has ``balance.parquet`` and ``balance.json``
+in the training shards' directory (:func:`publish_balance`), where a loader finds them from the
+shard pattern's directory.
 """
 
 from __future__ import annotations
@@ -136,6 +139,24 @@ def finish_shards(layout: RunLayout, written: list[dict], config: ShardConfig, s
              "bytes": sum(w["bytes"] for w in written)}
     layout.write_json(layout.shard_stats_of(split), stats)
     return stats
+
+
+def publish_balance(layout: RunLayout) -> list[str]:
+    """Copy online balancing's metadata (the curation dir's ``balance.parquet`` and
+    ``balance.json``, :func:`curation.text.config.write_balance_metadata`) into the training
+    shards' directory, each atomically and only when its bytes differ (a rerun rewrites
+    nothing); a selection without them (offline balancing) leaves none there. Returns the
+    files copied."""
+    copied = []
+    for source, target in zip((layout.balance_table, layout.balance_meta), layout.shards_balance):
+        if not layout.exists(source):
+            layout.remove(target)
+            continue
+        data = layout.read_bytes(source)
+        if not layout.exists(target) or layout.read_bytes(target) != data:
+            layout.write_bytes(target, data)
+            copied.append(target)
+    return copied
 
 
 def write_shards(samples: Iterable[pa.Table], layout: RunLayout, config: ShardConfig, split: str = "shards") -> dict:

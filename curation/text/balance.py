@@ -130,27 +130,39 @@ def _keep_rows(uid_hash: np.ndarray, offsets: np.ndarray, flat: np.ndarray, tabl
     return keep
 
 
+EPOCH0_COLUMN = "_epoch0"  # online balancing: whether the offline draw (epoch 0's sample) keeps the row
+
+
 class Balancer:
     """The balance stage: annotates live rows not drawn as ``not_sampled`` (rows rejected
     upstream keep their reason). ``counts`` are the global c_e (:func:`count_entries` summed);
     ``t=None`` scales t to them (curation/text/threshold.py); with ``languages`` (each entry's,
-    a worldwide list) each entry is balanced with its language's t (MetaCLIP 2's ``p_to_t``)."""
+    a worldwide list) each entry is balanced with its language's t (MetaCLIP 2's ``p_to_t``).
 
-    def __init__(self, counts: np.ndarray, t: float | None = 20_000, seed: int = 0, languages: np.ndarray | None = None):
+    ``online`` (MetaCLIP 2's online balancing): no row is rejected -- training draws a fresh
+    balanced sample each epoch from the whole matched pool -- and the draw's decision is
+    recorded instead, in an :data:`EPOCH0_COLUMN` boolean column, so the run can say how many
+    pairs the offline draw (epoch 0's sample) keeps."""
+
+    def __init__(self, counts: np.ndarray, t: float | None = 20_000, seed: int = 0, languages: np.ndarray | None = None,
+                 online: bool = False):
         self.t = entry_thresholds(counts, t, languages)  # a float; per entry for a worldwide list (its language's)
         self.probs = balance_probabilities(counts, self.t)
         self.seed = int(seed)
         self.salts = entry_salts(np.arange(len(self.probs)), self.seed)
         self.thresholds = draw_thresholds(self.probs)
         self.table = entry_table(self.salts, self.thresholds)
+        self.online = bool(online)
 
     def __call__(self, table: pa.Table, hashes: np.ndarray | None = None) -> pa.Table:
         """``hashes``: the rows' :func:`uid_hashes`, when the caller already has them."""
         query_ids = table.column("query_ids").combine_chunks()
         if table.num_rows == 0:
-            return with_reasons(table)
-        hashes = uid_hashes(table.column("uid")) if hashes is None else hashes
-        keep = keep_rows(hashes, query_ids, self.table)
-        empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
-        reasons = np.where(keep | empty, "", "not_sampled").astype(object)
-        return with_reasons(table, reasons)
+            kept = np.zeros(0, dtype=bool)
+        else:
+            hashes = uid_hashes(table.column("uid")) if hashes is None else hashes
+            empty = pc.list_value_length(query_ids).to_numpy(zero_copy_only=False) == 0
+            kept = keep_rows(hashes, query_ids, self.table) | empty
+        if self.online:
+            return with_reasons(table).append_column(EPOCH0_COLUMN, pa.array(kept, pa.bool_()))
+        return with_reasons(table, np.where(kept, "", "not_sampled").astype(object))

@@ -2,8 +2,10 @@
 
 Stages, in order (each writes ``stats/<stage>.json`` and ``rejects/<stage>/``):
 ``read`` (pool conformance) → ``text`` (normalise, rules, language ID) → ``dedup_url`` /
-``dedup_text`` (exact) → ``match`` (query ids, ``no_match``) → ``balance`` (``not_sampled``).
-``entry_counts.parquet`` holds c_e (counted after ``match``), ``selected/`` the result.
+``dedup_text`` (exact) → ``match`` (query ids, ``no_match``) → ``balance`` (``not_sampled``;
+none with ``balance="online"``, which keeps every matched pair for training to balance per epoch
+and writes ``balance.parquet`` / ``balance.json``). ``entry_counts.parquet`` holds c_e (counted
+after ``match``), ``selected/`` the result.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from curation.text.selection import (
     verify_parts,
 )
 from curation.text.textfilter import TextConfig
+from curation.text.threshold import entry_thresholds
 from storage.layout import RunLayout
+
+BALANCE_MODES = ("offline", "online")  # CurationConfig.balance
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class CurationConfig:
     # MetaCLIP's t=20k is to its pool, the same tail share of matches (curation/text/threshold.py)
     t: float | None = None
     seed: int = 0  # seed of the deterministic balancing draw
+    # "offline": the balance stage keeps the draw's sample (the rest rejected as not_sampled);
+    # "online" (MetaCLIP 2): every matched pair is kept and balance.parquet/balance.json go beside
+    # the shards, so training draws a fresh balanced sample each epoch (epoch 0 = the offline draw)
+    balance: str = "offline"
     # the least number of selected/ part files (rows go to xxh3_64(uid) % parts; more parts when
     # max_part_rows asks for them: the count is recorded in selected/_parts.json)
     num_parts: int = 8
@@ -59,8 +68,15 @@ class CurationConfig:
     def __post_init__(self):
         if self.on_bad_file not in ("error", "skip"):
             raise ValueError(f"on_bad_file must be 'error' or 'skip', not {self.on_bad_file!r}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, not {self.balance!r}")
         if self.num_parts < 1 or self.max_part_rows < 1:
             raise ValueError(f"num_parts ({self.num_parts}) and max_part_rows ({self.max_part_rows}) must be >= 1")
+
+    @property
+    def online(self) -> bool:
+        """Whether training balances (online balancing): the selection keeps every matched pair."""
+        return self.balance == "online"
 
     @property
     def layout(self) -> RunLayout:
@@ -79,7 +95,7 @@ class CurationConfig:
         """Everything that changes the selection, by name (not parallelism or batch size):
         the settings, the identity of every pool file (name, size, mtime/ETag) and the content
         hash of the query list."""
-        body = english_only_compatible(asdict(self))
+        body = as_recorded(self)
         for volatile in ("batch_size", "parallelism", "dedup_buckets", "curation_dir", "pool"):
             body.pop(volatile)
         settings = json.loads(json.dumps(body, sort_keys=True, default=str))
@@ -97,6 +113,16 @@ def english_only_compatible(body: dict) -> dict:
     so such runs keep the fingerprint and ``_config.json`` they had before worldwide curation."""
     if not body.get("text", {}).get("languages"):
         body = {**body, "text": {k: v for k, v in body["text"].items() if k != "languages"}}
+    return body
+
+
+def as_recorded(config: CurationConfig) -> dict:
+    """``config`` as the fingerprint and ``_config.json`` record it: fields added since runs were
+    first recorded are left out while they hold their default (:func:`english_only_compatible`;
+    ``balance`` when "offline"), so earlier runs keep their fingerprint and resume."""
+    body = english_only_compatible(asdict(config))
+    if body.get("balance") == "offline":
+        body.pop("balance")
     return body
 
 
@@ -148,7 +174,7 @@ def prepare_run(config: CurationConfig) -> bool:
               "recomputing the selection", flush=True)
     clear_selection(layout)
     layout.write_json(layout.config_stamp, {"fingerprint": fingerprint, "inputs": current,
-                                            "config": english_only_compatible(asdict(config))})
+                                            "config": as_recorded(config)})
     return True
 
 
@@ -174,10 +200,13 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
     """Every text stage's accounting, written to ``stats/<stage>.json``: ``read``'s ``in`` is
     the row count the reader measured per pool file, each later stage's ``in`` the previous
     one's ``out``, and the reason tallies come from the part markers. Raises when the parts do
-    not account for every row read (a lost part or row)."""
+    not account for every row read (a lost part or row). Online balancing's ``balance`` ledger
+    adds ``mode`` and ``epoch0_pairs`` (the selected rows the offline draw keeps, counted by the
+    balance tasks into the part markers)."""
     layout = config.layout
     records = read_tallies(config)
-    tally = merge_counts([part_marker(layout, i)["reasons"] for i in range(recorded_num_parts(layout))])
+    markers = [part_marker(layout, i) for i in range(recorded_num_parts(layout))]
+    tally = merge_counts([m["reasons"] for m in markers])
     counted = sum(int(r.get("rows") or 0) for r in records)
     if counted != sum(tally.values()):
         raise AssertionError(f"the reader counted {counted} pool rows in {len(records)} files, but the "
@@ -193,6 +222,8 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
         rejected = {r: n for r, n in sorted(tally.items()) if r != KEPT and stage_of[r] == stage}
         out = remaining - sum(rejected.values())
         extra = {"files": len(records), "files_skipped": skipped} if stage == "read" else {}
+        if stage == "balance" and config.online:
+            extra = {"mode": "online", "epoch0_pairs": _epoch0_pairs(markers)}
         stats[stage] = StageStats(stage, remaining, out, rejected, extra).check()
         stats[stage].write(layout)
         remaining = out
@@ -206,6 +237,16 @@ def stage_stats(config: CurationConfig) -> dict[str, StageStats]:
     return stats
 
 
+def _epoch0_pairs(markers: list[dict]) -> int:
+    """The selected rows the offline draw keeps, summed over online-balanced part markers; a part
+    with rows but no count (not written by an online balance stage) is an error."""
+    missing = [i for i, m in enumerate(markers) if m["rows"] and "epoch0" not in m]
+    if missing:
+        raise RuntimeError(f"selection parts {missing} hold rows but no epoch-0 count: they were not written by "
+                           "an online balance stage")
+    return sum(int(m.get("epoch0", 0)) for m in markers)
+
+
 def record_part_plan(counts: np.ndarray, inputs: np.ndarray, config: CurationConfig) -> dict:
     """The part plan of this run (:func:`curation.text.selection.plan_parts`) from the global
     entry counts and the summed :func:`curation.text.selection.balance_inputs` — the same on
@@ -215,7 +256,7 @@ def record_part_plan(counts: np.ndarray, inputs: np.ndarray, config: CurationCon
     from curation.text.match import load_query_languages
 
     plan = plan_parts(counts, inputs, config.t, config.max_part_rows, config.num_parts,
-                      load_query_languages(config.queries))
+                      load_query_languages(config.queries), online=config.online)
     record_parts_plan(config.layout, plan)
     return plan
 
@@ -225,6 +266,32 @@ def write_entry_counts(counts: np.ndarray, layout: RunLayout) -> None:
     ids = np.flatnonzero(counts)
     table = pa.table({"query_id": pa.array(ids.astype(np.int32)), "count": pa.array(counts[ids].astype(np.int64))})
     layout.write_parquet(table, layout.entry_counts)
+
+
+def write_balance_metadata(config: CurationConfig, counts: np.ndarray, languages: np.ndarray | None,
+                           balance: StageStats) -> None:
+    """Online balancing's metadata, what a training loader needs to redraw the balance each epoch
+    with the offline draw (curation/text/balance.py), written atomically to the curation dir (the
+    shard stage copies both beside the shards):
+
+    - ``balance.parquet``: ``query_id`` (int32), ``count`` (int64: c_e, the numbers of
+      ``entry_counts.parquet``), ``t`` (float64: the t the draw gives that entry, per language for
+      a worldwide list), one row per entry with c_e > 0, by query_id;
+    - ``balance.json``: ``mode``, ``seed``, ``t`` (the setting as given; null: scaled to the
+      pool), ``num_queries``, ``matched_pairs`` (the live rows entering the balance stage) and
+      ``epoch0_pairs`` (those the offline draw with this seed keeps: epoch 0's sample).
+
+    ``counts``: the global c_e; ``balance``: the balance stage's ledger (:func:`stage_stats`).
+    No timestamp: a rerun writes the same bytes."""
+    layout = config.layout
+    ids = np.flatnonzero(counts)
+    t = np.broadcast_to(np.asarray(entry_thresholds(counts, config.t, languages), np.float64), np.shape(counts))
+    layout.write_parquet(pa.table({"query_id": pa.array(ids.astype(np.int32)),
+                                   "count": pa.array(np.asarray(counts)[ids].astype(np.int64)),
+                                   "t": pa.array(t[ids], pa.float64())}), layout.balance_table)
+    layout.write_json(layout.balance_meta, {"mode": "online", "seed": config.seed, "t": config.t,
+                                            "num_queries": len(counts), "matched_pairs": balance.rows_in,
+                                            "epoch0_pairs": balance.extra["epoch0_pairs"]})
 
 
 def read_entry_counts(layout: RunLayout, num_queries: int) -> np.ndarray:

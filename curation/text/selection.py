@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stage import KEPT, REASON, kept_rows, reason_counts
-from curation.text.balance import balance_probabilities, draw_thresholds, uid_hashes
+from curation.text.balance import EPOCH0_COLUMN, balance_probabilities, draw_thresholds, uid_hashes
 from curation.text.threshold import language_thresholds, per_entry, resolve_threshold
 from storage.layout import RunLayout, part_name
 
@@ -58,9 +58,10 @@ def _overflow_exponent(mean: float, bound: int) -> float:
 
 
 def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part_rows: int,
-               min_parts: int, languages: np.ndarray | None = None) -> dict:
+               min_parts: int, languages: np.ndarray | None = None, online: bool = False) -> dict:
     """The selection's part count, a pure function of the global entry counts ``counts`` (c_e),
-    ``inputs`` (:func:`balance_inputs` summed over the pool), ``t`` and the two settings.
+    ``inputs`` (:func:`balance_inputs` summed over the pool), ``t`` and the two settings
+    (``online``: online balancing keeps every live row, as if p_e = 1 for every entry).
 
     The selection holds at most N = the live rows entering the balance stage, and in expectation
     at most S = sum_e c_e * P(u < p_e) (+ live rows without ids): a row is kept with probability
@@ -77,7 +78,8 @@ def plan_parts(counts: np.ndarray, inputs: np.ndarray, t: float | None, max_part
     recorded = resolve_threshold(counts, t) if languages is None else language_thresholds(counts, languages, t)
     t = recorded if languages is None else per_entry(recorded, languages)  # per entry for a worldwide list
     counts = np.asarray(counts, dtype=np.int64)
-    chance = np.minimum(draw_thresholds(balance_probabilities(counts, t)), np.uint64(1 << 53)).astype(np.float64)
+    probs = np.ones(len(counts)) if online else balance_probabilities(counts, t)
+    chance = np.minimum(draw_thresholds(probs), np.uint64(1 << 53)).astype(np.float64)
     expected = float(np.dot(counts.astype(np.float64), chance / float(1 << 53)))
     mean = min(float(live), expected * (1 + 1e-9) + 1 + live_without_ids)  # slack for float sums
     parts = min_parts
@@ -134,7 +136,8 @@ def part_done(layout: RunLayout, index: int) -> bool:
 
 
 def part_marker(layout: RunLayout, index: int) -> dict:
-    """A done part's marker: ``{"rows": selected rows, "reasons": {reason: rows}}``."""
+    """A done part's marker: ``{"rows": selected rows, "reasons": {reason: rows}}`` (+ online
+    balancing's ``"epoch0"``: the selected rows the offline draw keeps)."""
     return layout.read_json(layout.marker(index))
 
 
@@ -144,11 +147,18 @@ def write_part(table: pa.Table, layout: RunLayout, index: int, reasons: dict[str
     to ``selected/part-NNNNN.parquet``, rejected rows as (uid, reason) sorted by (uid, reason) to
     ``rejects/<stage>/part-NNNNN.parquet`` (``reasons`` maps reason → stage), each atomically, then
     the marker with the part's reason tally. Skips a done part. Returns the tally. A part of more
-    than ``max_rows`` selected rows is an error naming it, raised before anything is written."""
+    than ``max_rows`` selected rows is an error naming it, raised before anything is written.
+    An online-balanced table's :data:`~curation.text.balance.EPOCH0_COLUMN` is counted over the
+    selected rows into the marker's ``epoch0``, never written."""
     if part_done(layout, index):
         return part_marker(layout, index)["reasons"]
     if PART_COLUMN in table.column_names:
         table = table.drop_columns([PART_COLUMN])
+    epoch0 = {}
+    if EPOCH0_COLUMN in table.column_names:
+        drawn = pc.and_(pc.equal(table.column(REASON), KEPT), table.column(EPOCH0_COLUMN))
+        epoch0 = {"epoch0": int(pc.sum(drawn.cast(pa.int64())).as_py() or 0)}
+        table = table.drop_columns([EPOCH0_COLUMN])
     tally = reason_counts(table) if table.num_rows else {}
     unknown = set(tally) - set(reasons) - {KEPT}
     if unknown:
@@ -166,7 +176,7 @@ def write_part(table: pa.Table, layout: RunLayout, index: int, reasons: dict[str
     for stage in sorted(set(stage_of.to_pylist())):
         rows = rejected.filter(pc.equal(stage_of, stage)).combine_chunks()
         layout.write_parquet(rows, layout.reject_part(stage, part_name(index)))
-    layout.write_json(layout.marker(index), {"rows": selected.num_rows, "reasons": tally})
+    layout.write_json(layout.marker(index), {"rows": selected.num_rows, "reasons": tally, **epoch0})
     return tally
 
 
@@ -224,19 +234,22 @@ def clear_selection(layout: RunLayout) -> None:
     """Forget a selection (a run with a different configuration rewrites everything)."""
     for directory in (layout.selected_dir, layout.rejects_root, layout.stats_dir, layout.read_tally_dir):
         layout.remove_tree(directory)
-    layout.remove(layout.entry_counts)
+    for uri in (layout.entry_counts, layout.balance_table, layout.balance_meta):
+        layout.remove(uri)
 
 
 class BalanceAndPart:
-    """The balance stage plus each row's output part, the uids hashed once for both (compiled
+    """The balance stage (``online``: :class:`~curation.text.balance.Balancer`'s online mode, every
+    live row kept) plus each row's output part, the uids hashed once for both (compiled
     xxh3_64, :mod:`curation.xxh3`). Built once per worker (Beam: a DoFn's first batch) or once
     per run and shared read-only through the object store (Ray); the entry tables of a
     500k-entry list take ~15 ms, never rebuilt per batch."""
 
-    def __init__(self, counts: np.ndarray, t: float, seed: int, num_parts: int, languages: np.ndarray | None = None):
+    def __init__(self, counts: np.ndarray, t: float, seed: int, num_parts: int, languages: np.ndarray | None = None,
+                 online: bool = False):
         from curation.text.balance import Balancer
 
-        self.balancer, self.num_parts = Balancer(counts, t, seed, languages), int(num_parts)
+        self.balancer, self.num_parts = Balancer(counts, t, seed, languages, online), int(num_parts)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         hashes = uid_hashes(table.column("uid"))

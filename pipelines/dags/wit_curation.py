@@ -19,7 +19,7 @@ from datetime import datetime
 from airflow.providers.apache.beam.operators.beam import BeamDataflowMixin, BeamRunPythonPipelineOperator
 from airflow.sdk import DAG, Param
 
-from curation.text.config import CurationConfig
+from curation.text.config import BALANCE_MODES, CurationConfig
 from pipelines.cli import field_default, field_help
 from pipelines.dags.openwit_common import (PROJECT_ROOT, SHARDS_ASSET, band_params, common_params, gate_task,
                                            python_command, run_dir_of)
@@ -61,8 +61,8 @@ def build_wit_command(context: dict, until: str) -> str:
     """``python pipelines/build_wit.py`` with this run's params, stopping after ``until``."""
     p = context["params"]
     out = run_dir_of(context)
-    args = ["--out", out, "--queries", RunLayout(out).queries_parquet, "--seed", p["seed"], "--runner", p["engine"],
-            "--until", until]
+    args = ["--out", out, "--queries", RunLayout(out).queries_parquet, "--seed", p["seed"], "--balance", p["balance"],
+            "--runner", p["engine"], "--until", until]
     args += ["--t", p["t"]] if p["t"] is not None else []  # unset: t scaled to the pool (build_wit.py's default)
     args += ["--pool", *p["pool"]] if p["pool"] else ["--sample"]  # no pool: the data dir's sample pool
     return python_command("pipelines/build_wit.py", args + list(p["build_wit_options"]))
@@ -77,6 +77,8 @@ def curation_params() -> dict:
                    description=field_help(CurationConfig, "t").replace("None (unset)", "null")),
         "seed": Param(field_default(CurationConfig, "seed"), type="integer", minimum=0,
                       description=field_help(CurationConfig, "seed")),
+        "balance": Param(field_default(CurationConfig, "balance"), enum=list(BALANCE_MODES),
+                         description=field_help(CurationConfig, "balance")),
         "pool": Param([], type="array", items={"type": "string"},
                       description=f"candidate {field_help(CurationConfig, 'pool')} (empty: the data dir's sample "
                                   "pool, --sample)"),

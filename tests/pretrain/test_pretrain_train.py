@@ -47,7 +47,10 @@ def test_alone_checkpoints_round_trip_and_resume_continues(tiny_shards, tokenize
     steps = [m["step"] for m in _metrics(tmp_path)]
     assert steps == [1, 2, 3, 4, 5, 6]
     rows = _metrics(tmp_path)
-    assert all(m["data"]["read"] == m["data"]["decoded"] for m in rows)
+    # the counts go on across the resume (restored from the checkpoint); reads run ahead of the
+    # decoded samples by what waits in the shuffle block
+    assert [m["data"]["decoded"] for m in rows] == [16 * m["step"] for m in rows]
+    assert all(m["data"]["decoded"] <= m["data"]["read"] <= m["data"]["decoded"] + 50 for m in rows)
     assert all(set(m) >= {"loss", "lr", "logit_scale", "samples_per_s"} for m in rows)
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
@@ -84,7 +87,7 @@ def _crash_rank1_once_checkpoint_committed():
     cloudpickle ships it by value (this test module is not importable in Ray workers)."""
 
     def loop(config: dict):
-        """The training loop, except that on the first attempt rank 1 dies (``os._exit``) as soon as
+        """The training loop, except that on the first attempt rank 1 is SIGKILLed as soon as
         Ray Train has committed the first checkpoint; the restarted group resumes from it.
 
         "Committed" is observed, not waited for: Ray Train's controller registers a reported
@@ -92,6 +95,7 @@ def _crash_rank1_once_checkpoint_committed():
         storage dir; rank 1 polls that file until it names a checkpoint (60 s limit)."""
         import json
         import os
+        import signal
         import time
         from pathlib import Path
 
@@ -122,7 +126,7 @@ def _crash_rank1_once_checkpoint_committed():
                 else:
                     raise TimeoutError(f"{snapshot}: no committed checkpoint after 60 s")
                 crashed.touch()
-                os._exit(1)
+                os.kill(os.getpid(), signal.SIGKILL)
 
             train._report = report_then_die
         checkpoint = ray.train.get_checkpoint()
@@ -139,7 +143,25 @@ def _job_argv(shards, out, max_failures: int) -> list[str]:
     return ["--train-data", shards, "--model", "tiny", "--steps", "4", "--steps-per-epoch", "2",
             "--batch-size", "16", "--workers", "2", "--out", str(out), "--log-every", "1",
             "--warmup-steps", "1", "--vocab-size", "400", "--data-workers", "0", "--no-progress",
-            "--max-failures", str(max_failures)]
+            "--max-failures", str(max_failures), "--log-sample-ids"]
+
+
+def _reference_ids(shards, rank: int, steps: int = 4) -> list[list[str]]:
+    """The sample ids of rank ``rank``'s first ``steps`` batches in a 2-worker run of
+    :func:`_job_argv` (seed 0, resampled, default shuffle block, no loader workers): the
+    uninterrupted run's, a pure function of those settings."""
+    from pretrain.data import make_train_pipeline
+    from pretrain.tokenizer import CaptionTokenizer
+
+    tokenizer = CaptionTokenizer.train(["a caption"], vocab_size=300)
+    pipeline = make_train_pipeline(shards, tokenizer, 32, 16, rank=rank, world_size=2)
+    return [batch.ids for _, batch in zip(range(steps), pipeline)]
+
+
+def _logged_ids(out: Path, rank: int) -> list[list[str]]:
+    rows = [json.loads(line) for line in (out / "samples" / f"rank-{rank:05d}.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # each step once, in order
+    return [r["ids"] for r in rows]
 
 
 @pytest.mark.ray
@@ -151,13 +173,26 @@ def test_killed_worker_restarts_from_checkpoint_per_max_failures(ray_session, ti
     assert (out / "crashed").exists()
     assert (out / "resumed-rank0-step2").exists() and (out / "resumed-rank1-step2").exists()
     assert load_checkpoint(summary["checkpoint"])["step"] == 4
-    steps = [m["step"] for m in _metrics(out)]
-    assert steps[:2] == [1, 2] and steps[-2:] == [3, 4]
-    # --max-failures 0: the same death ends the job
+    # exact resume: each step once in metrics.jsonl, and every rank trained on the samples of the
+    # uninterrupted run, step by step (the steps rank 0 ran past the checkpoint were run again)
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]
+    for rank in (0, 1):
+        assert _logged_ids(out, rank) == _reference_ids(tiny_shards, rank)
+    # --max-failures 0: the same death ends the job ...
     out0 = tmp_path / "run0"
     with pytest.raises(Exception, match="(?i)fail|died|error"):
         pretrain_job.run(_job_argv(tiny_shards, out0, 0), train_loop=_crash_rank1_once_checkpoint_committed())
     assert (out0 / "crashed").exists() and not list(out0.glob("resumed-*"))
+    assert not (out0 / "result.json").exists()
+    before = _metrics(out0)
+    assert [m["step"] for m in before][:2] == [1, 2]
+    # ... and the same command run again (a new driver) resumes from Ray Train's last checkpoint, exactly
+    summary = pretrain_job.run(_job_argv(tiny_shards, out0, 0))
+    assert summary["metrics"]["step"] == 4 and [m["step"] for m in _metrics(out0)] == [1, 2, 3, 4]
+    assert _metrics(out0)[:2] == before[:2]  # steps 1-2 not run again (their timings kept, not re-measured)
+    assert load_checkpoint(summary["checkpoint"])["data"]["counts"]["decoded"] == 4 * 2 * 16
+    for rank in (0, 1):
+        assert _logged_ids(out0, rank) == _reference_ids(tiny_shards, rank)
 
 
 def test_job_config_file_then_flags(tmp_path):
