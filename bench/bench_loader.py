@@ -12,8 +12,8 @@ normalisation, tokenisation (the same BPE), batches of 64. Plain: ``wds.WebDatas
 resampled=True).shuffle(1000).decode("pil").to_tuple(...).map(...).batched(64)``. openwit adds its
 per-sample reject accounting, the recorded stream position per sample, the crop seeded per sample
 (and, mixed, the per-sample source draw). Online: the same shards as an online pool (balance
-files written beside links to them: c_e counted from the shards' json ``query_ids``, t =
-``--online-t``); its figure counts the samples it yields (those the epoch's draw keeps), and it
+files written beside copies of them: c_e counted from the shards' json ``query_ids``, t =
+each of ``--online-t``); its figure counts the samples it yields (those the epoch's draw keeps), and it
 reads (without decoding) the ones it leaves out. Best of ``--repeats``.
 """
 
@@ -40,10 +40,10 @@ def shard_pattern(directory: str) -> str:
 
 
 def online_pool(urls: str, out: Path, t: float) -> tuple[str, float]:
-    """``urls``' shards as an online pool: links to them in ``out`` with ``balance.parquet`` (c_e
+    """``urls``' shards as an online pool: copies of them in ``out`` with ``balance.parquet`` (c_e
     counted from their json ``query_ids``, the given t) and ``balance.json`` (seed 1). Returns the
     pool's pattern and the share of its samples epoch 0 keeps."""
-    import os
+    import shutil
 
     import numpy as np
     import pyarrow as pa
@@ -58,7 +58,7 @@ def online_pool(urls: str, out: Path, t: float) -> tuple[str, float]:
     out.mkdir(parents=True)
     uids, ids = [], []
     for file in shard_files(urls):
-        os.symlink(file, out / Path(file).name)
+        shutil.copyfile(file, out / Path(file).name)
         for sample in wds.WebDataset(file, shardshuffle=False):
             meta = json.loads(sample["json"])
             uids.append(meta["uid"])
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--online-t", type=float, default=2.0)
+    parser.add_argument("--online-t", default="2,1,0.2",
+                        help="t of the online pools, comma-separated (lower t: a smaller share kept)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory(prefix="ow-bl-")
@@ -102,10 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = CaptionTokenizer.train(read_captions(urls, 20_000), vocab_size=1024)
     batches = args.samples // BATCH
 
-    online_urls, kept_share = online_pool(urls, Path(tmp.name) / "online", args.online_t)
+    pools = {float(t): online_pool(urls, Path(tmp.name) / f"online-{t}", float(t)) for t in args.online_t.split(",")}
 
-    def ours(weights: str = "", balance: str = "offline") -> float:
-        source = f"{urls}::{urls}" if weights else online_urls if balance == "online" else urls
+    def ours(weights: str = "", online_t: float | None = None) -> float:
+        balance = "offline" if online_t is None else "online"
+        source = f"{urls}::{urls}" if weights else pools[online_t][0] if online_t is not None else urls
         pipeline = make_train_pipeline(source, tokenizer, args.image_size, BATCH, seed=1, shuffle_buffer=1000,
                                        weights=weights, balance=balance)
         it = iter(pipeline)
@@ -129,9 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     rates = {"plain_webdataset": max(plain() for _ in range(args.repeats)),
              "openwit": max(ours() for _ in range(args.repeats)),
              "openwit_mixed_3_1": max(ours("3::1") for _ in range(args.repeats)),
-             "openwit_online": max(ours(balance="online") for _ in range(args.repeats))}
+             **{f"openwit_online_t{t:g}": max(ours(online_t=t) for _ in range(args.repeats)) for t in pools}}
     result = {"shards": urls, "samples": batches * BATCH, "image_size": args.image_size,
-              "online": {"t": args.online_t, "kept_share_epoch0": round(kept_share, 3)},
+              "online_kept_share_epoch0": {f"t{t:g}": round(share, 3) for t, (_, share) in pools.items()},
               "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
               "ratio_vs_plain": {k: round(v / rates["plain_webdataset"], 3) for k, v in rates.items()
                                  if k != "plain_webdataset"}, "goal": GOAL}

@@ -137,7 +137,7 @@ def shard_batches(pattern: str, model_name: str, batch_size: int, workers: int, 
 
     cfg = get_model_config(model_name)
     tokenizer = CaptionTokenizer.train(read_captions(pattern, 100_000), vocab_size=cfg["text_cfg"]["vocab_size"])
-    pipeline = make_train_pipeline(pattern, tokenizer, cfg["vision_cfg"]["image_size"], batch_size)
+    pipeline = make_train_pipeline(pattern, tokenizer, cfg["vision_cfg"]["image_size"], batch_size, workers=workers)
     for batch in train_batches(pipeline, workers, pin_memory=device.type == "cuda"):
         yield batch.images.to(device, non_blocking=True), batch.texts.to(device, non_blocking=True)
 

@@ -35,8 +35,8 @@ from dataclasses import asdict, fields, replace
 
 from pipelines.cli import add_config_flags, field_default, field_help, require_shards
 from pipelines.runtime import configure_environment, init_ray
-from pretrain.checkpoint import CheckpointError, resolve_checkpoint, step_checkpoints, write_result
-from pretrain.train import PRECISIONS, PretrainJob, TrainConfig, train_loop_per_worker
+from pretrain.checkpoint import CheckpointError, read_result, resolve_checkpoint, step_checkpoints, write_result
+from pretrain.train import BALANCE_MODES, PRECISIONS, PretrainJob, TrainConfig, train_loop_per_worker
 from storage.files import is_dir, is_local
 from storage.layout import CHECKPOINTS, PretrainLayout, shard_pattern
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "flag or config file)")
     add_config_flags(p, PretrainJob, no_defaults=True, choices={"tokenizer_kind": ("bpe", "unigram")})
     add_config_flags(p, TrainConfig, skip=("train_data", "tokenizer_json", "out_dir", "betas"),
-                     choices={"precision": PRECISIONS}, no_defaults=True)
+                     choices={"precision": PRECISIONS, "balance": BALANCE_MODES}, no_defaults=True)
     p.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
                    help=f"{field_help(TrainConfig, 'betas')} (default: {' '.join(map(str, field_default(TrainConfig, 'betas')))})")
     return p
@@ -134,12 +134,10 @@ def check_inputs(flat: dict) -> dict:
     resolved to its absolute checkpoint path, so every worker finds it."""
     require_shards("pretrain", "--train-data", flat["train_data"])
     if flat.get("balance") == "online":
-        from pretrain.data import online_balance, shard_files
+        from pretrain.data import data_sources
 
-        sources = flat["train_data"].split("::") if flat.get("train_data_weights") else [flat["train_data"]]
         try:
-            for source in sources:
-                online_balance(shard_files(source))
+            data_sources(flat["train_data"], flat.get("train_data_weights", ""), "online")
         except (OSError, ValueError) as err:
             raise SystemExit(f"pretrain: --balance online: {err}") from None
     resume = flat.get("resume_from")
@@ -218,14 +216,41 @@ def publish(staging: str, uri: str, summary: dict) -> dict:
     return summary
 
 
+def pull_step_logs(uri: str, staging: str) -> None:
+    """Copy a URI run's per-step logs (metrics.jsonl, sample-id logs) into its staging dir, so a
+    resumed run continues them (cut back to its checkpoint) instead of replacing them."""
+    remote, local = PretrainLayout(uri), PretrainLayout(staging)
+    for log in remote.step_logs():
+        target = Path(local.join(log[len(remote.root) + 1:]))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remote.fs.get_file(remote.path(log), str(target))
+
+
+def finished(flat: dict) -> dict | None:
+    """The run's ``result.json`` when ``--out`` holds a finished run of at least ``--steps`` steps
+    and no ``--resume-from`` is given (the same command again: nothing to train)."""
+    done = read_result(str(flat["out_dir"]))
+    steps = flat.get("steps", field_default(TrainConfig, "steps"))
+    if done and not flat.get("resume_from") and int(done.get("metrics", {}).get("step", 0)) >= int(steps):
+        return done
+    return None
+
+
 def run(argv: list[str] | None = None, train_loop=train_loop_per_worker) -> dict:
     """Entry point: parse, prepare, train (``train_loop``: see :func:`fit`), write
-    ``OUT/result.json``; return that dict."""
+    ``OUT/result.json``; return that dict. A finished run (:func:`finished`) is returned as is."""
     configure_environment()
     flat = check_inputs(parse_args(argv))
     out = str(flat["out_dir"])
+    done = finished(flat)
+    if done:
+        print(f"[pretrain] {out}: finished already (step {done['metrics']['step']}, result.json); "
+              "more --steps, or another --out, trains again")
+        return done
     staging = None if is_local(out) else tempfile.mkdtemp(prefix="openwit-pretrain-")
     try:
+        if staging:
+            pull_step_logs(out, staging)
         job = build_job(flat, staging)
         outcome = fit(job, storage=out if staging else None, train_loop=train_loop)
         summary = {**outcome, "config": {k: v for k, v in asdict(job.train).items() if k != "tokenizer_json"},

@@ -18,6 +18,7 @@ carries the counts since the previous batch of its loader worker, the ids of its
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import posixpath
@@ -34,6 +35,7 @@ from PIL import Image
 from webdataset.filters import pipelinefilter
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from curation.text.balance import BALANCE_MODES
 from pretrain.online import OnlineBalance
 from pretrain.stream import SlotStream, SourceStream, initial_state, mix64
 from pretrain.tokenizer import CaptionTokenizer
@@ -41,7 +43,6 @@ from pretrain.transform import ImageTransform
 from storage.layout import expand_shards
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-BALANCE_MODES = ("offline", "online")  # --balance: train on the shards as they are | draw each epoch's balanced sample
 MAX_CONSECUTIVE_FAILURES = 1000  # this many failures in a row, no success: the data is unusable
 
 
@@ -74,7 +75,8 @@ class SampleDecoder:
         self.consecutive_failures = 0
         self.last_error = ""
 
-    def _failed(self, reason: str, where: str) -> None:
+    def failed(self, reason: str, where: str) -> None:
+        """Count a failure (``reason`` at ``where``); this many in a row with no success: an error."""
         self.counts[reason] += 1
         self.consecutive_failures += 1
         self.last_error = f"{reason} at {where}"
@@ -84,11 +86,6 @@ class SampleDecoder:
                 f"(last: {self.last_error}); counts so far: {dict(self.counts)}"
             )
 
-    def on_tar_error(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable tar files: count, then continue."""
-        self._failed("unreadable_shard", f"{exn}")
-        return True
-
     def decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
         """One raw sample -> (image, caption), or None after counting the reject reason."""
         if "__state__" in sample:  # the crop: a pure function of the sample's place in the stream
@@ -96,22 +93,22 @@ class SampleDecoder:
         where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
         if image_key is None:
-            return self._failed("missing_image", where)
+            return self.failed("missing_image", where)
         if "txt" not in sample:
-            return self._failed("missing_text", where)
+            return self.failed("missing_text", where)
         try:
             caption = sample["txt"].decode("utf-8").strip()
         except UnicodeDecodeError:
             caption = ""
         if not caption:
-            return self._failed("bad_text", where)
+            return self.failed("bad_text", where)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(sample[image_key])) as image:
                     pixels = self.transform(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-            return self._failed("corrupt_image", where)
+            return self.failed("corrupt_image", where)
         self.counts["decoded"] += 1
         if "__source__" in sample:  # a mixed stream's sample: which source it came from
             self.counts[f"source_{sample['__source__']}"] += 1
@@ -184,6 +181,11 @@ def _shard_samples(src: Iterator[dict], handler=wds.reraise_exception) -> Iterat
 shard_samples = pipelinefilter(_shard_samples)
 
 
+def read_shard(url: str, handler) -> Iterator[dict]:
+    """One shard's samples (``handler`` decides on a read error: True skips the rest of the shard)."""
+    return _shard_samples(iter([{"url": url}]), handler=handler)
+
+
 def parse_weights(urls: str, weights: str) -> list[float]:
     """The mixing weights of the ``::``-joined sources of ``urls`` (``weights``: as many numbers,
     ``::``-joined or comma-separated); a count that differs or a weight that is not a positive
@@ -217,16 +219,19 @@ class SlotSource(torch.utils.data.IterableDataset):
 
     def slot(self) -> int:
         info = torch.utils.data.get_worker_info()
+        if max(1, info.num_workers if info is not None else 1) != self.workers:
+            raise ValueError(f"a pipeline made for {self.workers} loader worker(s) runs in "
+                             f"{info.num_workers if info is not None else 0}: pass the same count to "
+                             "make_train_pipeline(workers=) and train_batches()")
         worker = info.id if info is not None else 0
         return self.rank * self.workers + (worker + self.rotation) % self.workers
 
     def __iter__(self) -> Iterator[dict]:
         slot = self.slot()
         state = self.start.get(slot) or initial_state(slot, len(self.sources))
-        opener = self.decoder.on_tar_error
         streams = [SourceStream(shards, i, self.seed, slot, self.world_size * self.workers, self.block, self.resample,
-                                self.balances[i], self.decoder.counts,
-                                lambda url: _shard_samples(iter([{"url": url}]), handler=opener), state["sources"][i])
+                                self.balances[i], self.decoder.counts, read_shard, self.decoder.failed,
+                                state["sources"][i])
                    for i, shards in enumerate(self.sources)]
         for sample in SlotStream(streams, self.weights, self.seed, slot, state["k"]):
             yield {**sample, "__slot__": slot}
@@ -247,6 +252,7 @@ def make_train_pipeline(
     workers: int = 0,
     rotation: int = 0,
     start: dict[int, dict] | None = None,
+    sources: DataSources | None = None,
 ) -> wds.DataPipeline:
     """The per-rank WebDataset pipeline yielding ``TrainBatch``es forever (see module doc).
 
@@ -257,17 +263,51 @@ def make_train_pipeline(
     ``online`` draws each data epoch's balanced sample of every source (each must be an online
     pool: :mod:`pretrain.online`). ``shuffle_buffer`` is the shuffle block's size in samples;
     ``workers`` the loader workers (0: in this process); ``rotation`` / ``start``: resume
-    (:class:`SlotSource`, :mod:`pretrain.stream`)."""
+    (:class:`SlotSource`, :mod:`pretrain.stream`); ``sources``: :func:`data_sources` of those
+    arguments, when the caller has them already."""
+    sources = sources or data_sources(urls, weights, balance)
+    decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
+    source = SlotSource(sources.files, sources.weights, seed, shuffle_buffer, resample, sources.balances, decoder, rank,
+                        world_size, workers, rotation, start)
+    return wds.DataPipeline(source, decoder, Batcher(decoder, tokenizer, batch_size))
+
+
+@dataclass
+class DataSources:
+    """What a training run reads: each source's shard files, the mixing weights (None: one
+    pooled source) and each source's online draw (None: offline)."""
+
+    files: list[list[str]]
+    weights: list[float] | None
+    balances: list[OnlineBalance | None]
+
+    def identity(self) -> list[dict]:
+        """Per source: its shard count, a digest of their names and of its online draw — what a
+        recorded stream position also depends on (a pattern whose files changed is another stream)."""
+        return [{"shards": len(files), "files": hashlib.sha1("\n".join(files).encode()).hexdigest()[:16],
+                 "balance": balance.digest if balance is not None else None}
+                for files, balance in zip(self.files, self.balances)]
+
+
+def source_specs(urls: str, weights: str = "") -> list[str]:
+    """The sources of ``--train-data``: its ``::``-joined parts when mixed with weights, else one."""
+    return urls.split("::") if weights else [urls]
+
+
+def data_sources(urls: str | list[str], weights: str = "", balance: str = "offline") -> DataSources:
+    """The :class:`DataSources` of ``urls`` (a shard spec, several ``::``-joined, or a list of
+    files), ``weights`` and ``balance`` mode; an unknown mode, a weight count that does not match
+    or a source that is no online pool under ``online`` is an error naming it."""
     if balance not in BALANCE_MODES:
         raise ValueError(f"--balance {balance!r}: use one of {', '.join(BALANCE_MODES)}")
-    specs = [urls] if not isinstance(urls, str) else (urls.split("::") if weights else [urls])
-    sources = [list(spec) if not isinstance(spec, str) else shard_files(spec) for spec in specs]
-    mix = parse_weights(urls, weights) if weights else None
-    balances = [online_balance(files) if balance == "online" else None for files in sources]
-    decoder = SampleDecoder(ImageTransform(image_size, train=True), seed)
-    source = SlotSource(sources, mix, seed, shuffle_buffer, resample, balances, decoder, rank, world_size, workers,
-                        rotation, start)
-    return wds.DataPipeline(source, decoder, Batcher(decoder, tokenizer, batch_size))
+    if isinstance(urls, str):
+        files = [shard_files(spec) for spec in source_specs(urls, weights)]
+        mix = parse_weights(urls, weights) if weights else None
+    elif weights:
+        raise ValueError("--train-data-weights mixes '::'-joined sources of a --train-data pattern, not a list of files")
+    else:
+        files, mix = [list(urls)], None
+    return DataSources(files, mix, [online_balance(f) if balance == "online" else None for f in files])
 
 
 def shard_files(spec: str) -> list[str]:

@@ -15,6 +15,7 @@ sample of the head entries each time, the whole tail every time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 
@@ -47,9 +48,14 @@ class OnlineBalance:
     def __init__(self, query_ids: np.ndarray, counts: np.ndarray, t: np.ndarray, seed: int, num_queries: int,
                  source: str = ""):
         self.seed, self.source = int(seed), source
-        probs = np.ones(num_queries, dtype=np.float64)  # entries never matched: no pair carries them
-        probs[np.asarray(query_ids, dtype=np.int64)] = balance_probabilities(counts, np.asarray(t, np.float64))
+        probs = np.zeros(num_queries, dtype=np.float64)
+        present = np.asarray(query_ids, dtype=np.int64)
+        probs[present] = balance_probabilities(counts, np.asarray(t, np.float64))
         self.thresholds = draw_thresholds(probs)
+        self.present = np.zeros(num_queries, dtype=bool)  # the entries of the table (c_e > 0)
+        self.present[present] = True
+        # what the draw depends on: the entries' thresholds and the seed
+        self.digest = hashlib.sha1(self.thresholds.tobytes() + str(self.seed).encode()).hexdigest()[:16]
         self._tables: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -82,14 +88,14 @@ class OnlineBalance:
             self._tables[epoch] = entry_table(salts, self.thresholds)
         return self._tables[epoch]
 
+    def known(self, ids: list[int]) -> bool:
+        """Whether every id is an entry of the pool's table (a matched pair's ids always are: else
+        the sample and the balance files do not belong together)."""
+        return all(0 <= q < len(self.present) and self.present[q] for q in ids)
+
     def keep(self, uids: list[str], query_ids: list[list[int]], epoch: int) -> np.ndarray:
-        """Keep mask of the pairs (``uids``, their matched ``query_ids``) in ``epoch``; an id
-        outside the query list is an error naming the pool."""
+        """Keep mask of the pairs (``uids``, their matched ``query_ids``, all :meth:`known`) in
+        ``epoch``."""
         if not uids:
             return np.zeros(0, dtype=bool)
-        ids = pa.array(query_ids, type=pa.list_(pa.int32()))
-        flat = ids.flatten().to_numpy(zero_copy_only=False)
-        if len(flat) and (flat.min() < 0 or flat.max() >= len(self.thresholds)):
-            raise ValueError(f"{self.source}: a sample's query_ids are outside the query list's "
-                             f"{len(self.thresholds)} entries (balance.json num_queries)")
-        return keep_rows(uid_hashes(uids), ids, self.table(epoch))
+        return keep_rows(uid_hashes(uids), pa.array(query_ids, type=pa.list_(pa.int32())), self.table(epoch))

@@ -18,10 +18,13 @@ checkpoint records each slot's state of the last batch trained on, and a stream 
 re-reads one block (never decoding it) and goes on exactly as the uninterrupted stream would: no
 sample repeated, none skipped. Reads during that replay are not counted again.
 
-**Counts** (shared with the decoder, attached to batches): ``read`` (samples read), and for those
-not passed on ``not_sampled`` (the online draw left it out this epoch) or ``no_query_ids`` (an
-online pool's sample without ``uid`` / ``query_ids`` in its json); unreadable shards:
-``unreadable_shard``.
+**Counts** (shared with the decoder, attached to batches), all counted when the stream reaches
+them, so a resumed stream counts exactly what the uninterrupted one does: ``read`` (samples
+read), and for those not passed on ``not_sampled`` (the online draw left it out this epoch),
+``no_query_ids`` (an online pool's sample without ``uid`` / ``query_ids`` in its json) or
+``unknown_query_id`` (an id the pool's balance table does not have); unreadable shards:
+``unreadable_shard``. A slot that reads every shard twice over without a sample to pass on stops
+with an error naming the source (an empty pool, or one whose samples all lack their ids).
 """
 
 from __future__ import annotations
@@ -60,13 +63,13 @@ class SourceStream:
     """One source's samples for one slot (module doc), from ``start`` = ``[n, m, q]``."""
 
     def __init__(self, shards: list[str], index: int, seed: int, slot: int, slots: int, block: int, resample: bool,
-                 balance: OnlineBalance | None, counts: Counter, open_shard: Callable[[str], Iterator[dict]],
-                 start: list[int] | None = None):
+                 balance: OnlineBalance | None, counts: Counter, open_shard: Callable[[str, Callable], Iterator[dict]],
+                 on_error: Callable[[str, str], None], start: list[int] | None = None):
         if not shards:
             raise ValueError(f"source {index}: no shard files")
         self.shards, self.index, self.seed = shards, index, int(seed)
         self.slot, self.slots, self.block, self.resample = slot, slots, max(1, int(block)), resample
-        self.balance, self.counts, self.open_shard = balance, counts, open_shard
+        self.balance, self.counts, self.open_shard, self.on_error = balance, counts, open_shard, on_error
         self.position = list(start) if start else [slot, 0, 0]
         self._perms: dict[int, list[int]] = {}
 
@@ -83,38 +86,44 @@ class SourceStream:
             self._perms[epoch] = order
         return self.shards[self._perms[epoch][n % count]], epoch
 
-    def _raw(self, n: int, m: int) -> Iterator[tuple[int, int, int, dict]]:
+    def _too_many(self, items: int, what: str) -> None:
+        """Raise when ``items`` of this slot's items in a row (more than 2 N + 1: every shard
+        twice over) gave ``what`` — an endless loop otherwise."""
+        if items > 2 * len(self.shards) + 1:
+            raise RuntimeError(f"{len(self.shards)} shard(s) of source {self.index} ({self.shards[0]} …): {items} read "
+                               f"in a row gave {what}; counts so far: {dict(self.counts)}")
+
+    def _raw(self, n: int, m: int) -> Iterator[tuple[int, int, int, dict | None]]:
         """(item, index in the item, epoch, sample) from the m-th sample of item n on, this slot's
-        items only. Shards that give no sample ``2 N + 2`` times in a row are an error."""
+        items only; a shard that cannot be read (or stops being readable) adds ``None`` after its
+        readable samples, the index then being the next sample's."""
         empty = 0
         while True:
             url, epoch = self.item(n)
-            got = False
-            for j, sample in enumerate(self.open_shard(url)):
-                got = True
+            errors: list[Exception] = []
+            j = -1
+            for j, sample in enumerate(self.open_shard(url, lambda exn: errors.append(exn) or True)):
                 if j >= m:
                     yield n, j, epoch, sample
-            empty = 0 if got else empty + 1
-            if empty > 2 * len(self.shards) + 1:
-                raise RuntimeError(f"{len(self.shards)} shard(s) of source {self.index} ({self.shards[0]} …): "
-                                 f"{empty} read in a row gave no sample (empty or unreadable)")
+            if errors:
+                yield n, max(j + 1, m), epoch, None
+            empty = empty + 1 if j < 0 else 0
+            self._too_many(empty, "no sample (empty or unreadable)")
             n, m = n + self.slots, 0
 
-    def _drawn(self, n: int, m: int) -> Iterator[tuple[int, int, int, dict, str]]:
+    def _drawn(self, n: int, m: int) -> Iterator[tuple[int, int, int, dict | None, str]]:
         """:meth:`_raw` with each sample's fate: ``""`` kept, else the reason it is not passed on
-        (the online draw, in chunks of :data:`DRAW_CHUNK`)."""
+        (``unreadable_shard``; the online draw's, in chunks of :data:`DRAW_CHUNK`)."""
         raw = self._raw(n, m)
-        if self.balance is None:
-            for n, j, epoch, sample in raw:
-                yield n, j, epoch, sample, ""
-            return
         while True:
-            chunk = [next(raw) for _ in range(DRAW_CHUNK)]
-            fates = self._draw(chunk)
+            chunk = [next(raw) for _ in range(DRAW_CHUNK if self.balance is not None else 1)]
+            fates = self._draw(chunk) if self.balance is not None else [""] * len(chunk)
             for (n, j, epoch, sample), fate in zip(chunk, fates):
-                yield n, j, epoch, sample, fate
+                yield n, j, epoch, sample, "unreadable_shard" if sample is None else fate
 
-    def _draw(self, chunk: list[tuple[int, int, int, dict]]) -> list[str]:
+    def _draw(self, chunk: list[tuple[int, int, int, dict | None]]) -> list[str]:
+        """The online draw's fate of each sample: ``not_sampled``, ``no_query_ids`` (no json
+        ``uid`` / ``query_ids``) or ``unknown_query_id`` (an id the pool's balance table lacks)."""
         fates = ["no_query_ids"] * len(chunk)
         by_epoch: dict[int, list[tuple[int, str, list[int]]]] = {}
         for i, (_, _, epoch, sample) in enumerate(chunk):
@@ -123,8 +132,12 @@ class SourceStream:
                 uid, ids = meta["uid"], [int(q) for q in meta["query_ids"]]
             except (KeyError, TypeError, ValueError):
                 continue
-            if isinstance(uid, str) and uid:
-                by_epoch.setdefault(epoch, []).append((i, uid, ids))
+            if not isinstance(uid, str) or not uid:
+                continue
+            if not self.balance.known(ids):
+                fates[i] = "unknown_query_id"
+                continue
+            by_epoch.setdefault(epoch, []).append((i, uid, ids))
         for epoch, rows in by_epoch.items():
             keep = self.balance.keep([r[1] for r in rows], [r[2] for r in rows], epoch)
             for (i, _, _), kept in zip(rows, keep):
@@ -135,18 +148,28 @@ class SourceStream:
         n, m, q = self.position
         replay = q > 0  # the block was read (and counted) before the state was recorded
         drawn = self._drawn(n, m)
+        dry, last = 0, n  # this slot's items read in a row without a sample passed on
         while True:
             start, block = (n, m), []
             for n_, j, epoch, sample, fate in drawn:
+                if sample is None:  # an unreadable shard (its readable samples came before)
+                    if not replay:
+                        self.on_error("unreadable_shard", self.item(n_)[0])
+                    n, m = n_, j
+                    continue
                 if not replay:
                     self.counts["read"] += 1
                     if fate:
                         self.counts[fate] += 1
                 n, m = n_, j + 1
-                if not fate:
-                    block.append({**sample, "__epoch__": epoch})
-                    if len(block) == self.block:
-                        break
+                if fate:
+                    dry, last = dry + (n_ != last), n_
+                    self._too_many(dry, "no sample to train on (every one left out: " + fate + ")")
+                    continue
+                dry, last = 0, n_
+                block.append({**sample, "__epoch__": epoch})
+                if len(block) == self.block:
+                    break
             order = list(range(len(block)))
             random.Random(mix64(self.seed, self.index, *start)).shuffle(order)
             for i in range(q, len(block)):

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
-from pretrain.data import BALANCE_MODES, make_train_pipeline, train_batches
+from pretrain.data import BALANCE_MODES, DataSources, data_sources, make_train_pipeline, train_batches
 from pretrain.stream import initial_state
 from pretrain.factory import create_model
 from pretrain.loss import ClipLoss
@@ -42,7 +42,7 @@ from storage.layout import PretrainLayout
 
 PRECISIONS = ("auto", "fp32", "bf16")  # the implemented --precision values
 COUNT_KEYS = ("read", "decoded", "missing_image", "missing_text", "bad_text", "corrupt_image", "unreadable_shard",
-              "not_sampled", "no_query_ids")
+              "not_sampled", "no_query_ids", "unknown_query_id")
 
 
 @dataclass
@@ -81,6 +81,9 @@ class TrainConfig:
             raise ValueError(f"precision {self.precision!r} is not implemented; use one of {', '.join(PRECISIONS)}")
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance {self.balance!r}: use one of {', '.join(BALANCE_MODES)}")
+        if self.balance == "online" and self.resample:
+            raise ValueError("--balance online draws a balanced sample per data epoch, which reads every shard once: "
+                             "it needs --no-resample")
         if self.train_data_weights:
             from pretrain.data import parse_weights
 
@@ -191,27 +194,30 @@ def build(cfg: TrainConfig, env: WorkerEnv):
 DATA_KEYS = ("train_data", "train_data_weights", "balance", "resample", "shuffle_buffer", "seed")  # what fixes the order
 
 
-def data_layout(cfg: TrainConfig, env: WorkerEnv) -> dict:
-    """What a data-stream position is valid for: the settings that fix the order and the slots."""
-    return {**{k: getattr(cfg, k) for k in DATA_KEYS}, "world_size": env.world_size, "workers": max(1, cfg.data_workers)}
+def data_layout(cfg: TrainConfig, env: WorkerEnv, sources: DataSources) -> dict:
+    """What a data-stream position is valid for: the settings that fix the order, the sources'
+    files and online draws (:meth:`DataSources.identity`) and the slots."""
+    return {**{k: getattr(cfg, k) for k in DATA_KEYS}, "sources": sources.identity(), "world_size": env.world_size,
+            "workers": max(1, cfg.data_workers)}
 
 
-def data_start(cfg: TrainConfig, env: WorkerEnv, data: dict | None, step: int) -> tuple[dict[int, dict], int, Counter]:
+def data_start(cfg: TrainConfig, env: WorkerEnv, data: dict | None, step: int,
+               sources: DataSources) -> tuple[dict[int, dict], int, Counter]:
     """(start state per slot of this rank, the stream seed, the counts so far) for a run starting
     at ``step`` with a checkpoint's ``data``. A checkpoint of another layout (other ranks x loader
-    workers, data or shuffle settings) or without a data state cannot be resumed exactly: its
-    stream starts afresh with the seed moved by the step (said once, on rank 0)."""
+    workers, data files or settings) or without a data state cannot be resumed exactly: its
+    stream starts afresh with the seed moved by the step (said once, on rank 0); the counts go on."""
     if step == 0:
         return {}, cfg.seed, Counter()
-    if data is None or data.get("layout") != data_layout(cfg, env):
+    counts = Counter((data or {}).get("counts", {})) if env.rank == 0 else Counter()  # summed over ranks when reported
+    if data is None or data.get("layout") != data_layout(cfg, env, sources):
         if env.rank == 0:
             print(f"[pretrain] resuming at step {step} from a checkpoint whose data position does not fit this run "
-                  f"({'none recorded' if data is None else 'other ranks x loader workers or data settings'}): "
+                  f"({'none recorded' if data is None else 'other ranks x loader workers, data files or settings'}): "
                   f"the data stream restarts with seed {cfg.seed + step}, not exactly where it stopped")
-        return {}, cfg.seed + step, Counter()
+        return {}, cfg.seed + step, counts
     workers = max(1, cfg.data_workers)
     slots = range(env.rank * workers, (env.rank + 1) * workers)
-    counts = Counter(data.get("counts", {})) if env.rank == 0 else Counter()  # summed over ranks when reported
     return {slot: data["slots"][str(slot)] for slot in slots}, int(data["stream_seed"]), counts
 
 
@@ -224,14 +230,22 @@ class StepLog:
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():  # rewritten atomically: a crash here leaves the old file
-                kept = [line for line in self.path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= step]
+                kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
                 layout.write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step of a jsonl record; a line that does not parse (cut by a kill mid-append) is
+    beyond every step, so :class:`StepLog` drops it."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class MetricsLog(StepLog):
@@ -272,7 +286,8 @@ def _reduce_counts(counts: Counter, env: WorkerEnv, keys: tuple[str, ...] = COUN
     return {k: int(v) for k, v in zip(keys, t.tolist())}
 
 
-def data_state(cfg: TrainConfig, env: WorkerEnv, seed: int, positions: dict[int, dict], counts: dict[str, int]) -> dict:
+def data_state(cfg: TrainConfig, env: WorkerEnv, sources: DataSources, seed: int, positions: dict[int, dict],
+               counts: dict[str, int]) -> dict:
     """The checkpoint's data state: the stream's seed, every rank's slot positions (gathered: a
     collective) and the counts summed over ranks."""
     gathered = [positions]
@@ -280,7 +295,7 @@ def data_state(cfg: TrainConfig, env: WorkerEnv, seed: int, positions: dict[int,
         gathered = [None] * env.world_size
         dist.all_gather_object(gathered, positions)
     slots = {str(slot): state for part in gathered for slot, state in part.items()}
-    return {"layout": data_layout(cfg, env), "stream_seed": seed, "slots": slots, "counts": counts}
+    return {"layout": data_layout(cfg, env, sources), "stream_seed": seed, "slots": slots, "counts": counts}
 
 
 def _report(cfg: TrainConfig, env: WorkerEnv, model: CLIP, optimizer, step: int, metrics: dict, data: dict) -> None:
@@ -323,17 +338,16 @@ def train_loop_per_worker(config: dict) -> dict:
     loss_fn = ClipLoss(local_loss=cfg.local_loss and env.world_size > 1,
                        gather_with_grad=env.world_size > 1, rank=env.rank, world_size=env.world_size)
     # 3. data: an endless stream of equal-shape batches for this rank, from where the checkpoint left it
-    start, seed, counts = data_start(cfg, env, data, step)
+    sources = data_sources(cfg.train_data, cfg.train_data_weights, cfg.balance)
+    start, seed, counts = data_start(cfg, env, data, step, sources)
     workers = max(1, cfg.data_workers)
     pipeline = make_train_pipeline(cfg.train_data, tokenizer, raw_model.visual.image_size, cfg.batch_size,
                                    seed=seed, resample=cfg.resample, shuffle_buffer=cfg.shuffle_buffer,
-                                   weights=cfg.train_data_weights, balance=cfg.balance, rank=env.rank,
-                                   world_size=env.world_size, workers=cfg.data_workers, rotation=step % workers,
-                                   start=start)
-    sources = len(cfg.train_data.split("::")) if cfg.train_data_weights else 1
-    positions = {slot: start.get(slot) or initial_state(slot, sources)
+                                   rank=env.rank, world_size=env.world_size, workers=cfg.data_workers,
+                                   rotation=step % workers, start=start, sources=sources)
+    positions = {slot: start.get(slot) or initial_state(slot, len(sources.files))
                  for slot in range(env.rank * workers, (env.rank + 1) * workers)}
-    count_keys = COUNT_KEYS + (tuple(f"source_{i}" for i in range(sources)) if cfg.train_data_weights else ())
+    count_keys = COUNT_KEYS + (tuple(f"source_{i}" for i in range(len(sources.files))) if sources.weights else ())
     batches = train_batches(pipeline, cfg.data_workers, pin_memory=env.device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
     steps_per_epoch = cfg.steps_per_epoch or cfg.steps
@@ -384,7 +398,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
         # 6. checkpoint at each epoch end and at the last step
         if step % steps_per_epoch == 0 or step == cfg.steps:
-            state = data_state(cfg, env, seed, positions, _reduce_counts(counts, env, count_keys))
+            state = data_state(cfg, env, sources, seed, positions, _reduce_counts(counts, env, count_keys))
             _report(cfg, env, raw_model, optimizer, step, metrics, state)
     if progress is not None:
         progress.close()

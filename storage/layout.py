@@ -340,9 +340,18 @@ class PretrainLayout(Store):
     def loss_plot(self) -> str:
         return self.join("loss.png")
 
+    @property
+    def sample_ids_dir(self) -> str:
+        return self.join("samples")
+
     def sample_ids(self, rank: int) -> str:
         """``samples/rank-NNNNN.jsonl``: each step's sample ids on ``rank`` (``--log-sample-ids``)."""
         return self.join("samples", f"rank-{rank:05d}.jsonl")
+
+    def step_logs(self) -> list[str]:
+        """The per-step logs present (metrics.jsonl, the sample-id logs), as URIs of this store."""
+        logs = [self.metrics] if self.exists(self.metrics) else []
+        return logs + self.list(self.sample_ids_dir, ".jsonl")
 
     @property
     def tokenizer(self) -> str:

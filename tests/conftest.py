@@ -93,6 +93,40 @@ def ray_session():
     ray.shutdown()
 
 
+class RayHead(str):
+    """A throw-away head's dashboard address (what ``ray job submit --address`` takes), with its
+    GCS address (``.gcs``: what a driver's ``RAY_ADDRESS`` takes)."""
+
+    gcs: str
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> RayHead:
+    """Start `ray start --head --block` on free loopback ports in its own process group (as
+    `make demo` starts one); yield its addresses; stop exactly that head (its process group)
+    afterwards."""
+    from pipelines.demo.submit_local import _ray_cli, _stop_head, _wait_for_dashboard, free_port
+    from pipelines.runtime import ensure_auth_token, ray_tmpdir
+
+    configure_environment()
+    ensure_auth_token()  # token authentication, as every head the project starts
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dash_port = free_port(), free_port()
+    address = RayHead(f"http://127.0.0.1:{dash_port}")
+    address.gcs = f"127.0.0.1:{gcs_port}"
+    start = [_ray_cli(), "start", "--head", "--num-cpus=2", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+             f"--dashboard-agent-listen-port={free_port()}",  # 52365 may be taken by another head
+             f"--temp-dir={ray_tmpdir()}", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_dashboard(address, timeout_s=120)
+        yield address
+    finally:
+        _stop_head(head)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> str:
     """moto's standalone S3 server on 127.0.0.1 (the endpoint of ``S3_ENV``); stopped at the end."""

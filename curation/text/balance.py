@@ -19,6 +19,8 @@ from curation.stage import with_reasons
 from curation.text.threshold import entry_thresholds
 from curation.xxh3 import xxh3_64_column
 
+BALANCE_MODES = ("offline", "online")  # curation keeps the draw's pairs | keeps every matched pair, training draws per epoch
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.stage import DEDUP_KEYS, KEPT, StageStats, merge_counts, stage_reasons, text_stages, write_rejects
+from curation.text.balance import BALANCE_MODES
 from curation.text.pool import PoolConfig, list_pool_files, pool_file_identity
 from curation.text.selection import (
     clear_selection,
@@ -33,7 +34,6 @@ from curation.text.textfilter import TextConfig
 from curation.text.threshold import entry_thresholds
 from storage.layout import RunLayout
 
-BALANCE_MODES = ("offline", "online")  # CurationConfig.balance
 
 
 @dataclass(frozen=True)

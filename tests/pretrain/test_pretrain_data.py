@@ -3,38 +3,12 @@ counted (read == decoded + rejected), never fatal."""
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections import Counter
 
-import numpy as np
 import pytest
-import webdataset as wds
-from PIL import Image
 
 from pretrain.data import make_train_pipeline, read_captions, train_batches
-
-
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture
-def bad_shards(tmp_path) -> str:
-    """00000.tar: 12 good pairs + a corrupt image + a missing caption + a missing image +
-    a non-UTF-8 caption; 00001.tar: not a tar file at all."""
-    with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
-        for i in range(12):
-            sink.write({"__key__": f"good{i:02d}", "png": _png(i), "txt": f"a random picture {i}"})
-        sink.write({"__key__": "corrupt", "jpg": b"\xff\xd8\xff not really a jpeg", "txt": "broken"})
-        sink.write({"__key__": "notext", "png": _png(99), "json": b"{}"})
-        sink.write({"__key__": "noimage", "txt": "caption without image"})
-        sink.write({"__key__": "badutf8", "png": _png(98), "txt": b"\xff\xfe\xfa"})
-    (tmp_path / "00001.tar").write_bytes(b"this is not a tar archive" * 40)
-    return str(tmp_path / "{00000..00001}.tar")
 
 
 def test_bad_samples_and_shards_are_skipped_and_counted(bad_shards, tokenizer):
@@ -75,3 +49,11 @@ def test_read_captions(tiny_shards, tmp_path):
     assert len(captions) == 50 and all(isinstance(c, str) and c for c in captions)
     with pytest.raises(ValueError, match="no captions"):
         read_captions(str(tmp_path / "missing.tar"), 5)
+
+
+def test_pipeline_and_loader_workers_must_agree(tiny_shards, tokenizer):
+    """Each loader worker reads its own slot: a pipeline made for the training process, run in 2
+    workers, would have both read the same stream (every sample twice): an error instead."""
+    pipeline = make_train_pipeline(tiny_shards, tokenizer, 32, 8)
+    with pytest.raises(ValueError, match="made for 1 loader worker"):
+        next(train_batches(pipeline, num_workers=2))

@@ -16,7 +16,7 @@ import pytest
 import webdataset as wds
 
 from curation.stage import KEPT, REASON
-from curation.text.balance import Balancer, uid_hashes
+from curation.text.balance import Balancer
 from pretrain.data import make_train_pipeline
 from pretrain.online import OnlineBalance, epoch_seed
 from storage.layout import BALANCE_META as BALANCE_INFO
@@ -83,7 +83,6 @@ def test_epoch_zero_is_the_offline_draw_and_epochs_differ():
     # the draw is a function of the pair, not of its neighbours: any subset draws the same
     half = slice(0, None, 2)
     assert np.array_equal(online.keep(uids[half], ids[half], 3), online.keep(uids, ids, 3)[half])
-    assert np.array_equal(uid_hashes(uids[:3]), uid_hashes(list(uids[:3])))
 
 
 def test_loader_draws_a_balanced_sample_per_epoch(online_pool, tokenizer):
@@ -94,12 +93,12 @@ def test_loader_draws_a_balanced_sample_per_epoch(online_pool, tokenizer):
                                    balance="online")
     source = pipeline.pipeline[0]
     kept: dict[int, list[str]] = defaultdict(list)
-    counts = Counter()
     for sample in source:  # the raw stream, tagged with each sample's data epoch
+        kept[sample["__epoch__"]].append(json.loads(sample["json"])["uid"])
         if sample["__epoch__"] > epochs:  # epochs < 6 all read (blocks of 40 straddle one boundary at most)
             break
-        kept[sample["__epoch__"]].append(json.loads(sample["json"])["uid"])
-    counts.update(pipeline.pipeline[1].counts)
+    counts = Counter(pipeline.pipeline[1].counts)
+    waiting = 40 - sample["__state__"]["sources"][0][2]  # the last block's samples not passed on yet
     ids_of = {uid: ids for uid, ids in rows}
     assert all(len(set(k)) == len(k) for k in kept.values())  # no pair twice in an epoch
     single = [Counter(ids_of[uid][0] for uid in kept[k] if len(ids_of[uid]) == 1) for k in range(epochs)]
@@ -123,8 +122,8 @@ def test_loader_draws_a_balanced_sample_per_epoch(online_pool, tokenizer):
     online = OnlineBalance.from_shards(pattern.replace("{00000..00004}", "00000"))
     uids = [u for u, _ in rows]
     assert set(kept[0]) == {u for u, k in zip(uids, online.keep(uids, [ids_of[u] for u in uids], 0)) if k}
-    # every read pair is accounted: kept, or not_sampled this epoch
-    assert counts["read"] >= sum(len(k) for k in kept.values()) + counts["not_sampled"] - 40
+    # every pair read is accounted: passed on, not_sampled this epoch, or waiting in the last block
+    assert counts["read"] == sum(len(k) for k in kept.values()) + counts["not_sampled"] + waiting
     assert counts["not_sampled"] > 0 and counts["no_query_ids"] == 0
 
 
@@ -158,3 +157,36 @@ def test_a_sample_without_query_ids_is_counted(online_pool, tokenizer, tmp_path)
     for b in batches:
         total.update(b.counts)
     assert total["no_query_ids"] >= 6 and total["not_sampled"] == 0  # entry 5 (c = 1 <= t) is always kept
+
+
+def test_a_pool_with_nothing_to_train_on_stops_with_an_error(online_pool, tokenizer, tmp_path):
+    """Samples whose ids the balance table lacks are counted rejects; a pool where no sample
+    can be passed on is an error naming it after every shard was read twice — never a hang."""
+    import shutil
+    from pathlib import Path
+
+    pattern, _ = online_pool
+    for name in (BALANCE_TABLE, BALANCE_INFO):
+        shutil.copy(Path(pattern).parent / name, tmp_path / name)
+    with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
+        for i in range(10):
+            meta = {"uid": f"x{i}", "query_ids": [7]}  # entry 7: in the query list, never matched
+            sink.write({"__key__": f"{i:04d}", "png": b"", "txt": "x", "json": json.dumps(meta).encode()})
+    pipeline = make_train_pipeline(str(tmp_path / "00000.tar"), tokenizer, 32, 5, resample=False, balance="online")
+    with pytest.raises(RuntimeError, match="no sample to train on .*unknown_query_id"):
+        next(iter(pipeline))
+    assert pipeline.pipeline[1].counts["unknown_query_id"] >= 20
+
+
+def test_online_training_needs_whole_data_epochs(tiny_shards, tokenizer, tmp_path, capsys):
+    from pipelines import pretrain as pretrain_job
+    from pretrain.train import TrainConfig
+
+    with pytest.raises(ValueError, match="it needs --no-resample"):
+        TrainConfig(train_data=tiny_shards, tokenizer_json=tokenizer.to_str(), out_dir=str(tmp_path), balance="online")
+    with pytest.raises(SystemExit):  # argparse: before a tokenizer is trained or Ray started
+        pretrain_job.run(["--train-data", tiny_shards, "--out", str(tmp_path / "r"), "--balance", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="pretrain: --balance online: .*build_wit.py --balance online"):
+        pretrain_job.run(["--train-data", tiny_shards, "--out", str(tmp_path / "r"), "--balance", "online",
+                          "--no-resample"])
