@@ -194,3 +194,30 @@ def test_balance_table_carries_each_languages_t(pool_and_queries, tmp_path):
     assert entries.column("t").to_pylist() == t[ids].tolist() and len(set(t.tolist())) == 3
     assert json.loads((tmp_path / "curation" / "balance.json").read_text()) == {
         "mode": "online", "seed": 9, "t": None, "num_queries": 60, "matched_pairs": 700, "epoch0_pairs": 321}
+
+
+def test_worldwide_online_selection_redraws_the_offline_selection_with_each_languages_t(tmp_path, sample):
+    """A worldwide run (the real worldwide sample pool, a small en/es/fr/zh/ja list): online, the
+    draw from balance.parquet's per-entry t (each language's own) over the matched pool is
+    exactly the offline worldwide selection."""
+    pool = pq.read_table(sample["sample_worldwide_pool"])
+    pool = pool.filter(pa.array([s.startswith("emoji") for s in pool.column("source").to_pylist()])).slice(0, 6000)
+    pool_path = str(tmp_path / "pool.parquet")
+    pq.write_table(pool, pool_path)
+    entries = {"en": ["face", "hand", "flag", "person", "heart"], "es": ["cara", "mano", "bandera", "persona", "corazón"],
+               "fr": ["visage", "main", "drapeau", "personne", "cœur"], "zh": ["脸", "手", "旗", "人", "心"],
+               "ja": ["顔", "手", "旗", "人", "ハート"]}
+    pairs = sorted((lang, q) for lang, qs in entries.items() for q in qs)
+    queries = str(tmp_path / "queries.parquet")
+    pq.write_table(pa.table({"query_id": pa.array(range(len(pairs)), pa.int64()), "query": [q for _, q in pairs],
+                             "language": [lang for lang, _ in pairs]}), queries)
+    runs = {}
+    for mode in ("offline", "online"):
+        runs[mode] = build_wit.run(_argv(pool_path, queries, tmp_path / mode, "--runner", "beam", "--languages", *entries,
+                                         "--balance", mode))
+    on = tmp_path / "online" / "curation"
+    kept = set(_selected(tmp_path / "offline" / "curation").column("uid").to_pylist())
+    assert redraw(_selected(on), on) == kept and runs["online"]["epoch0_pairs"] == len(kept)
+    t = pq.read_table(on / "balance.parquet").column("t").to_numpy()
+    by_language = runs["offline"]["by_language"]
+    assert len(set(t)) == len({v["t"] for v in by_language.values()}) > 1  # each language's own t
