@@ -147,7 +147,10 @@ class Batcher:
 
 
 def sample_id(sample: dict) -> str:
-    """A sample's id: the ``uid`` of its json member (curation's shards carry one), else its key."""
+    """A sample's id: the ``uid`` of its json member (curation's shards carry one; the online
+    draw has read it already: ``__uid__``), else its key."""
+    if "__uid__" in sample:
+        return sample["__uid__"]
     if "json" in sample:
         try:
             uid = json.loads(sample["json"]).get("uid")

@@ -140,8 +140,9 @@ class SourceStream:
             by_epoch.setdefault(epoch, []).append((i, uid, ids))
         for epoch, rows in by_epoch.items():
             keep = self.balance.keep([r[1] for r in rows], [r[2] for r in rows], epoch)
-            for (i, _, _), kept in zip(rows, keep):
+            for (i, uid, _), kept in zip(rows, keep):
                 fates[i] = "" if kept else "not_sampled"
+                chunk[i][3]["__uid__"] = uid  # its id, read once (pretrain.data.sample_id)
         return fates
 
     def __iter__(self) -> Iterator[dict]:

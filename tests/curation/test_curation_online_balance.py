@@ -26,6 +26,7 @@ from curation.text.config import CurationConfig, prepare_run
 from curation.text.selection import plan_parts
 from curation.text.threshold import entry_thresholds
 from pipelines import build_wit
+from tests.curation.test_worldwide_match_balance import worldwide_pool_and_list
 
 
 def _argv(pool, queries, out, *extra):
@@ -200,17 +201,7 @@ def test_worldwide_online_selection_redraws_the_offline_selection_with_each_lang
     """A worldwide run (the real worldwide sample pool, a small en/es/fr/zh/ja list): online, the
     draw from balance.parquet's per-entry t (each language's own) over the matched pool is
     exactly the offline worldwide selection."""
-    pool = pq.read_table(sample["sample_worldwide_pool"])
-    pool = pool.filter(pa.array([s.startswith("emoji") for s in pool.column("source").to_pylist()])).slice(0, 6000)
-    pool_path = str(tmp_path / "pool.parquet")
-    pq.write_table(pool, pool_path)
-    entries = {"en": ["face", "hand", "flag", "person", "heart"], "es": ["cara", "mano", "bandera", "persona", "corazón"],
-               "fr": ["visage", "main", "drapeau", "personne", "cœur"], "zh": ["脸", "手", "旗", "人", "心"],
-               "ja": ["顔", "手", "旗", "人", "ハート"]}
-    pairs = sorted((lang, q) for lang, qs in entries.items() for q in qs)
-    queries = str(tmp_path / "queries.parquet")
-    pq.write_table(pa.table({"query_id": pa.array(range(len(pairs)), pa.int64()), "query": [q for _, q in pairs],
-                             "language": [lang for lang, _ in pairs]}), queries)
+    pool_path, queries, entries, _ = worldwide_pool_and_list(tmp_path, sample)
     runs = {}
     for mode in ("offline", "online"):
         runs[mode] = build_wit.run(_argv(pool_path, queries, tmp_path / mode, "--runner", "beam", "--languages", *entries,

@@ -170,6 +170,27 @@ def test_the_part_plan_records_each_languages_t():
     assert plan_parts(counts, np.array([2000, 0]), 11, 1_000_000, 8)["t"] == 11.0
 
 
+WORLDWIDE_ENTRIES = {"en": ["face", "hand", "flag", "person", "heart"],
+                     "es": ["cara", "mano", "bandera", "persona", "corazón"],
+                     "fr": ["visage", "main", "drapeau", "personne", "cœur"], "zh": ["脸", "手", "旗", "人", "心"],
+                     "ja": ["顔", "手", "旗", "人", "ハート"]}
+
+
+def worldwide_pool_and_list(tmp_path, sample) -> tuple[str, str, dict[str, list[str]], list[tuple[str, str]]]:
+    """(pool path, queries path, entries per language, sorted (language, query) pairs): the first
+    6,000 emoji rows of the real worldwide sample pool and a small en/es/fr/zh/ja list, written
+    under ``tmp_path``."""
+    pool = pq.read_table(sample["sample_worldwide_pool"])
+    pool = pool.filter(pa.array([s.startswith("emoji") for s in pool.column("source").to_pylist()])).slice(0, 6000)
+    pool_path = str(tmp_path / "pool.parquet")
+    pq.write_table(pool, pool_path)
+    pairs = sorted((lang, q) for lang, qs in WORLDWIDE_ENTRIES.items() for q in qs)
+    queries = str(tmp_path / "queries.parquet")
+    pq.write_table(pa.table({"query_id": pa.array(range(len(pairs)), pa.int64()), "query": [q for _, q in pairs],
+                             "language": [lang for lang, _ in pairs]}), queries)
+    return pool_path, queries, WORLDWIDE_ENTRIES, pairs
+
+
 @pytest.mark.ray
 def test_a_worldwide_selection_end_to_end_on_ray_and_beam(tmp_path, sample, ray_session):
     """The real worldwide sample pool (emoji with their CLDR names in en, es, fr, zh, ja) against
@@ -177,17 +198,7 @@ def test_a_worldwide_selection_end_to_end_on_ray_and_beam(tmp_path, sample, ray_
     the selection, each language's t in the summary -- the same bytes on Ray and on Beam."""
     from pipelines import build_wit
 
-    pool = pq.read_table(sample["sample_worldwide_pool"])
-    pool = pool.filter(pa.array([s.startswith("emoji") for s in pool.column("source").to_pylist()])).slice(0, 6000)
-    pool_path = str(tmp_path / "pool.parquet")
-    pq.write_table(pool, pool_path)
-    entries = {"en": ["face", "hand", "flag", "person", "heart"], "es": ["cara", "mano", "bandera", "persona", "corazón"],
-               "fr": ["visage", "main", "drapeau", "personne", "cœur"], "zh": ["脸", "手", "旗", "人", "心"],
-               "ja": ["顔", "手", "旗", "人", "ハート"]}
-    pairs = sorted((lang, q) for lang, qs in entries.items() for q in qs)
-    queries = str(tmp_path / "queries.parquet")
-    pq.write_table(pa.table({"query_id": pa.array(range(len(pairs)), pa.int64()), "query": [q for _, q in pairs],
-                             "language": [lang for lang, _ in pairs]}), queries)
+    pool_path, queries, entries, pairs = worldwide_pool_and_list(tmp_path, sample)
     outs = {}
     for runner in ("ray", "beam"):
         out = tmp_path / runner
